@@ -1,0 +1,441 @@
+"""Use cases: import, promote, rollback, reconcile. Disk is the truth; Triton is brought in line.
+
+Each mutating command takes the model's lock, repairs whatever an interrupted command
+left behind, records its intent in the journal, acts, and records the result.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from orchestrator import faults
+from orchestrator.checks import Verdict, compare_scores, sanity, top1_accuracy
+from orchestrator.errors import (
+    CandidateRejected,
+    LoadFailed,
+    OrchestratorError,
+    PackageRejected,
+    PolicyViolation,
+    RepositoryCorrupt,
+    TritonError,
+    TritonUnreachable,
+    UnknownModel,
+    UsageError,
+)
+from orchestrator.golden import load_golden, run_golden
+from orchestrator.journal import (
+    ABORTED,
+    FAILED,
+    REFUSED,
+    REPAIRED,
+    STARTED,
+    STEP,
+    SUCCEEDED,
+    History,
+    Record,
+    new_op_id,
+    now_iso,
+)
+from orchestrator.lock import model_lock
+from orchestrator.meta import Verification, VersionStatus
+from orchestrator.modelconfig import contract, to_json
+from orchestrator.package import unpacked, verify_package
+from orchestrator.plan import SwitchPlan, fallback_order, plan_switch
+from orchestrator.repository import ModelRepository, ModelStore, candidate_name
+from orchestrator.settings import Settings
+from orchestrator.triton import Triton
+from orchestrator.versions import label
+
+log = logging.getLogger(__name__)
+
+SWITCH_ACTIONS = ("promote", "rollback")
+
+
+@dataclass(frozen=True)
+class ImportResult:
+    model: str
+    version: int
+    artifacts: dict[str, str]
+
+
+@dataclass(frozen=True)
+class SwitchResult:
+    model: str
+    action: str
+    from_version: int | None
+    to_version: int
+    resident: tuple[int, ...]
+    duration_ms: float
+    changed: bool
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+def served_history(history: History) -> list[int]:
+    """Versions in the order they started serving, from the journal's completed switches."""
+    served: list[int] = []
+    for record in history.records:
+        if record.action in (*SWITCH_ACTIONS, "reconcile") and record.result in (SUCCEEDED, REPAIRED):
+            if record.from_version is not None and not served:
+                served.append(record.from_version)
+            if record.to_version is not None:
+                served.append(record.to_version)
+    return served
+
+
+class Orchestrator:
+    def __init__(self, settings: Settings, triton: Triton | None = None) -> None:
+        self.settings = settings
+        self.repository = ModelRepository(settings.repository)
+        self.triton = triton or Triton(settings.triton_url, settings.admin_key, settings.timeout_s,
+                                       settings.load_timeout_s)
+
+    # --- helpers ------------------------------------------------------------------------
+    def resolve_model(self, model: str | None) -> str:
+        if model:
+            return model
+        if self.settings.default_model:
+            return self.settings.default_model
+        models = self.repository.models()
+        if len(models) == 1:
+            return models[0]
+        raise UsageError(f"name the model: the repository holds {', '.join(models) or 'no models'}")
+
+    def _record(self, store: ModelStore, action: str, result: str, op: str, **fields: object) -> Record:
+        return store.journal.append(Record(action=action, result=result, op=op, actor=self.settings.actor,
+                                           **fields))  # type: ignore[arg-type]
+
+    @contextmanager
+    def _locked(self, store: ModelStore) -> Iterator[None]:
+        with model_lock(store.folder, store.name, self.settings.lock_timeout_s):
+            yield
+
+    def fallbacks(self, store: ModelStore, exclude: set[int]) -> list[int]:
+        statuses = {v: s for v, s in store.statuses().items() if v not in exclude}
+        return fallback_order(served_history(store.journal.read()), statuses, exclude=-1)
+
+    # --- import -------------------------------------------------------------------------
+    def import_package(self, package: Path) -> ImportResult:
+        with unpacked(package) as folder:
+            from orchestrator.meta import META_FILE, MetaError, read_meta  # noqa: PLC0415
+
+            try:
+                model = read_meta(folder / META_FILE).model
+            except MetaError as exc:
+                raise PackageRejected(str(package), f"meta.yaml: {exc}") from exc
+            try:
+                store = self.repository.model(model)
+            except UnknownModel as exc:
+                raise PackageRejected(str(package), str(exc)) from exc
+            with self._locked(store):
+                self._repair(store)
+                op = new_op_id()
+                try:
+                    meta = verify_package(folder, str(package), store.name, store.config())
+                    version = self._import_version(store, meta.version, str(package))
+                except PackageRejected as exc:
+                    self._record(store, "import", REFUSED, op, reason=exc.reason, details={"package": str(package)})
+                    raise
+                started = time.monotonic()
+                self._record(store, "import", STARTED, op, to_version=version, details={"package": str(package)})
+                store.file_version(folder, meta, version, op)
+                faults.checkpoint("import:filed")
+                self._record(store, "import", SUCCEEDED, op, to_version=version,
+                             duration_ms=_ms(started), details={"package": str(package), "artifacts": meta.artifacts})
+                return ImportResult(store.name, version, dict(meta.artifacts))
+
+    @staticmethod
+    def _import_version(store: ModelStore, declared: int | None, package: str) -> int:
+        latest = store.next_version() - 1
+        if declared is None:
+            return latest + 1
+        if declared <= latest:
+            raise PackageRejected(package, f"it declares version {declared}, but v{latest} exists: a package may "
+                                           f"not re-use or lower a version number")
+        return declared
+
+    # --- promote ------------------------------------------------------------------------
+    def promote(self, model: str | None, version: int, force: bool = False) -> SwitchResult:
+        store = self.repository.model(self.resolve_model(model))
+        with self._locked(store):
+            self._repair(store)
+            store.require(version)
+            status = store.status(version)
+            served = store.served()
+            if status is VersionStatus.QUARANTINED and not force:
+                raise PolicyViolation(f"{store.name} v{version} is quarantined "
+                                      f"({store.meta(version).verification.reason or 'rolled back by the watcher'}); "
+                                      f"promote it with --force if you are sure")
+            if version == served:
+                return self._settle(store, version, "promote")
+            store.promotion_policy()  # a broken policy file stops us before anything is touched
+            store.meta(version)
+            self.triton.require_live()
+            op = new_op_id()
+            started = time.monotonic()
+            self._record(store, "promote", STARTED, op, from_version=served, to_version=version,
+                         details={"resident_before": list(store.resident())})
+            try:
+                verdict = self._check_candidate(store, version, served, op)
+            except CandidateRejected:
+                raise
+            except OrchestratorError as exc:
+                # Not the candidate's fault (Triton went away, a file is unreadable): serving untouched.
+                self._record(store, "promote", FAILED, op, from_version=served, to_version=version, reason=str(exc))
+                raise
+            store.set_verification(version, Verification(
+                status=VersionStatus.VERIFIED, verified_by=self.settings.actor, verified_at=now_iso(),
+                golden=verdict.metrics))
+            self._record(store, "promote", STEP, op, to_version=version, details={"step": "verified",
+                                                                                   "metrics": verdict.metrics})
+            faults.checkpoint("promote:verified")
+            resident = self._switch(store, version, op, "promote", exclude=set())
+            duration = _ms(started)
+            self._record(store, "promote", SUCCEEDED, op, from_version=served, to_version=version,
+                         duration_ms=duration, details={"resident": list(resident), "metrics": verdict.metrics})
+            return SwitchResult(store.name, "promote", served, version, resident, duration, True, verdict.metrics)
+
+    def _check_candidate(self, store: ModelStore, version: int, served: int | None, op: str) -> Verdict:
+        """Load ``version`` where it takes no traffic, warm it up and judge it; unload it either way."""
+        policy = store.promotion_policy()
+        config = store.config()
+        golden = load_golden(store.folder / policy.golden, contract(config))
+        outputs = [t.name for t in config.output]
+        batch = min(policy.batch_size, config.max_batch_size) if config.max_batch_size else policy.batch_size
+        entry = candidate_name(store.name)
+        try:
+            _, candidate_config = store.write_candidate_entry(version)
+            faults.checkpoint("promote:candidate_entry")
+            try:
+                self.triton.load(entry, to_json(candidate_config))
+            except LoadFailed as exc:
+                self._reject(store, version, op, f"load failed: {exc.reason}")
+            self._record(store, "promote", STEP, op, to_version=version, details={"step": "candidate_loaded"})
+            faults.checkpoint("promote:candidate_loaded")
+            if golden is None:
+                self._reject(store, version, op, f"no golden set in {store.folder / policy.golden}: cannot verify")
+            for warm in golden.batches(batch)[: policy.warmup_requests]:
+                self.triton.infer(entry, warm, outputs)
+            try:
+                results = run_golden(self.triton, entry, None, golden, outputs, batch)
+            except TritonError as exc:
+                self._reject(store, version, op, f"inference failed: {exc}")
+            verdict = sanity(results, policy.output_bound)
+            if not verdict.passed:
+                self._reject(store, version, op, f"bad outputs on the golden set: {verdict.reason}")
+            if golden.labels is None:
+                return Verdict(True, "", {})
+            score = top1_accuracy(results[outputs[0]], golden.labels)
+            served_score = None
+            if served is not None:
+                served_results = run_golden(self.triton, store.name, served, golden, outputs, batch)
+                served_score = top1_accuracy(served_results[outputs[0]], golden.labels)
+            verdict = compare_scores(score, served_score, policy)
+            if not verdict.passed:
+                self._reject(store, version, op, verdict.reason, verdict.metrics)
+            return verdict
+        finally:
+            self._drop_candidate(store)
+
+    def _drop_candidate(self, store: ModelStore) -> None:
+        try:
+            self.triton.unload(candidate_name(store.name))
+        except TritonError as exc:
+            log.warning("could not unload %s: %s", candidate_name(store.name), exc)
+        store.remove_candidate_entry()
+
+    def _reject(self, store: ModelStore, version: int, op: str, reason: str,
+                metrics: dict[str, float] | None = None) -> None:
+        self._drop_candidate(store)
+        store.set_verification(version, Verification(status=VersionStatus.FAILED, verified_by=self.settings.actor,
+                                                     verified_at=now_iso(), golden=metrics or {}, reason=reason))
+        self._record(store, "promote", FAILED, op, from_version=store.served(), to_version=version, reason=reason,
+                     details={"metrics": metrics or {}})
+        raise CandidateRejected(store.name, version, reason)
+
+    # --- rollback -----------------------------------------------------------------------
+    def rollback(self, model: str | None, to: int | None = None, force: bool = False,
+                 reason: str = "requested by operator") -> SwitchResult:
+        store = self.repository.model(self.resolve_model(model))
+        with self._locked(store):
+            self._repair(store)
+            served = store.served()
+            if served is None:
+                raise PolicyViolation(f"{store.name} serves nothing: there is nothing to roll back")
+            if to is None:
+                targets = self.fallbacks(store, exclude={served})
+                if not targets:
+                    raise PolicyViolation(f"{store.name} has no verified version other than v{served} "
+                                          f"to roll back to")
+                to = targets[0]
+            store.require(to)
+            if to == served:
+                return self._settle(store, to, "rollback")
+            status = store.status(to)
+            if status is not VersionStatus.VERIFIED and not force:
+                raise PolicyViolation(f"{store.name} v{to} is {status.value}, not verified: roll back to it only "
+                                      f"with --force")
+            self.triton.require_live()
+            op = new_op_id()
+            started = time.monotonic()
+            self._record(store, "rollback", STARTED, op, from_version=served, to_version=to, reason=reason,
+                         details={"resident_before": list(store.resident())})
+            resident = self._switch(store, to, op, "rollback", exclude={served})
+            if store.status(served) is VersionStatus.VERIFIED:
+                store.set_verification(served, Verification(
+                    status=VersionStatus.ROLLED_BACK, verified_by=self.settings.actor, verified_at=now_iso(),
+                    golden=store.meta(served).verification.golden, reason=reason))
+            duration = _ms(started)
+            self._record(store, "rollback", SUCCEEDED, op, from_version=served, to_version=to, reason=reason,
+                         duration_ms=duration, details={"resident": list(resident)})
+            return SwitchResult(store.name, "rollback", served, to, resident, duration, True)
+
+    # --- switching ----------------------------------------------------------------------
+    def _plan(self, store: ModelStore, target: int, exclude: set[int]) -> SwitchPlan:
+        keep = store.promotion_policy().keep_resident
+        return plan_switch(store.resident(), target, self.fallbacks(store, exclude | {target}), keep)
+
+    def _switch(self, store: ModelStore, target: int, op: str, action: str, exclude: set[int]) -> tuple[int, ...]:
+        """Apply the plan's policies one by one; on a failed load, go back to the last good one."""
+        plan = self._plan(store, target, exclude)
+        previous = store.resident()
+        for index, versions in enumerate(plan.steps):
+            config = store.write_resident(versions)
+            faults.checkpoint(f"{action}:policy_written")
+            try:
+                self.triton.load(store.name, to_json(config))
+            except LoadFailed as exc:
+                restored = store.write_resident(previous)
+                self.triton.load(store.name, to_json(restored))
+                reason = f"load of {label(target)} into {store.name} failed: {exc.reason}"
+                if action == "promote" and index <= plan.switch_step:
+                    self._reject(store, target, op, reason)
+                self._record(store, action, FAILED, op, to_version=target, reason=reason)
+                raise
+            faults.checkpoint(f"{action}:loaded")
+            if index == plan.switch_step:
+                self._confirm_serving(store, target)
+                self._record(store, action, STEP, op, to_version=target, details={"step": "switched",
+                                                                                   "resident": list(versions)})
+            previous = versions
+        return plan.final
+
+    def _confirm_serving(self, store: ModelStore, target: int) -> None:
+        states = self.triton.states(store.name)
+        ready = sorted(v for v, e in states.items() if e.state == "READY")
+        if not ready or max(ready) != target:
+            raise TritonError(f"{store.name}: expected v{target} to serve, Triton has READY {ready}")
+
+    def _settle(self, store: ModelStore, version: int, action: str) -> SwitchResult:
+        """Already served: only make sure Triton agrees with the disk (idempotent commands)."""
+        self.sync_triton(store)
+        return SwitchResult(store.name, action, version, version, store.resident(), 0.0, False)
+
+    # --- repair and reconcile -----------------------------------------------------------
+    def reconcile(self, model: str | None = None) -> list[str]:
+        names = [self.resolve_model(model)] if model else self.repository.models()
+        notes = []
+        for name in names:
+            store = self.repository.model(name)
+            with self._locked(store):
+                notes += self._repair(store)
+                notes += self.sync_triton(store, strict=True)
+        return notes
+
+    def _repair(self, store: ModelStore) -> list[str]:
+        """Finish or undo what an interrupted command left behind (disk first, then Triton)."""
+        notes = []
+        for leftover in store.staging_leftovers():
+            from orchestrator.repository import remove_tree  # noqa: PLC0415
+
+            remove_tree(leftover)
+            notes.append(f"removed unfinished import staging {leftover.name}")
+        unfinished = store.journal.read().unfinished()
+        if unfinished is not None:
+            notes.append(self._repair_operation(store, unfinished))
+        elif store.has_candidate_entry():
+            self._drop_candidate_quietly(store)
+            notes.append("removed a leftover candidate entry")
+        for note in notes:
+            log.warning("%s: %s", store.name, note)
+        return notes
+
+    def _repair_operation(self, store: ModelStore, started: Record) -> str:
+        op, action, target = started.op, started.action, started.to_version
+        if action == "import":
+            if target is not None and (store.folder / str(target)).is_dir():
+                self._record(store, action, REPAIRED, op, to_version=target, reason="filed before the interruption")
+                return f"import of v{target} had completed"
+            self._record(store, action, ABORTED, op, to_version=target, reason="interrupted before filing")
+            return "an interrupted import left nothing behind"
+        if action not in SWITCH_ACTIONS or target is None:
+            self._record(store, action, ABORTED, op, reason="interrupted; nothing to repair")
+            return f"closed an interrupted {action}"
+        self._drop_candidate_quietly(store)
+        if store.served() == target and (action == "rollback" or store.status(target) is VersionStatus.VERIFIED):
+            # The switch itself was written: finish it (fallbacks may still be missing).
+            plan = self._plan(store, target, exclude={started.from_version} if action == "rollback" else set())
+            store.write_resident(plan.final)
+            if action == "rollback" and started.from_version is not None and \
+                    store.status(started.from_version) is VersionStatus.VERIFIED:
+                meta = store.meta(started.from_version)
+                store.set_verification(started.from_version, Verification(
+                    status=VersionStatus.ROLLED_BACK, verified_by=started.actor, verified_at=now_iso(),
+                    golden=meta.verification.golden, reason=started.reason or "rolled back"))
+            self._record(store, action, REPAIRED, op, from_version=started.from_version, to_version=target,
+                         reason="interrupted after the switch; completed", details={"resident": list(plan.final)})
+            return f"completed an interrupted {action} to v{target}"
+        before = tuple(int(v) for v in started.details.get("resident_before", []))
+        if before and store.resident() != before:
+            store.write_resident(before)
+        self._record(store, action, ABORTED, op, from_version=started.from_version, to_version=target,
+                     reason="interrupted before the switch; previous versions restored",
+                     details={"resident": list(store.resident())})
+        return f"undid an interrupted {action} to v{target}; {label(store.served())} serves"
+
+    def _drop_candidate_quietly(self, store: ModelStore) -> None:
+        try:
+            self.triton.unload(candidate_name(store.name))
+        except TritonError:
+            pass  # Triton down or the entry never loaded; the folder goes either way
+        store.remove_candidate_entry()
+
+    def sync_triton(self, store: ModelStore, strict: bool = False) -> list[str]:
+        """Load the on-disk policy into Triton when what Triton holds differs from it."""
+        try:
+            states = self.triton.states(store.name)
+        except TritonUnreachable:
+            if strict:
+                raise
+            return []
+        want = set(store.resident())
+        ready = {v for v, e in states.items() if e.state == "READY"}
+        if ready == want:
+            return []
+        config = store.config()
+        started = time.monotonic()
+        op = new_op_id()
+        served_before = max(ready) if ready else None
+        try:
+            self.triton.load(store.name, to_json(config))
+        except LoadFailed as exc:
+            self._record(store, "reconcile", FAILED, op, from_version=served_before, to_version=store.served(),
+                         reason=exc.reason)
+            raise
+        self._record(store, "reconcile", SUCCEEDED, op, from_version=served_before, to_version=store.served(),
+                     reason=f"Triton held {sorted(ready)}, disk says {sorted(want)}", duration_ms=_ms(started))
+        return [f"loaded {sorted(want)} into Triton (it held {sorted(ready)})"]
+
+    def history(self, model: str | None) -> History:
+        return self.repository.model(self.resolve_model(model)).journal.read()
+
+
+def _ms(started: float) -> float:
+    return round((time.monotonic() - started) * 1000.0, 2)
+
+
+__all__ = ["ImportResult", "Orchestrator", "RepositoryCorrupt", "SwitchResult", "served_history"]

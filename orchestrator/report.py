@@ -1,0 +1,69 @@
+"""Read-only views for ``status`` and ``history``: what disk says, what Triton holds, where they differ."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+from orchestrator.errors import RepositoryCorrupt, TritonUnreachable
+from orchestrator.operations import Orchestrator, served_history
+from orchestrator.plan import fallback_order
+from orchestrator.repository import ModelStore
+
+
+@dataclass(frozen=True)
+class VersionRow:
+    version: int
+    status: str
+    resident: bool
+    triton_state: str  # READY, UNAVAILABLE, ..., "" when Triton does not know it, "?" when unreachable
+    created_at: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class ModelStatus:
+    model: str
+    served: int | None
+    last_verified: int | None
+    resident: list[int]
+    versions: list[VersionRow]
+    triton_reachable: bool
+    in_sync: bool  # Triton holds exactly the resident versions
+    interrupted: str | None  # an operation the next command will repair
+
+    def as_dict(self) -> dict[str, object]:
+        return asdict(self)
+
+
+def model_status(orchestrator: Orchestrator, store: ModelStore) -> ModelStatus:
+    resident = list(store.resident())
+    served = max(resident) if resident else None
+    history = store.journal.read()
+    try:
+        states = {v: e.state for v, e in orchestrator.triton.states(store.name).items()}
+        reachable = True
+    except TritonUnreachable:
+        states, reachable = {}, False
+    rows = []
+    for version in store.versions():
+        try:
+            meta = store.meta(version)
+            status, created, reason = meta.verification.status.value, meta.created_at, meta.verification.reason or ""
+        except RepositoryCorrupt as exc:
+            status, created, reason = "corrupt", "", str(exc)
+        rows.append(VersionRow(version, status, version in resident, states.get(version, "") if reachable else "?",
+                               created, reason))
+    fallbacks = fallback_order(served_history(history), store.statuses(), exclude=served if served is not None else -1)
+    ready = {v for v, s in states.items() if s == "READY"}
+    unfinished = history.unfinished()
+    return ModelStatus(
+        model=store.name,
+        served=served,
+        last_verified=fallbacks[0] if fallbacks else None,
+        resident=resident,
+        versions=rows,
+        triton_reachable=reachable,
+        in_sync=reachable and ready == set(resident),
+        interrupted=f"{unfinished.action} to v{unfinished.to_version} (op {unfinished.op})" if unfinished else None,
+    )
+

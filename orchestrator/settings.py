@@ -1,0 +1,66 @@
+"""Settings, read once at start-up from flags and the environment, and validated there."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from orchestrator.errors import UsageError
+from orchestrator.journal import default_actor
+
+ENV_REPOSITORY = "ORCH_REPOSITORY"
+ENV_URL = "ORCH_TRITON_URL"
+ENV_ADMIN_KEY = "ORCH_ADMIN_KEY"
+ENV_ADMIN_KEY_FILE = "ORCH_ADMIN_KEY_FILE"
+ENV_DEFAULT_MODEL = "ORCH_DEFAULT_MODEL"
+
+
+@dataclass(frozen=True)
+class Settings:
+    repository: Path
+    triton_url: str = "http://127.0.0.1:8000"
+    admin_key: str | None = None
+    default_model: str | None = None
+    timeout_s: float = 10.0
+    load_timeout_s: float = 600.0
+    lock_timeout_s: float = 30.0
+    actor: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.repository.is_dir():
+            raise UsageError(f"model repository {self.repository} is not a folder (set --repository or "
+                             f"{ENV_REPOSITORY})")
+        for name in ("timeout_s", "load_timeout_s", "lock_timeout_s"):
+            if getattr(self, name) <= 0:
+                raise UsageError(f"{name} must be positive")
+
+    def __repr__(self) -> str:  # never print the key
+        return f"Settings(repository={self.repository}, triton_url={self.triton_url}, admin_key=***)"
+
+
+def read_admin_key(explicit: str | None = None) -> str | None:
+    if explicit:
+        return explicit
+    if os.environ.get(ENV_ADMIN_KEY):
+        return os.environ[ENV_ADMIN_KEY]
+    path = os.environ.get(ENV_ADMIN_KEY_FILE)
+    if path:
+        try:
+            return Path(path).read_text().strip() or None
+        except OSError as exc:
+            raise UsageError(f"cannot read the admin key file {path}: {exc.strerror}") from exc
+    return None
+
+
+def from_environment(repository: str | None = None, url: str | None = None, default_model: str | None = None,
+                     timeout_s: float = 10.0, lock_timeout_s: float = 30.0) -> Settings:
+    return Settings(
+        repository=Path(repository or os.environ.get(ENV_REPOSITORY, "model_repository")).resolve(),
+        triton_url=url or os.environ.get(ENV_URL, "http://127.0.0.1:8000"),
+        admin_key=read_admin_key(),
+        default_model=default_model or os.environ.get(ENV_DEFAULT_MODEL) or None,
+        timeout_s=timeout_s,
+        lock_timeout_s=lock_timeout_s,
+        actor=default_actor(),
+    )

@@ -1,0 +1,142 @@
+"""The only module that knows tritonclient: control API, repository index, inference.
+
+tritonclient's exceptions and socket errors are translated here, once, into ours: an
+unreachable server names its URL, a failed load carries Triton's reason.
+"""
+
+from __future__ import annotations
+
+import socket
+from dataclasses import dataclass
+
+import numpy as np
+import tritonclient.http as httpclient
+from tritonclient.utils import InferenceServerException, np_to_triton_dtype
+
+from orchestrator.errors import LoadFailed, TritonError, TritonUnreachable
+
+ADMIN_HEADER = "admin-key"
+
+_NETWORK_ERRORS = (ConnectionError, socket.timeout, TimeoutError, OSError)
+
+
+@dataclass(frozen=True)
+class IndexEntry:
+    name: str
+    version: int | None
+    state: str  # READY, UNAVAILABLE, LOADING, UNLOADING or "" for never loaded
+    reason: str
+
+
+@dataclass(frozen=True)
+class InferenceResult:
+    model: str
+    version: int
+    outputs: dict[str, np.ndarray]
+
+
+def host_port(url: str) -> str:
+    return url.split("://", 1)[-1].rstrip("/")
+
+
+class Triton:
+    """A connection to one server. Not thread-safe: give each thread its own."""
+
+    def __init__(self, url: str, admin_key: str | None = None, timeout_s: float = 10.0,
+                 load_timeout_s: float = 600.0) -> None:
+        self.url = url if "://" in url else f"http://{url}"
+        self._headers = {ADMIN_HEADER: admin_key} if admin_key else None
+        self._client = httpclient.InferenceServerClient(
+            host_port(url), connection_timeout=timeout_s, network_timeout=timeout_s)
+        # Loading a large engine takes longer than any query; it gets its own deadline.
+        self._control = httpclient.InferenceServerClient(
+            host_port(url), connection_timeout=timeout_s, network_timeout=load_timeout_s)
+
+    def close(self) -> None:
+        self._client.close()
+        self._control.close()
+
+    def _call(self, what: str, fn, *args, **kwargs):  # type: ignore[no-untyped-def]
+        try:
+            return fn(*args, **kwargs)
+        except InferenceServerException as exc:
+            message = exc.message() or str(exc)
+            if _is_network_failure(message):
+                raise TritonUnreachable(self.url, message) from exc
+            raise TritonError(f"{what} failed: {message}") from exc
+        except _NETWORK_ERRORS as exc:
+            raise TritonUnreachable(self.url, str(exc) or type(exc).__name__) from exc
+
+    # --- health -------------------------------------------------------------------------
+    def is_live(self) -> bool:
+        try:
+            return bool(self._client.is_server_live())
+        except (InferenceServerException, *_NETWORK_ERRORS):
+            return False
+
+    def require_live(self) -> None:
+        if not self._call("liveness check", self._client.is_server_live):
+            raise TritonUnreachable(self.url, "server is not live")
+
+    # --- repository -------------------------------------------------------------------
+    def index(self) -> list[IndexEntry]:
+        raw = self._call("repository index", self._control.get_model_repository_index, headers=self._headers)
+        entries = []
+        for item in raw:
+            version = item.get("version")
+            entries.append(IndexEntry(
+                name=str(item.get("name", "")),
+                version=int(version) if version not in (None, "") else None,
+                state=str(item.get("state", "")),
+                reason=str(item.get("reason", "")),
+            ))
+        return entries
+
+    def states(self, model: str) -> dict[int, IndexEntry]:
+        return {e.version: e for e in self.index() if e.name == model and e.version is not None}
+
+    def load(self, model: str, config_json: str | None = None) -> None:
+        try:
+            self._control.load_model(model, headers=self._headers, config=config_json)
+        except InferenceServerException as exc:
+            message = exc.message() or str(exc)
+            if _is_network_failure(message):
+                raise TritonUnreachable(self.url, message) from exc
+            raise LoadFailed(model, message) from exc
+        except _NETWORK_ERRORS as exc:
+            raise TritonUnreachable(self.url, str(exc) or type(exc).__name__) from exc
+
+    def unload(self, model: str) -> None:
+        self._call(f"unload of {model}", self._control.unload_model, model, headers=self._headers)
+
+    def model_ready(self, model: str, version: int | None = None) -> bool:
+        try:
+            return bool(self._client.is_model_ready(model, str(version or "")))
+        except InferenceServerException:
+            return False
+        except _NETWORK_ERRORS as exc:
+            raise TritonUnreachable(self.url, str(exc)) from exc
+
+    # --- inference ----------------------------------------------------------------------
+    def infer(self, model: str, inputs: dict[str, np.ndarray], outputs: list[str],
+              version: int | None = None) -> InferenceResult:
+        request = []
+        for name, array in inputs.items():
+            tensor = httpclient.InferInput(name, list(array.shape), np_to_triton_dtype(array.dtype))
+            tensor.set_data_from_numpy(array, binary_data=True)
+            request.append(tensor)
+        wanted = [httpclient.InferRequestedOutput(name, binary_data=True) for name in outputs]
+        result = self._call(f"inference on {model}", self._client.infer, model, request,
+                            model_version=str(version or ""), outputs=wanted)
+        response = result.get_response()
+        return InferenceResult(
+            model=str(response.get("model_name", model)),
+            version=int(response.get("model_version", version or 0)),
+            outputs={name: result.as_numpy(name) for name in outputs},
+        )
+
+
+def _is_network_failure(message: str) -> bool:
+    lowered = message.lower()
+    return any(s in lowered for s in ("connection refused", "timed out", "timeout", "connection reset",
+                                      "failed to establish", "name or service not known", "broken pipe"))

@@ -1,0 +1,72 @@
+#!/usr/bin/env python3
+"""Regenerate the sample repository, or write a sample package.
+
+    python scripts/make_sample_models.py repository [--out model_repository]
+    python scripts/make_sample_models.py package better --out /tmp/classifier-v2
+
+Output is byte-for-byte reproducible (fixed seeds, rounded weights, fixed timestamps).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from orchestrator.meta import META_FILE, Verification, VersionStatus, read_meta, write_meta  # noqa: E402
+from orchestrator.sample import (  # noqa: E402
+    CONFIG,
+    MODEL,
+    SEED_TIME,
+    Variant,
+    golden_accuracy,
+    save_golden,
+    write_sample_package,
+)
+
+POLICY = """# Promotion policy for the sample classifier (see orchestrator/policy.py for every field).
+promotion:
+  warmup_requests: 3
+  output_bound: 1.0e4
+  max_score_drop: 0.0
+  keep_resident: 1
+  golden: golden
+  batch_size: 8
+"""
+
+
+def write_repository(root: Path) -> None:
+    model = root / MODEL
+    model.mkdir(parents=True, exist_ok=True)
+    (model / "config.pbtxt").write_text(CONFIG)
+    (model / "policy.yaml").write_text(POLICY)
+    save_golden(model / "golden")
+    version = write_sample_package(model / "1", Variant.BASELINE)
+    meta = read_meta(version / META_FILE)
+    seeded = Verification(status=VersionStatus.VERIFIED, verified_by="seed", verified_at=SEED_TIME,
+                          golden={"accuracy": golden_accuracy(Variant.BASELINE)})
+    write_meta(version / META_FILE, replace(meta, version=1, verification=seeded))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="what", required=True)
+    repo = sub.add_parser("repository")
+    repo.add_argument("--out", type=Path, default=Path("model_repository"))
+    pkg = sub.add_parser("package")
+    pkg.add_argument("variant", choices=[v.value for v in Variant])
+    pkg.add_argument("--out", type=Path, required=True)
+    args = parser.parse_args()
+    if args.what == "repository":
+        write_repository(args.out)
+        print(f"sample repository written to {args.out}")
+    else:
+        write_sample_package(args.out, Variant(args.variant))
+        print(f"{args.variant} package written to {args.out}")
+
+
+if __name__ == "__main__":
+    main()

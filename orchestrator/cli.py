@@ -41,7 +41,7 @@ def run(fn: Callable[[], T]) -> T:
     try:
         return fn()
     except OrchestratorError as exc:
-        typer.echo(f"error: {exc}", err=True)
+        typer.echo("error: " + " ".join(str(exc).split()), err=True)
         raise typer.Exit(exc.exit_code) from None
     except KeyboardInterrupt:
         typer.echo("error: interrupted; the next command repairs any half-done step", err=True)
@@ -53,6 +53,9 @@ def main(
     ctx: typer.Context,
     repository: Annotated[str | None, typer.Option("--repository", "-r", help="Model repository folder "
                                                    "[env ORCH_REPOSITORY, default ./model_repository]")] = None,
+    state_dir: Annotated[str | None, typer.Option("--state-dir", help="Journal, policies and golden sets "
+                                                  "[env ORCH_STATE_DIR, default orchestrator_state/ beside the "
+                                                  "repository]")] = None,
     url: Annotated[str | None, typer.Option("--url", help="Triton HTTP URL [env ORCH_TRITON_URL]")] = None,
     model: Annotated[str | None, typer.Option("--default-model", help="Model used when a command names none "
                                               "[env ORCH_DEFAULT_MODEL]")] = None,
@@ -63,7 +66,7 @@ def main(
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, stream=sys.stderr,
                         format="%(levelname)s %(name)s: %(message)s")
     state = State()
-    state.options = {"repository": repository, "url": url, "default_model": model, "timeout_s": timeout,
+    state.options = {"repository": repository, "state_dir": state_dir, "url": url, "default_model": model, "timeout_s": timeout,
                      "lock_timeout_s": lock_timeout}
     ctx.obj = state
 

@@ -42,7 +42,7 @@ from orchestrator.journal import (
     now_iso,
 )
 from orchestrator.lock import model_lock
-from orchestrator.meta import Verification, VersionStatus
+from orchestrator.meta import META_FILE, MetaError, Verification, VersionStatus, read_meta
 from orchestrator.modelconfig import contract, to_json
 from orchestrator.package import unpacked, verify_package
 from orchestrator.plan import SwitchPlan, fallback_order, plan_switch
@@ -90,7 +90,8 @@ def served_history(history: History) -> list[int]:
 class Orchestrator:
     def __init__(self, settings: Settings, triton: Triton | None = None) -> None:
         self.settings = settings
-        self.repository = ModelRepository(settings.repository)
+        assert settings.state_dir is not None
+        self.repository = ModelRepository(settings.repository, settings.state_dir)
         self.triton = triton or Triton(settings.triton_url, settings.admin_key, settings.timeout_s,
                                        settings.load_timeout_s)
 
@@ -111,7 +112,7 @@ class Orchestrator:
 
     @contextmanager
     def _locked(self, store: ModelStore) -> Iterator[None]:
-        with model_lock(store.folder, store.name, self.settings.lock_timeout_s):
+        with model_lock(store.state, store.name, self.settings.lock_timeout_s):
             yield
 
     def fallbacks(self, store: ModelStore, exclude: set[int]) -> list[int]:
@@ -120,33 +121,52 @@ class Orchestrator:
 
     # --- import -------------------------------------------------------------------------
     def import_package(self, package: Path) -> ImportResult:
-        with unpacked(package) as folder:
-            from orchestrator.meta import META_FILE, MetaError, read_meta  # noqa: PLC0415
+        try:
+            with unpacked(package) as folder:
+                store = self._package_model(folder, str(package))
+                with self._locked(store):
+                    self._repair(store)
+                    return self._file(store, folder, str(package))
+        except PackageRejected as exc:
+            self._journal_refusal(package, exc)
+            raise
 
-            try:
-                model = read_meta(folder / META_FILE).model
-            except MetaError as exc:
-                raise PackageRejected(str(package), f"meta.yaml: {exc}") from exc
-            try:
-                store = self.repository.model(model)
-            except UnknownModel as exc:
-                raise PackageRejected(str(package), str(exc)) from exc
-            with self._locked(store):
-                self._repair(store)
-                op = new_op_id()
-                try:
-                    meta = verify_package(folder, str(package), store.name, store.config())
-                    version = self._import_version(store, meta.version, str(package))
-                except PackageRejected as exc:
-                    self._record(store, "import", REFUSED, op, reason=exc.reason, details={"package": str(package)})
-                    raise
-                started = time.monotonic()
-                self._record(store, "import", STARTED, op, to_version=version, details={"package": str(package)})
-                store.file_version(folder, meta, version, op)
-                faults.checkpoint("import:filed")
-                self._record(store, "import", SUCCEEDED, op, to_version=version,
-                             duration_ms=_ms(started), details={"package": str(package), "artifacts": meta.artifacts})
-                return ImportResult(store.name, version, dict(meta.artifacts))
+    def _package_model(self, folder: Path, package: str) -> ModelStore:
+        try:
+            model = read_meta(folder / META_FILE).model
+        except MetaError as exc:
+            raise PackageRejected(package, f"meta.yaml: {exc}") from exc
+        try:
+            return self.repository.model(model)
+        except UnknownModel as exc:
+            raise PackageRejected(package, str(exc)) from exc
+
+    def _file(self, store: ModelStore, folder: Path, package: str) -> ImportResult:
+        op = new_op_id()
+        try:
+            meta = verify_package(folder, package, store.name, store.config())
+            version = self._import_version(store, meta.version, package)
+        except PackageRejected as exc:
+            self._record(store, "import", REFUSED, op, reason=exc.reason, details={"package": package})
+            raise
+        started = time.monotonic()
+        self._record(store, "import", STARTED, op, to_version=version, details={"package": package})
+        store.file_version(folder, meta, version, op)
+        faults.checkpoint("import:filed")
+        self._record(store, "import", SUCCEEDED, op, to_version=version, duration_ms=_ms(started),
+                     details={"package": package, "artifacts": meta.artifacts})
+        return ImportResult(store.name, version, dict(meta.artifacts))
+
+    def _journal_refusal(self, package: Path, exc: PackageRejected) -> None:
+        """A package refused before its model was known goes to the only (or default) model's journal."""
+        try:
+            store = self.repository.model(self.resolve_model(None))
+        except OrchestratorError:
+            return
+        history = store.journal.read().records
+        if history and history[-1].result == REFUSED and history[-1].details.get("package") == str(package):
+            return  # already journaled by _file
+        self._record(store, "import", REFUSED, new_op_id(), reason=exc.reason, details={"package": str(package)})
 
     @staticmethod
     def _import_version(store: ModelStore, declared: int | None, package: str) -> int:
@@ -203,7 +223,7 @@ class Orchestrator:
         """Load ``version`` where it takes no traffic, warm it up and judge it; unload it either way."""
         policy = store.promotion_policy()
         config = store.config()
-        golden = load_golden(store.folder / policy.golden, contract(config))
+        golden = load_golden(store.state / policy.golden, contract(config))
         outputs = [t.name for t in config.output]
         batch = min(policy.batch_size, config.max_batch_size) if config.max_batch_size else policy.batch_size
         entry = candidate_name(store.name)
@@ -217,7 +237,7 @@ class Orchestrator:
             self._record(store, "promote", STEP, op, to_version=version, details={"step": "candidate_loaded"})
             faults.checkpoint("promote:candidate_loaded")
             if golden is None:
-                self._reject(store, version, op, f"no golden set in {store.folder / policy.golden}: cannot verify")
+                self._reject(store, version, op, f"no golden set in {store.state / policy.golden}: cannot verify")
             for warm in golden.batches(batch)[: policy.warmup_requests]:
                 self.triton.infer(entry, warm, outputs)
             try:
@@ -241,11 +261,16 @@ class Orchestrator:
         finally:
             self._drop_candidate(store)
 
-    def _drop_candidate(self, store: ModelStore) -> None:
+    def _drop_candidate(self, store: ModelStore, quiet: bool = False) -> None:
+        """Unload the candidate entry, wait until Triton has let go of it, remove its folder."""
+        entry = candidate_name(store.name)
         try:
-            self.triton.unload(candidate_name(store.name))
+            self.triton.unload(entry)
+            if not self.triton.wait_unloaded(entry, None, self.settings.timeout_s):
+                log.warning("%s still unloading after %.0fs", entry, self.settings.timeout_s)
         except TritonError as exc:
-            log.warning("could not unload %s: %s", candidate_name(store.name), exc)
+            if not quiet:
+                log.warning("could not unload %s: %s", entry, exc)
         store.remove_candidate_entry()
 
     def _reject(self, store: ModelStore, version: int, op: str, reason: str,
@@ -285,6 +310,7 @@ class Orchestrator:
             self._record(store, "rollback", STARTED, op, from_version=served, to_version=to, reason=reason,
                          details={"resident_before": list(store.resident())})
             resident = self._switch(store, to, op, "rollback", exclude={served})
+            self._await_unloaded(store, {served})
             if store.status(served) is VersionStatus.VERIFIED:
                 store.set_verification(served, Verification(
                     status=VersionStatus.ROLLED_BACK, verified_by=self.settings.actor, verified_at=now_iso(),
@@ -324,6 +350,14 @@ class Orchestrator:
             previous = versions
         return plan.final
 
+    def _await_unloaded(self, store: ModelStore, versions: set[int]) -> None:
+        """Triton may not see files change under a version it is still unloading."""
+        try:
+            if not self.triton.wait_unloaded(store.name, versions, self.settings.timeout_s):
+                log.warning("%s %s still unloading after %.0fs", store.name, sorted(versions), self.settings.timeout_s)
+        except TritonUnreachable:
+            pass  # a stopped server holds nothing
+
     def _confirm_serving(self, store: ModelStore, target: int) -> None:
         states = self.triton.states(store.name)
         ready = sorted(v for v, e in states.items() if e.state == "READY")
@@ -358,7 +392,7 @@ class Orchestrator:
         if unfinished is not None:
             notes.append(self._repair_operation(store, unfinished))
         elif store.has_candidate_entry():
-            self._drop_candidate_quietly(store)
+            self._drop_candidate(store, quiet=True)
             notes.append("removed a leftover candidate entry")
         for note in notes:
             log.warning("%s: %s", store.name, note)
@@ -375,7 +409,7 @@ class Orchestrator:
         if action not in SWITCH_ACTIONS or target is None:
             self._record(store, action, ABORTED, op, reason="interrupted; nothing to repair")
             return f"closed an interrupted {action}"
-        self._drop_candidate_quietly(store)
+        self._drop_candidate(store, quiet=True)
         if store.served() == target and (action == "rollback" or store.status(target) is VersionStatus.VERIFIED):
             # The switch itself was written: finish it (fallbacks may still be missing).
             plan = self._plan(store, target, exclude={started.from_version} if action == "rollback" else set())
@@ -396,13 +430,6 @@ class Orchestrator:
                      reason="interrupted before the switch; previous versions restored",
                      details={"resident": list(store.resident())})
         return f"undid an interrupted {action} to v{target}; {label(store.served())} serves"
-
-    def _drop_candidate_quietly(self, store: ModelStore) -> None:
-        try:
-            self.triton.unload(candidate_name(store.name))
-        except TritonError:
-            pass  # Triton down or the entry never loaded; the folder goes either way
-        store.remove_candidate_entry()
 
     def sync_triton(self, store: ModelStore, strict: bool = False) -> list[str]:
         """Load the on-disk policy into Triton when what Triton holds differs from it."""

@@ -1,14 +1,18 @@
-"""The Triton model repository on disk: models, their numbered versions, configs and journals.
+"""The Triton model repository on disk, and the orchestrator's own state beside it.
 
-Layout of one model folder (Triton reads only ``config.pbtxt`` and the numbered folders):
+Triton reloads every loaded version of a model when any file under the model's folder
+changes, except in version folders it does not load (measured: a journal line appended
+inside the folder reloaded all versions). So the model folder holds only what Triton
+reads, and everything the orchestrator writes often lives in a separate state folder:
 
-    <model>/config.pbtxt           version_policy lists the resident versions; the highest serves
-    <model>/<N>/meta.yaml          identity, checksums, contract, verification
-    <model>/<N>/<artifacts>
-    <model>/policy.yaml            promotion policy (optional)
-    <model>/golden/                golden set
-    <model>/version_history.log    the journal
-    <model>/.staging-<op>/         an import in progress (Triton ignores non-numeric folders)
+    <repository>/<model>/config.pbtxt          version_policy: resident versions; the highest serves
+    <repository>/<model>/<N>/meta.yaml         identity, checksums, contract, verification
+    <repository>/<model>/<N>/<artifacts>
+    <repository>/<model>/.staging-<op>/        an import in progress (renamed to <N> when complete)
+    <state>/<model>/policy.yaml                promotion policy (optional)
+    <state>/<model>/golden/                    golden set
+    <state>/<model>/version_history.log        the journal
+    <state>/<model>/.orchestrator.lock
 
 A candidate under test is loaded as a separate model ``<model>__candidate`` whose only
 version folder is a link to the filed version: it takes no production traffic.
@@ -51,10 +55,12 @@ def candidate_name(model: str) -> str:
 class ModelStore:
     """One model's folder."""
 
-    def __init__(self, folder: Path) -> None:
+    def __init__(self, folder: Path, state: Path) -> None:
         self.folder = folder
+        self.state = state
         self.name = folder.name
-        self.journal = Journal(folder / JOURNAL_FILE)
+        state.mkdir(parents=True, exist_ok=True)
+        self.journal = Journal(state / JOURNAL_FILE)
 
     # --- config -------------------------------------------------------------------------
     def config_text(self) -> str:
@@ -89,7 +95,7 @@ class ModelStore:
         return config
 
     def promotion_policy(self) -> PromotionPolicy:
-        return load_promotion_policy(self.folder)
+        return load_promotion_policy(self.state)
 
     # --- versions -----------------------------------------------------------------------
     def versions(self) -> list[int]:
@@ -172,8 +178,9 @@ class ModelStore:
 
 
 class ModelRepository:
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, state_root: Path) -> None:
         self.root = root
+        self.state_root = state_root
 
     def models(self) -> list[str]:
         if not self.root.is_dir():
@@ -190,7 +197,7 @@ class ModelRepository:
     def model(self, name: str) -> ModelStore:
         if name not in self.models():
             raise UnknownModel(name, self.models())
-        return ModelStore(self.root / name)
+        return ModelStore(self.root / name, self.state_root / name)
 
 
 def remove_tree(path: Path) -> None:

@@ -14,11 +14,13 @@ ENV_URL = "ORCH_TRITON_URL"
 ENV_ADMIN_KEY = "ORCH_ADMIN_KEY"
 ENV_ADMIN_KEY_FILE = "ORCH_ADMIN_KEY_FILE"
 ENV_DEFAULT_MODEL = "ORCH_DEFAULT_MODEL"
+ENV_STATE_DIR = "ORCH_STATE_DIR"
 
 
 @dataclass(frozen=True)
 class Settings:
     repository: Path
+    state_dir: Path | None = None  # default: orchestrator_state/ beside the repository
     triton_url: str = "http://127.0.0.1:8000"
     admin_key: str | None = None
     default_model: str | None = None
@@ -31,12 +33,14 @@ class Settings:
         if not self.repository.is_dir():
             raise UsageError(f"model repository {self.repository} is not a folder (set --repository or "
                              f"{ENV_REPOSITORY})")
+        if self.state_dir is None:
+            object.__setattr__(self, "state_dir", self.repository.parent / "orchestrator_state")
         for name in ("timeout_s", "load_timeout_s", "lock_timeout_s"):
             if getattr(self, name) <= 0:
                 raise UsageError(f"{name} must be positive")
 
     def __repr__(self) -> str:  # never print the key
-        return f"Settings(repository={self.repository}, triton_url={self.triton_url}, admin_key=***)"
+        return f"Settings(repository={self.repository}, state_dir={self.state_dir}, triton_url={self.triton_url}, admin_key=***)"
 
 
 def read_admin_key(explicit: str | None = None) -> str | None:
@@ -53,10 +57,12 @@ def read_admin_key(explicit: str | None = None) -> str | None:
     return None
 
 
-def from_environment(repository: str | None = None, url: str | None = None, default_model: str | None = None,
+def from_environment(repository: str | None = None, state_dir: str | None = None, url: str | None = None, default_model: str | None = None,
                      timeout_s: float = 10.0, lock_timeout_s: float = 30.0) -> Settings:
     return Settings(
         repository=Path(repository or os.environ.get(ENV_REPOSITORY, "model_repository")).resolve(),
+        state_dir=Path(state_dir or os.environ[ENV_STATE_DIR]).resolve() if (state_dir or os.environ.get(
+            ENV_STATE_DIR)) else None,
         triton_url=url or os.environ.get(ENV_URL, "http://127.0.0.1:8000"),
         admin_key=read_admin_key(),
         default_model=default_model or os.environ.get(ENV_DEFAULT_MODEL) or None,

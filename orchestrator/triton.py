@@ -7,6 +7,7 @@ unreachable server names its URL, a failed load carries Triton's reason.
 from __future__ import annotations
 
 import socket
+import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -60,7 +61,7 @@ class Triton:
         try:
             return fn(*args, **kwargs)
         except InferenceServerException as exc:
-            message = exc.message() or str(exc)
+            message = one_line(exc.message() or str(exc))
             if _is_network_failure(message):
                 raise TritonUnreachable(self.url, message) from exc
             raise TritonError(f"{what} failed: {message}") from exc
@@ -88,7 +89,7 @@ class Triton:
                 name=str(item.get("name", "")),
                 version=int(version) if version not in (None, "") else None,
                 state=str(item.get("state", "")),
-                reason=str(item.get("reason", "")),
+                reason=one_line(str(item.get("reason", ""))),
             ))
         return entries
 
@@ -99,12 +100,28 @@ class Triton:
         try:
             self._control.load_model(model, headers=self._headers, config=config_json)
         except InferenceServerException as exc:
-            message = exc.message() or str(exc)
+            message = one_line(exc.message() or str(exc))
             if _is_network_failure(message):
                 raise TritonUnreachable(self.url, message) from exc
             raise LoadFailed(model, message) from exc
         except _NETWORK_ERRORS as exc:
             raise TritonUnreachable(self.url, str(exc) or type(exc).__name__) from exc
+
+    def wait_unloaded(self, model: str, versions: set[int] | None, timeout_s: float) -> bool:
+        """Poll until ``versions`` of ``model`` (all when None) are neither loaded nor on their way.
+
+        Triton unloads in the background after ``load_model``/``unload_model`` return, and no
+        file under a model may change while it is UNLOADING.
+        """
+        deadline = time.monotonic() + timeout_s
+        while True:
+            busy = [v for v, e in self.states(model).items()
+                    if e.state in ("READY", "LOADING", "UNLOADING") and (versions is None or v in versions)]
+            if not busy:
+                return True
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.02)
 
     def unload(self, model: str) -> None:
         self._call(f"unload of {model}", self._control.unload_model, model, headers=self._headers)
@@ -134,6 +151,12 @@ class Triton:
             version=int(response.get("model_version", version or 0)),
             outputs={name: result.as_numpy(name) for name in outputs},
         )
+
+
+def one_line(message: str) -> str:
+    """Triton's reasons carry the backend's Python traceback ("At: ..."); keep the reason itself."""
+    head = message.split("\n\nAt:", 1)[0]
+    return " ".join(head.split()).rstrip(" ;")
 
 
 def _is_network_failure(message: str) -> bool:

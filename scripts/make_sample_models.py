@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Regenerate the sample repository, or write a sample package.
 
-    python scripts/make_sample_models.py repository [--out model_repository]
+    python scripts/make_sample_models.py repository [--out model_repository] [--state orchestrator_state]
     python scripts/make_sample_models.py package better --out /tmp/classifier-v2
 
 Output is byte-for-byte reproducible (fixed seeds, rounded weights, fixed timestamps).
@@ -38,12 +38,14 @@ promotion:
 """
 
 
-def write_repository(root: Path) -> None:
+def write_repository(root: Path, state_root: Path) -> None:
     model = root / MODEL
     model.mkdir(parents=True, exist_ok=True)
     (model / "config.pbtxt").write_text(CONFIG)
-    (model / "policy.yaml").write_text(POLICY)
-    save_golden(model / "golden")
+    state = state_root / MODEL
+    state.mkdir(parents=True, exist_ok=True)
+    (state / "policy.yaml").write_text(POLICY)
+    save_golden(state / "golden")
     version = write_sample_package(model / "1", Variant.BASELINE)
     meta = read_meta(version / META_FILE)
     seeded = Verification(status=VersionStatus.VERIFIED, verified_by="seed", verified_at=SEED_TIME,
@@ -56,13 +58,15 @@ def main() -> None:
     sub = parser.add_subparsers(dest="what", required=True)
     repo = sub.add_parser("repository")
     repo.add_argument("--out", type=Path, default=Path("model_repository"))
+    repo.add_argument("--state", type=Path, help="default: orchestrator_state/ beside --out")
     pkg = sub.add_parser("package")
     pkg.add_argument("variant", choices=[v.value for v in Variant])
     pkg.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
     if args.what == "repository":
-        write_repository(args.out)
-        print(f"sample repository written to {args.out}")
+        state = args.state or args.out.parent / "orchestrator_state"
+        write_repository(args.out, state)
+        print(f"sample repository written to {args.out}, its policy and golden set to {state}")
     else:
         write_sample_package(args.out, Variant(args.variant))
         print(f"{args.variant} package written to {args.out}")

@@ -1,0 +1,65 @@
+#!/usr/bin/env python3
+"""The end-to-end scenario on an embedded CPU Triton, through the real ``orchestrate`` CLI.
+
+Works on a copy of model_repository/ (``--in-place`` uses the folder itself) so the sample
+stays as committed. Every step is a command a user would type; each must succeed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from orchestrator.embedded import EmbeddedTriton  # noqa: E402
+from orchestrator.sample import Variant, write_sample_package  # noqa: E402
+
+
+def orchestrate(env: dict[str, str], *args: str) -> None:
+    print(f"\n$ orchestrate {' '.join(args)}", flush=True)
+    started = time.monotonic()
+    result = subprocess.run([sys.executable, "-m", "orchestrator", *args], env=env, cwd=ROOT, check=False)
+    print(f"  (exit {result.returncode}, {time.monotonic() - started:.2f} s)", flush=True)
+    if result.returncode != 0:
+        raise SystemExit(f"demo failed at: orchestrate {' '.join(args)}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--in-place", action="store_true", help="run on model_repository/ itself")
+    args = parser.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="orch-demo-"))
+    repository = ROOT / "model_repository"
+    if not args.in_place:
+        shutil.copytree(repository, work / "model_repository")
+        repository = work / "model_repository"
+    package = write_sample_package(work / "classifier-better", Variant.BETTER)
+    print(f"repository: {repository}\nnew package: {package}")
+    server = EmbeddedTriton(repository, work / "triton", load_models=("classifier",))
+    server.start()
+    print(f"embedded Triton ready at {server.url} (log: {server.log_path})")
+    env = dict(os.environ, ORCH_REPOSITORY=str(repository), ORCH_TRITON_URL=server.url, ORCH_ACTOR="demo")
+    try:
+        orchestrate(env, "status")
+        orchestrate(env, "import", str(package))
+        orchestrate(env, "promote", "v2")
+        orchestrate(env, "status")
+        orchestrate(env, "rollback")
+        orchestrate(env, "status")
+        orchestrate(env, "history", "classifier")
+    finally:
+        server.stop()
+        print("\nembedded Triton stopped")
+    print("demo complete")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,88 @@
+"""Import against a real Triton: good packages are filed, bad ones change nothing."""
+
+from __future__ import annotations
+
+import shutil
+import tarfile
+from pathlib import Path
+
+import pytest
+
+from orchestrator.meta import META_FILE, VersionStatus, read_meta
+from orchestrator.sample import Variant
+
+from .conftest import Stack, stub_pids
+
+pytestmark = pytest.mark.triton
+
+
+def test_good_package_is_filed_as_next_version_without_disturbing_serving(stack: Stack, packages):
+    pids = stub_pids(stack.repository)
+    result = stack.cli("import", str(packages[Variant.BETTER]))
+    assert result.returncode == 0, result.stderr
+    assert "filed v2" in result.stdout
+    meta = read_meta(stack.repository / "classifier" / "2" / META_FILE)
+    assert meta.version == 2 and meta.verification.status is VersionStatus.UNVERIFIED
+    assert set(meta.artifacts) == {"model.onnx", "model.py"}
+    assert stack.served_by_triton() == 1
+    assert stub_pids(stack.repository) == pids  # v1 was not reloaded
+    records = stack.store().journal.read().records
+    assert [(r.action, r.result, r.to_version) for r in records] == [("import", "started", 2),
+                                                                      ("import", "succeeded", 2)]
+
+
+def test_archive_package_is_filed(stack: Stack, packages, tmp_path: Path):
+    archive = tmp_path / "classifier-better.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(packages[Variant.BETTER], arcname="classifier-better")
+    result = stack.cli("import", str(archive), "--json")
+    assert result.returncode == 0, result.stderr
+    assert '"version": 2' in result.stdout
+
+
+def _damaged(packages, tmp_path: Path, damage) -> Path:
+    package = tmp_path / "package"
+    shutil.copytree(packages[Variant.BETTER], package)
+    damage(package)
+    return package
+
+
+def _truncate_archive(packages, tmp_path: Path) -> Path:
+    archive = tmp_path / "half-downloaded.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(packages[Variant.BETTER], arcname="p")
+    archive.write_bytes(archive.read_bytes()[:3000])
+    return archive
+
+
+BAD = {
+    "checksum": (lambda p: (p / "model.onnx").write_bytes(b"tampered"), "does not match meta"),
+    "missing artifact": (lambda p: (p / "model.onnx").unlink(), "'model.onnx' is missing"),
+    "no meta": (lambda p: (p / META_FILE).unlink(), "meta.yaml"),
+    "contract": (lambda p: (p / META_FILE).write_text((p / META_FILE).read_text().replace("- 16\n", "- 32\n", 1)),
+                 "contract does not match"),
+    "other model": (lambda p: (p / META_FILE).write_text((p / META_FILE).read_text().replace(
+        "model: classifier", "model: detector")), "unknown model 'detector'"),
+    "replayed version": (lambda p: (p / META_FILE).write_text("version: 1\n" + (p / META_FILE).read_text()),
+                         "may not re-use or lower a version number"),
+}
+
+
+@pytest.mark.parametrize("kind", [*BAD, "truncated archive"])
+def test_bad_package_is_refused_and_nothing_changes(stack: Stack, packages, tmp_path: Path, kind: str):
+    if kind == "truncated archive":
+        package, reason = _truncate_archive(packages, tmp_path), "truncated or corrupt"
+    else:
+        damage, reason = BAD[kind]
+        package = _damaged(packages, tmp_path, damage)
+    repository_before = {k: v for k, v in stack.snapshot().items() if "version_history" not in k}
+    result = stack.cli("import", str(package))
+    assert result.returncode == 3, (result.stdout, result.stderr)
+    assert reason in result.stderr
+    assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
+    after = {k: v for k, v in stack.snapshot().items() if "version_history" not in k}
+    assert after == repository_before
+    assert stack.store().versions() == [1]
+    assert stack.served_by_triton() == 1
+    if kind != "other model":  # a package for an unknown model has no journal to go to
+        assert stack.store().journal.read().records[-1].result == "refused"

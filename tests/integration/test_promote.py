@@ -1,0 +1,118 @@
+"""Promote against a real Triton: good versions serve, bad ones are refused and serving is untouched."""
+
+from __future__ import annotations
+
+import pytest
+
+from orchestrator.meta import VersionStatus
+from orchestrator.repository import candidate_name
+from orchestrator.sample import Variant
+
+from .conftest import Stack, stub_pids
+
+pytestmark = pytest.mark.triton
+
+
+def _import(stack: Stack, package) -> None:
+    result = stack.cli("import", str(package))
+    assert result.returncode == 0, result.stderr
+
+
+def settle_startup_reload(stack: Stack) -> None:
+    """Triton re-instantiates a --load-model model on the first load_model after it starts (measured);
+    absorb that once so the tests below see only what the orchestrator causes."""
+    stack.triton().load("classifier")
+
+
+def test_promote_verifies_then_serves_and_keeps_last_verified_resident(stack: Stack, packages):
+    settle_startup_reload(stack)
+    _import(stack, packages[Variant.BETTER])
+    pids_before = stub_pids(stack.repository)
+    result = stack.cli("promote", "v2")  # exactly as users type it: one model in the repository
+    assert result.returncode == 0, result.stderr
+    assert "promote v1 -> v2" in result.stdout
+    assert stack.served_by_triton() == 2
+    store = stack.store()
+    assert store.resident() == (1, 2)
+    assert {v: e.state for v, e in stack.triton().states("classifier").items()} == {1: "READY", 2: "READY"}
+    meta = store.meta(2)
+    assert meta.verification.status is VersionStatus.VERIFIED
+    assert meta.verification.golden["accuracy"] > meta.verification.golden["served_accuracy"]
+    assert meta.verification.verified_by == "pytest"
+    # v1 kept its process: no reload of the served version (journal writes live outside the model folder)
+    v1 = next(path for path in pids_before if "/1/" in path)
+    assert stub_pids(stack.repository)[v1] == pids_before[v1]
+    assert not (stack.repository / candidate_name("classifier")).exists()
+    last = store.journal.read().records[-1]
+    assert (last.action, last.result, last.from_version, last.to_version) == ("promote", "succeeded", 1, 2)
+    assert last.duration_ms is not None and last.duration_ms > 0
+
+
+@pytest.mark.parametrize(("variant", "reason"), [
+    (Variant.CORRUPT, "load failed"),
+    (Variant.NAN, "NaN"),
+    (Variant.ZEROS, "all zeros"),
+    (Variant.EXPLODING, "explodes"),
+    (Variant.WORSE, "worse than the served version"),
+])
+def test_bad_candidate_is_refused_and_old_version_keeps_serving(stack: Stack, packages, variant, reason):
+    settle_startup_reload(stack)
+    _import(stack, packages[variant])
+    pids_before = stub_pids(stack.repository)
+    config_before = (stack.repository / "classifier" / "config.pbtxt").read_bytes()
+    result = stack.cli("promote", "classifier", "2")
+    assert result.returncode == 5, (result.stdout, result.stderr)
+    assert reason in result.stderr and "not promoted" in result.stderr
+    assert result.stderr.count("\n") == 1
+    assert stack.served_by_triton() == 1
+    assert stub_pids(stack.repository) == pids_before
+    assert (stack.repository / "classifier" / "config.pbtxt").read_bytes() == config_before
+    assert not (stack.repository / candidate_name("classifier")).exists()
+    store = stack.store()
+    assert store.status(2) is VersionStatus.FAILED
+    assert reason in (store.meta(2).verification.reason or "")
+    last = store.journal.read().records[-1]
+    assert (last.action, last.result, last.to_version) == ("promote", "failed", 2) and reason in last.reason
+    assert store.versions() == [1, 2]  # the refused version is kept, marked failed
+
+
+def test_quarantined_version_needs_force(stack: Stack, packages):
+    _import(stack, packages[Variant.BETTER])
+    from orchestrator.meta import Verification  # noqa: PLC0415
+
+    stack.store().set_verification(2, Verification(status=VersionStatus.QUARANTINED, reason="NaN in production"))
+    refused = stack.cli("promote", "v2")
+    assert refused.returncode == 4 and "quarantined (NaN in production)" in refused.stderr
+    assert stack.served_by_triton() == 1
+    forced = stack.cli("promote", "v2", "--force")
+    assert forced.returncode == 0, forced.stderr
+    assert stack.served_by_triton() == 2
+
+
+def test_promoting_the_served_version_is_a_no_op(stack: Stack):
+    result = stack.cli("promote", "v1")
+    assert result.returncode == 0 and "already serves" in result.stdout
+    assert stack.store().journal.read().records == ()
+
+
+@pytest.mark.parametrize(("args", "code", "message"), [
+    (["promote", "v9"], 2, "has no version v9 (versions: v1)"),
+    (["promote", "detector", "v2"], 2, "unknown model 'detector'"),
+    (["promote", "latest"], 2, "is not a version"),
+    (["rollback", "--to", "v7"], 2, "has no version v7"),
+])
+def test_user_errors_are_one_line_with_exit_code(stack: Stack, args, code, message):
+    result = stack.cli(*args)
+    assert result.returncode == code, result.stderr
+    assert message in result.stderr and result.stderr.count("\n") == 1
+    assert stack.served_by_triton() == 1
+
+
+def test_unreachable_triton_names_the_url_and_changes_nothing(stack: Stack, packages):
+    _import(stack, packages[Variant.BETTER])
+    before = stack.snapshot()
+    env = stack.env() | {"ORCH_TRITON_URL": "http://127.0.0.1:9"}
+    result = stack.cli("--timeout", "2", "promote", "v2", env=env)
+    assert result.returncode == 9, result.stderr
+    assert "Triton at http://127.0.0.1:9 is unreachable" in result.stderr
+    assert stack.snapshot() == before

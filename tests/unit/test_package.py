@@ -1,0 +1,112 @@
+"""Package verification without a server: checksums, contract, archives."""
+
+import io
+import shutil
+import tarfile
+from pathlib import Path
+
+import pytest
+
+from orchestrator.errors import PackageRejected
+from orchestrator.meta import META_FILE, read_meta
+from orchestrator.modelconfig import parse_config
+from orchestrator.package import unpacked, verify_package
+from orchestrator.sample import CONFIG, Variant, write_sample_package
+
+MODEL_CONFIG = parse_config(CONFIG)
+
+
+@pytest.fixture(scope="module")
+def good(tmp_path_factory) -> Path:
+    return write_sample_package(tmp_path_factory.mktemp("pkg") / "good", Variant.BETTER)
+
+
+def copy(good: Path, tmp_path: Path) -> Path:
+    dest = tmp_path / "pkg"
+    shutil.copytree(good, dest)
+    return dest
+
+
+def test_good_package_verifies(good):
+    meta = verify_package(good, "good", "classifier", MODEL_CONFIG)
+    assert set(meta.artifacts) == {"model.onnx", "model.py"}
+
+
+@pytest.mark.parametrize(("damage", "reason"), [
+    (lambda p: (p / "model.onnx").write_bytes((p / "model.onnx").read_bytes()[:100]), "does not match meta"),
+    (lambda p: (p / "model.onnx").unlink(), "missing"),
+    (lambda p: (p / META_FILE).unlink(), "meta.yaml"),
+    (lambda p: (p / META_FILE).write_text("model: [unclosed"), "not valid YAML"),
+    (lambda p: (p / "extra.bin").write_bytes(b"x"), "not listed in meta.yaml"),
+    (lambda p: (p / META_FILE).write_text((p / META_FILE).read_text().replace("model: classifier", "model: other")),
+     "for model 'other'"),
+    (lambda p: (p / META_FILE).write_text((p / META_FILE).read_text().replace("LOGITS", "SCORES")),
+     "output SCORES not in the config"),
+    (lambda p: (p / META_FILE).write_text((p / META_FILE).read_text().replace("FP32", "FP16", 1)),
+     "IMAGE:FP16[3, 16, 16] but the config says IMAGE:FP32[3, 16, 16]"),
+])
+def test_bad_packages_are_refused_with_the_reason(good, tmp_path, damage, reason):
+    package = copy(good, tmp_path)
+    damage(package)
+    with pytest.raises(PackageRejected, match="refused") as caught:
+        verify_package(package, str(package), "classifier", MODEL_CONFIG)
+    assert reason in str(caught.value)
+    assert "\n" not in str(caught.value)
+
+
+def _tar(path: Path, members: dict[str, bytes], kind: bytes = tarfile.REGTYPE) -> Path:
+    with tarfile.open(path, "w:gz") as tar:
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            info.type = kind
+            tar.addfile(info, io.BytesIO(data))
+    return path
+
+
+def test_archive_unpacks_and_verifies(good, tmp_path):
+    archive = tmp_path / "good.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(good, arcname="classifier-v2")
+    with unpacked(archive) as folder:
+        assert verify_package(folder, "a", "classifier", MODEL_CONFIG).model == "classifier"
+
+
+def test_truncated_archive_is_refused(good, tmp_path):
+    archive = tmp_path / "good.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(good, arcname="classifier-v2")
+    data = archive.read_bytes()
+    archive.write_bytes(data[: len(data) // 2])
+    with pytest.raises(PackageRejected, match="truncated or corrupt"), unpacked(archive):
+        pass
+
+
+def test_archive_escaping_the_folder_is_refused(tmp_path):
+    archive = _tar(tmp_path / "evil.tar.gz", {"../escape.txt": b"x"})
+    with pytest.raises(PackageRejected), unpacked(archive):
+        pass
+    assert not (tmp_path / "escape.txt").exists()
+
+
+def test_archive_with_links_is_refused(tmp_path):
+    archive = tmp_path / "link.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        info = tarfile.TarInfo("meta.yaml")
+        info.type = tarfile.SYMTYPE
+        info.linkname = "/etc/passwd"
+        tar.addfile(info)
+    with pytest.raises(PackageRejected, match="not a plain file"), unpacked(archive):
+        pass
+
+
+def test_missing_package_is_refused(tmp_path):
+    with pytest.raises(PackageRejected, match="no such file"), unpacked(tmp_path / "nope.tar.gz"):
+        pass
+
+
+def test_package_meta_records_contract_and_provenance(good):
+    meta = read_meta(good / META_FILE)
+    assert meta.contract.inputs[0].name == "IMAGE"
+    assert meta.framework["runtime"] == "onnxruntime"
+    assert "variant=better" in meta.source

@@ -287,7 +287,13 @@ class Orchestrator:
                  reason: str = "requested by operator") -> SwitchResult:
         store = self.repository.model(self.resolve_model(model))
         with self._locked(store):
-            self._repair(store)
+            if self._repair(store):
+                last = store.journal.read().records[-1]
+                if last.action == "rollback" and last.result == REPAIRED and to in (None, last.to_version):
+                    # The interrupted rollback this command repeats has just been completed.
+                    self.sync_triton(store)
+                    return SwitchResult(store.name, "rollback", last.from_version, store.served() or 0,
+                                        store.resident(), 0.0, True)
             served = store.served()
             if served is None:
                 raise PolicyViolation(f"{store.name} serves nothing: there is nothing to roll back")
@@ -391,6 +397,8 @@ class Orchestrator:
         unfinished = store.journal.read().unfinished()
         if unfinished is not None:
             notes.append(self._repair_operation(store, unfinished))
+            if unfinished.action in SWITCH_ACTIONS:
+                notes += self.sync_triton(store)  # when Triton is up; otherwise the next contact does it
         elif store.has_candidate_entry():
             self._drop_candidate(store, quiet=True)
             notes.append("removed a leftover candidate entry")

@@ -1,0 +1,50 @@
+"""Disk is the truth: after Triton restarts, the version on disk serves again."""
+
+from __future__ import annotations
+
+import pytest
+
+from orchestrator.embedded import EmbeddedTriton
+from orchestrator.sample import Variant
+
+from .conftest import MODEL, Stack
+
+pytestmark = pytest.mark.triton
+
+
+def _restart(stack: Stack, load_models: tuple[str, ...]) -> None:
+    ports = (stack.server.http_port, stack.server.grpc_port, stack.server.metrics_port)
+    stack.server.kill()
+    stack.server = EmbeddedTriton(stack.repository, stack.tmp / "triton", load_models=load_models, ports=ports)
+    stack.server.start()
+
+
+def test_killed_triton_comes_back_serving_the_promoted_version(stack: Stack, packages):
+    assert stack.cli("import", str(packages[Variant.BETTER])).returncode == 0
+    assert stack.cli("promote", "v2").returncode == 0
+    _restart(stack, load_models=(MODEL,))
+    assert stack.served_by_triton() == 2
+    assert {v: e.state for v, e in stack.triton().states(MODEL).items()} == {1: "READY", 2: "READY"}
+    status = stack.cli("status")
+    assert "serving v2, last verified v1, resident v1, v2 (in sync)" in status.stdout
+
+
+def test_triton_restarted_without_the_model_is_reconciled(stack: Stack, packages):
+    assert stack.cli("import", str(packages[Variant.BETTER])).returncode == 0
+    assert stack.cli("promote", "v2").returncode == 0
+    _restart(stack, load_models=())
+    assert "Triton differs from disk" in stack.cli("status").stdout
+    result = stack.cli("reconcile")
+    assert result.returncode == 0, result.stderr
+    assert "loaded [1, 2] into Triton (it held [])" in result.stdout
+    assert stack.served_by_triton() == 2
+    last = stack.store().journal.read().records[-1]
+    assert (last.action, last.result, last.to_version) == ("reconcile", "succeeded", 2)
+    assert stack.cli("reconcile").stdout.strip() == "in sync: nothing to do"
+
+
+def test_reconcile_with_triton_down_fails_clearly(stack: Stack):
+    stack.server.kill()
+    result = stack.cli("--timeout", "1", "reconcile")
+    assert result.returncode == 9
+    assert f"Triton at {stack.server.url} is unreachable" in result.stderr

@@ -66,8 +66,8 @@ def main(
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, stream=sys.stderr,
                         format="%(levelname)s %(name)s: %(message)s")
     state = State()
-    state.options = {"repository": repository, "state_dir": state_dir, "url": url, "default_model": model, "timeout_s": timeout,
-                     "lock_timeout_s": lock_timeout}
+    state.options = {"repository": repository, "state_dir": state_dir, "url": url, "default_model": model,
+                     "timeout_s": timeout, "lock_timeout_s": lock_timeout}
     ctx.obj = state
 
 

@@ -133,7 +133,9 @@ class EmbeddedTriton:
         self.workdir.mkdir(parents=True, exist_ok=True)
         log = self.log_path.open("ab")
         self.process = subprocess.Popen(self.command(), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                        env=self.environment(), preexec_fn=_die_with_parent)
+                                        # preexec_fn: the server must die with us (PDEATHSIG); it runs
+                                        # before any exec and touches no Python locks.
+                                        env=self.environment(), preexec_fn=_die_with_parent)  # noqa: PLW1509
         log.close()
         self.wait_ready(timeout_s)
         return self

@@ -101,7 +101,8 @@ def verify_package(folder: Path, label: str, model: str, config: ModelConfig) ->
             raise PackageRejected(label, f"artifact {name!r} is missing")
         actual = sha256_file(path)
         if actual != expected:
-            raise PackageRejected(label, f"artifact {name!r} sha256 {actual[:12]}… does not match meta {expected[:12]}…")
+            raise PackageRejected(
+                label, f"artifact {name!r} sha256 {actual[:12]}… does not match meta {expected[:12]}…")
     needed = primary_file(config)
     if needed not in meta.artifacts:
         raise PackageRejected(label, f"the model's backend needs {needed!r}, which the package lacks")

@@ -40,7 +40,8 @@ class Settings:
                 raise UsageError(f"{name} must be positive")
 
     def __repr__(self) -> str:  # never print the key
-        return f"Settings(repository={self.repository}, state_dir={self.state_dir}, triton_url={self.triton_url}, admin_key=***)"
+        return (f"Settings(repository={self.repository}, state_dir={self.state_dir}, "
+                f"triton_url={self.triton_url}, admin_key=***)")
 
 
 def read_admin_key(explicit: str | None = None) -> str | None:
@@ -57,8 +58,9 @@ def read_admin_key(explicit: str | None = None) -> str | None:
     return None
 
 
-def from_environment(repository: str | None = None, state_dir: str | None = None, url: str | None = None, default_model: str | None = None,
-                     timeout_s: float = 10.0, lock_timeout_s: float = 30.0) -> Settings:
+def from_environment(repository: str | None = None, state_dir: str | None = None, url: str | None = None,
+                     default_model: str | None = None, timeout_s: float = 10.0,
+                     lock_timeout_s: float = 30.0) -> Settings:
     return Settings(
         repository=Path(repository or os.environ.get(ENV_REPOSITORY, "model_repository")).resolve(),
         state_dir=Path(state_dir or os.environ[ENV_STATE_DIR]).resolve() if (state_dir or os.environ.get(

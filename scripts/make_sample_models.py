@@ -16,8 +16,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from orchestrator.meta import META_FILE, Verification, VersionStatus, read_meta, write_meta  # noqa: E402
-from orchestrator.sample import (  # noqa: E402
+from orchestrator.meta import META_FILE, Verification, VersionStatus, read_meta, write_meta
+from orchestrator.sample import (
     CONFIG,
     MODEL,
     SEED_TIME,

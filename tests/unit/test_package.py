@@ -41,7 +41,7 @@ def test_good_package_verifies(good):
     (lambda p: (p / META_FILE).write_text((p / META_FILE).read_text().replace("model: classifier", "model: other")),
      "for model 'other'"),
     (lambda p: (p / META_FILE).write_text((p / META_FILE).read_text().replace("LOGITS", "SCORES")),
-     "output SCORES not in the config"),
+     "output LOGITS missing"),
     (lambda p: (p / META_FILE).write_text((p / META_FILE).read_text().replace("FP32", "FP16", 1)),
      "IMAGE:FP16[3, 16, 16] but the config says IMAGE:FP32[3, 16, 16]"),
 ])

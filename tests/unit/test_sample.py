@@ -10,8 +10,9 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def test_sample_repository_is_reproducible(tmp_path):
     subprocess.run([sys.executable, str(ROOT / "scripts" / "make_sample_models.py"), "repository", "--out",
-                    str(tmp_path)], check=True, capture_output=True)
-    committed = ROOT / "model_repository" / "classifier"
-    for relative in ["config.pbtxt", "policy.yaml", "golden/inputs.npy", "golden/labels.npy", "1/model.onnx",
-                     "1/model.py", "1/meta.yaml"]:
-        assert filecmp.cmp(committed / relative, tmp_path / "classifier" / relative, shallow=False), relative
+                    str(tmp_path / "model_repository")], check=True, capture_output=True)
+    for relative in ["model_repository/classifier/config.pbtxt", "model_repository/classifier/1/model.onnx",
+                     "model_repository/classifier/1/model.py", "model_repository/classifier/1/meta.yaml",
+                     "orchestrator_state/classifier/policy.yaml", "orchestrator_state/classifier/golden/inputs.npy",
+                     "orchestrator_state/classifier/golden/labels.npy"]:
+        assert filecmp.cmp(ROOT / relative, tmp_path / relative, shallow=False), relative

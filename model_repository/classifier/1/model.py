@@ -31,7 +31,7 @@ class TritonPythonModel:
             try:
                 feeds = {name: pb_utils.get_input_tensor_by_name(request, name).as_numpy() for name in self.inputs}
                 results = self.session.run(self.outputs, feeds)
-                tensors = [pb_utils.Tensor(name, value) for name, value in zip(self.outputs, results)]
+                tensors = [pb_utils.Tensor(name, value) for name, value in zip(self.outputs, results, strict=True)]
                 responses.append(pb_utils.InferenceResponse(output_tensors=tensors))
             except Exception as exc:  # an error response, not a crashed stub
                 responses.append(pb_utils.InferenceResponse(error=pb_utils.TritonError(str(exc))))

@@ -287,12 +287,13 @@ class Orchestrator:
                  reason: str = "requested by operator") -> SwitchResult:
         store = self.repository.model(self.resolve_model(model))
         with self._locked(store):
-            if self._repair(store):
-                last = store.journal.read().records[-1]
-                if last.action == "rollback" and last.result == REPAIRED and to in (None, last.to_version):
+            seen = len(store.journal.read().records)
+            self._repair(store)
+            for record in store.journal.read().records[seen:]:
+                if record.action == "rollback" and record.result == REPAIRED and to in (None, record.to_version):
                     # The interrupted rollback this command repeats has just been completed.
                     self.sync_triton(store)
-                    return SwitchResult(store.name, "rollback", last.from_version, store.served() or 0,
+                    return SwitchResult(store.name, "rollback", record.from_version, store.served() or 0,
                                         store.resident(), 0.0, True)
             served = store.served()
             if served is None:

@@ -27,7 +27,7 @@ from orchestrator.errors import (
     UnknownModel,
     UsageError,
 )
-from orchestrator.golden import load_golden, run_golden
+from orchestrator.golden import GoldenSet, load_golden, run_golden
 from orchestrator.journal import (
     ABORTED,
     FAILED,
@@ -46,6 +46,7 @@ from orchestrator.meta import META_FILE, MetaError, Verification, VersionStatus,
 from orchestrator.modelconfig import contract, to_json
 from orchestrator.package import unpacked, verify_package
 from orchestrator.plan import SwitchPlan, fallback_order, plan_switch
+from orchestrator.policy import PromotionPolicy
 from orchestrator.repository import ModelRepository, ModelStore, candidate_name
 from orchestrator.settings import Settings
 from orchestrator.triton import Triton
@@ -192,15 +193,20 @@ class Orchestrator:
                                       f"promote it with --force if you are sure")
             if version == served:
                 return self._settle(store, version, "promote")
-            store.promotion_policy()  # a broken policy file stops us before anything is touched
+            # A broken policy, meta or golden set stops us before anything is touched.
+            policy = store.promotion_policy()
             store.meta(version)
+            golden = load_golden(store.state / policy.golden, contract(store.config()))
+            if golden is None:
+                raise PolicyViolation(f"{store.name} has no golden set in {store.state / policy.golden}: "
+                                      f"a candidate cannot be verified without one")
             self.triton.require_live()
             op = new_op_id()
             started = time.monotonic()
             self._record(store, "promote", STARTED, op, from_version=served, to_version=version,
                          details={"resident_before": list(store.resident())})
             try:
-                verdict = self._check_candidate(store, version, served, op)
+                verdict = self._check_candidate(store, version, served, op, policy, golden)
             except CandidateRejected:
                 raise
             except OrchestratorError as exc:
@@ -219,11 +225,10 @@ class Orchestrator:
                          duration_ms=duration, details={"resident": list(resident), "metrics": verdict.metrics})
             return SwitchResult(store.name, "promote", served, version, resident, duration, True, verdict.metrics)
 
-    def _check_candidate(self, store: ModelStore, version: int, served: int | None, op: str) -> Verdict:
+    def _check_candidate(self, store: ModelStore, version: int, served: int | None, op: str,
+                         policy: PromotionPolicy, golden: GoldenSet) -> Verdict:
         """Load ``version`` where it takes no traffic, warm it up and judge it; unload it either way."""
-        policy = store.promotion_policy()
         config = store.config()
-        golden = load_golden(store.state / policy.golden, contract(config))
         outputs = [t.name for t in config.output]
         batch = min(policy.batch_size, config.max_batch_size) if config.max_batch_size else policy.batch_size
         entry = candidate_name(store.name)
@@ -236,8 +241,6 @@ class Orchestrator:
                 self._reject(store, version, op, f"load failed: {exc.reason}")
             self._record(store, "promote", STEP, op, to_version=version, details={"step": "candidate_loaded"})
             faults.checkpoint("promote:candidate_loaded")
-            if golden is None:
-                self._reject(store, version, op, f"no golden set in {store.state / policy.golden}: cannot verify")
             for warm in golden.batches(batch)[: policy.warmup_requests]:
                 self.triton.infer(entry, warm, outputs)
             try:

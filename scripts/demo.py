@@ -37,16 +37,18 @@ def main() -> None:
     parser.add_argument("--in-place", action="store_true", help="run on model_repository/ itself")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="orch-demo-"))
-    repository = ROOT / "model_repository"
+    repository, state = ROOT / "model_repository", ROOT / "orchestrator_state"
     if not args.in_place:
         shutil.copytree(repository, work / "model_repository")
-        repository = work / "model_repository"
+        shutil.copytree(state, work / "orchestrator_state")
+        repository, state = work / "model_repository", work / "orchestrator_state"
     package = write_sample_package(work / "classifier-better", Variant.BETTER)
-    print(f"repository: {repository}\nnew package: {package}")
+    print(f"repository: {repository}\nstate: {state}\nnew package: {package}")
     server = EmbeddedTriton(repository, work / "triton", load_models=("classifier",))
     server.start()
     print(f"embedded Triton ready at {server.url} (log: {server.log_path})")
-    env = dict(os.environ, ORCH_REPOSITORY=str(repository), ORCH_TRITON_URL=server.url, ORCH_ACTOR="demo")
+    env = dict(os.environ, ORCH_REPOSITORY=str(repository), ORCH_STATE_DIR=str(state), ORCH_TRITON_URL=server.url,
+               ORCH_ACTOR="demo")
     try:
         orchestrate(env, "status")
         orchestrate(env, "import", str(package))

@@ -116,3 +116,25 @@ def test_unreachable_triton_names_the_url_and_changes_nothing(stack: Stack, pack
     assert result.returncode == 9, result.stderr
     assert "Triton at http://127.0.0.1:9 is unreachable" in result.stderr
     assert stack.snapshot() == before
+
+
+@pytest.mark.parametrize(("damage", "code", "message"), [
+    (lambda s: __import__("shutil").rmtree(s.state / "classifier" / "golden"), 4, "has no golden set"),
+    (lambda s: (s.state / "classifier" / "policy.yaml").write_text("promotion: {keep_resident: many}"), 6,
+     "keep_resident must be a int"),
+    (lambda s: (s.state / "classifier" / "policy.yaml").write_text("promotion: {keep_residents: 1}"), 6,
+     "unknown setting(s) keep_residents"),
+    (lambda s: (s.repository / "classifier" / "config.pbtxt").write_text("name: classifier {{"), 6,
+     "config.pbtxt is invalid"),
+    (lambda s: (s.repository / "classifier" / "2" / "meta.yaml").write_text("model: [unclosed"), 6,
+     "meta.yaml: not valid YAML"),
+])
+def test_broken_files_stop_promote_before_anything_changes(stack: Stack, packages, damage, code, message):
+    _import(stack, packages[Variant.BETTER])
+    damage(stack)
+    before = stack.snapshot()
+    result = stack.cli("promote", "v2")
+    assert result.returncode == code, result.stderr
+    assert message in result.stderr and result.stderr.count("\n") == 1
+    assert stack.snapshot() == before
+    assert stack.served_by_triton() == 1

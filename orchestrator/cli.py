@@ -82,8 +82,9 @@ def _print_json(data: object) -> None:
 def _switch_line(result: SwitchResult) -> str:
     if not result.changed:
         return f"{result.model}: {label(result.to_version)} already serves; resident {_versions(result.resident)}"
-    return (f"{result.model}: {result.action} {label(result.from_version)} -> {label(result.to_version)} in "
-            f"{result.duration_ms:.0f} ms; resident {_versions(result.resident)}")
+    return (f"{result.model}: {result.action} {label(result.from_version)} -> {label(result.to_version)}: "
+            f"{label(result.to_version)} serving after {result.switch_ms:.0f} ms (command {result.duration_ms:.0f} ms);"
+            f" resident {_versions(result.resident)}")
 
 
 def _versions(versions: tuple[int, ...] | list[int]) -> str:

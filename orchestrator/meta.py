@@ -70,7 +70,8 @@ class VersionMeta:
     framework: dict[str, str] = field(default_factory=dict)
     target_device: str = "cpu"
     source: str = ""
-    created_at: str = ""
+    created_at: str = ""  # when the package was built
+    filed_at: str = ""  # when this repository filed it
     verification: Verification = field(default_factory=Verification)
     extra: dict[str, Any] = field(default_factory=dict)  # fields we carry but do not interpret
 
@@ -121,7 +122,7 @@ def _verification(raw: Any) -> Verification:
 
 
 _KNOWN = {"model", "version", "artifacts", "contract", "framework", "target_device", "source",
-          "created_at", "verification", "verified", "verified_by", "verified_at"}
+          "created_at", "filed_at", "verification", "verified", "verified_by", "verified_at"}
 
 
 def parse_meta(text: str) -> VersionMeta:
@@ -158,6 +159,7 @@ def parse_meta(text: str) -> VersionMeta:
         target_device=str(raw.get("target_device", "cpu")),
         source=str(raw.get("source", "")),
         created_at=str(raw.get("created_at", "")),
+        filed_at=str(raw.get("filed_at", "")),
         verification=_verification(raw.get("verification")),
         extra={k: v for k, v in raw.items() if k not in _KNOWN},
     )
@@ -186,6 +188,7 @@ def render_meta(meta: VersionMeta) -> str:
         "target_device": meta.target_device,
         "source": meta.source,
         "created_at": meta.created_at,
+        "filed_at": meta.filed_at,
         # Flat fields for readers that expect the seeds' layout; the block below is authoritative.
         "verified": v.verified,
         "verified_by": v.verified_by,
@@ -201,6 +204,8 @@ def render_meta(meta: VersionMeta) -> str:
     }
     if meta.version is None:
         del doc["version"]
+    if not meta.filed_at:
+        del doc["filed_at"]
     return yaml.safe_dump(doc, sort_keys=False)
 
 

@@ -71,9 +71,10 @@ class SwitchResult:
     from_version: int | None
     to_version: int
     resident: tuple[int, ...]
-    duration_ms: float
+    duration_ms: float  # the whole command
     changed: bool
     metrics: dict[str, float] = field(default_factory=dict)
+    switch_ms: float = 0.0  # command start until the target served
 
 
 def served_history(history: History) -> list[int]:
@@ -219,11 +220,13 @@ class Orchestrator:
             self._record(store, "promote", STEP, op, to_version=version, details={"step": "verified",
                                                                                    "metrics": verdict.metrics})
             faults.checkpoint("promote:verified")
-            resident = self._switch(store, version, op, "promote", exclude=set())
-            duration = _ms(started)
+            resident, switched_at = self._switch(store, version, op, "promote", exclude=set())
+            duration, switch_ms = _ms(started), round((switched_at - started) * 1000.0, 2)
             self._record(store, "promote", SUCCEEDED, op, from_version=served, to_version=version,
-                         duration_ms=duration, details={"resident": list(resident), "metrics": verdict.metrics})
-            return SwitchResult(store.name, "promote", served, version, resident, duration, True, verdict.metrics)
+                         duration_ms=duration, details={"resident": list(resident), "metrics": verdict.metrics,
+                                                        "switch_ms": switch_ms})
+            return SwitchResult(store.name, "promote", served, version, resident, duration, True, verdict.metrics,
+                                switch_ms)
 
     def _check_candidate(self, store: ModelStore, version: int, served: int | None, op: str,
                          policy: PromotionPolicy, golden: GoldenSet) -> Verdict:
@@ -319,7 +322,8 @@ class Orchestrator:
             started = time.monotonic()
             self._record(store, "rollback", STARTED, op, from_version=served, to_version=to, reason=reason,
                          details={"resident_before": list(store.resident())})
-            resident = self._switch(store, to, op, "rollback", exclude={served})
+            resident, switched_at = self._switch(store, to, op, "rollback", exclude={served})
+            switch_ms = round((switched_at - started) * 1000.0, 2)
             self._await_unloaded(store, {served})
             if store.status(served) is VersionStatus.VERIFIED:
                 store.set_verification(served, Verification(
@@ -327,17 +331,22 @@ class Orchestrator:
                     golden=store.meta(served).verification.golden, reason=reason))
             duration = _ms(started)
             self._record(store, "rollback", SUCCEEDED, op, from_version=served, to_version=to, reason=reason,
-                         duration_ms=duration, details={"resident": list(resident)})
-            return SwitchResult(store.name, "rollback", served, to, resident, duration, True)
+                         duration_ms=duration, details={"resident": list(resident), "switch_ms": switch_ms})
+            return SwitchResult(store.name, "rollback", served, to, resident, duration, True, switch_ms=switch_ms)
 
     # --- switching ----------------------------------------------------------------------
     def _plan(self, store: ModelStore, target: int, exclude: set[int]) -> SwitchPlan:
         keep = store.promotion_policy().keep_resident
         return plan_switch(store.resident(), target, self.fallbacks(store, exclude | {target}), keep)
 
-    def _switch(self, store: ModelStore, target: int, op: str, action: str, exclude: set[int]) -> tuple[int, ...]:
-        """Apply the plan's policies one by one; on a failed load, go back to the last good one."""
+    def _switch(self, store: ModelStore, target: int, op: str, action: str,
+                exclude: set[int]) -> tuple[tuple[int, ...], float]:
+        """Apply the plan's policies one by one; on a failed load, go back to the last good one.
+
+        Returns the final policy and the monotonic time at which the target served.
+        """
         plan = self._plan(store, target, exclude)
+        switched_at = time.monotonic()
         previous = store.resident()
         for index, versions in enumerate(plan.steps):
             config = store.write_resident(versions)
@@ -354,11 +363,12 @@ class Orchestrator:
                 raise
             faults.checkpoint(f"{action}:loaded")
             if index == plan.switch_step:
+                switched_at = time.monotonic()
                 self._confirm_serving(store, target)
                 self._record(store, action, STEP, op, to_version=target, details={"step": "switched",
                                                                                    "resident": list(versions)})
             previous = versions
-        return plan.final
+        return plan.final, switched_at
 
     def _await_unloaded(self, store: ModelStore, versions: set[int]) -> None:
         """Triton may not see files change under a version it is still unloading."""

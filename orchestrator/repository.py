@@ -28,7 +28,7 @@ from pathlib import Path
 from orchestrator import faults
 from orchestrator.atomic import fsync_dir, write_atomic
 from orchestrator.errors import RepositoryCorrupt, UnknownModel, UnknownVersion
-from orchestrator.journal import JOURNAL_FILE, Journal
+from orchestrator.journal import JOURNAL_FILE, Journal, now_iso
 from orchestrator.meta import META_FILE, MetaError, Verification, VersionMeta, VersionStatus, read_meta, write_meta
 from orchestrator.modelconfig import (
     CONFIG_FILE,
@@ -141,7 +141,7 @@ class ModelStore:
             copy_artifacts(source, staging, meta)
             for name in meta.artifacts:
                 _fsync_file(staging / name)
-            filed = replace(meta, version=version, verification=Verification())
+            filed = replace(meta, version=version, filed_at=now_iso(), verification=Verification())
             write_meta(staging / META_FILE, filed)
             faults.checkpoint("import:staged")
             final = self.folder / str(version)

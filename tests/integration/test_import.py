@@ -23,6 +23,7 @@ def test_good_package_is_filed_as_next_version_without_disturbing_serving(stack:
     assert "filed v2" in result.stdout
     meta = read_meta(stack.repository / "classifier" / "2" / META_FILE)
     assert meta.version == 2 and meta.verification.status is VersionStatus.UNVERIFIED
+    assert meta.filed_at > meta.created_at  # filed now; built when the package was made
     assert set(meta.artifacts) == {"model.onnx", "model.py"}
     assert stack.served_by_triton() == 1
     assert stub_pids(stack.repository) == pids  # v1 was not reloaded

@@ -6,10 +6,12 @@ A check returns a ``Verdict``; a failed check is a value, not an exception.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from orchestrator.policy import PromotionPolicy
+if TYPE_CHECKING:  # policy.py imports the watch rules, which import this module
+    from orchestrator.policy import PromotionPolicy
 
 
 @dataclass(frozen=True)

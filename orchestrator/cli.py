@@ -196,6 +196,41 @@ def history(ctx: typer.Context, model: Annotated[str | None, typer.Argument()] =
         typer.echo(f"warning: skipped {journal.skipped_lines} unreadable journal line(s)", err=True)
 
 
+def _default_metrics_url(triton_url: str) -> str:
+    host = triton_url.split("://", 1)[-1].split("/", 1)[0].rsplit(":", 1)[0]
+    return f"http://{host}:8002/metrics"
+
+
+@app.command()
+def watch(ctx: typer.Context,
+          models: Annotated[list[str] | None, typer.Argument(help="Models to watch (default: all)")] = None,
+          metrics_port: Annotated[int, typer.Option(help="Port of the orchestrator's Prometheus exporter")] = 9400,
+          metrics_address: Annotated[str, typer.Option(help="Address the exporter listens on")] = "0.0.0.0",
+          triton_metrics_url: Annotated[str | None, typer.Option(
+              help="Triton's metrics endpoint [env ORCH_TRITON_METRICS_URL, default port 8002 of --url's host]")]
+          = None) -> None:
+    """Watch the served versions and roll back to the last verified one on anomalies (until SIGTERM)."""
+    import os  # noqa: PLC0415
+    import threading  # noqa: PLC0415
+
+    from orchestrator.watch.daemon import Watch, serve_metrics  # noqa: PLC0415
+
+    def start() -> Watch:
+        orch = _orch(ctx)
+        url = triton_metrics_url or os.environ.get("ORCH_TRITON_METRICS_URL") or \
+            _default_metrics_url(orch.settings.triton_url)
+        daemon = Watch(orch.settings, models or None, url)
+        serve_metrics(daemon.registry, metrics_port, metrics_address)
+        return daemon
+
+    daemon = run(start)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    typer.echo(f"watching; metrics on {metrics_address}:{metrics_port}/metrics", err=True)
+    run(lambda: daemon.run(stop))
+
+
 @app.command("local-triton")
 def local_triton(ctx: typer.Context,
                  port: Annotated[int, typer.Option(help="HTTP port (gRPC and metrics use the next two)")] = 8000,

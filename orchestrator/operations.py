@@ -290,7 +290,13 @@ class Orchestrator:
 
     # --- rollback -----------------------------------------------------------------------
     def rollback(self, model: str | None, to: int | None = None, force: bool = False,
-                 reason: str = "requested by operator") -> SwitchResult:
+                 reason: str = "requested by operator", quarantine: bool = False,
+                 evidence: dict[str, object] | None = None) -> SwitchResult:
+        """Serve the last verified version (or ``to``) again.
+
+        ``quarantine`` (the watcher's automatic rollback) marks the version rolled back from so
+        that it is never promoted again without --force; ``evidence`` goes into the journal.
+        """
         store = self.repository.model(self.resolve_model(model))
         with self._locked(store):
             seen = len(store.journal.read().records)
@@ -321,18 +327,26 @@ class Orchestrator:
             op = new_op_id()
             started = time.monotonic()
             self._record(store, "rollback", STARTED, op, from_version=served, to_version=to, reason=reason,
-                         details={"resident_before": list(store.resident())})
+                         details={"resident_before": list(store.resident()), "quarantine": quarantine,
+                                  "evidence": evidence or {}})
             resident, switched_at = self._switch(store, to, op, "rollback", exclude={served})
             switch_ms = round((switched_at - started) * 1000.0, 2)
             self._await_unloaded(store, {served})
-            if store.status(served) is VersionStatus.VERIFIED:
-                store.set_verification(served, Verification(
-                    status=VersionStatus.ROLLED_BACK, verified_by=self.settings.actor, verified_at=now_iso(),
-                    golden=store.meta(served).verification.golden, reason=reason))
+            self._mark_rolled_back(store, served, reason, quarantine, self.settings.actor)
             duration = _ms(started)
             self._record(store, "rollback", SUCCEEDED, op, from_version=served, to_version=to, reason=reason,
-                         duration_ms=duration, details={"resident": list(resident), "switch_ms": switch_ms})
+                         duration_ms=duration, details={"resident": list(resident), "switch_ms": switch_ms,
+                                                        "quarantine": quarantine, "evidence": evidence or {}})
             return SwitchResult(store.name, "rollback", served, to, resident, duration, True, switch_ms=switch_ms)
+
+    @staticmethod
+    def _mark_rolled_back(store: ModelStore, version: int, reason: str, quarantine: bool, actor: str) -> None:
+        status = store.status(version)
+        if status is VersionStatus.QUARANTINED or (status is not VersionStatus.VERIFIED and not quarantine):
+            return  # a failed or unverified version keeps its status; quarantine is never lifted here
+        mark = VersionStatus.QUARANTINED if quarantine else VersionStatus.ROLLED_BACK
+        store.set_verification(version, Verification(status=mark, verified_by=actor, verified_at=now_iso(),
+                                                     golden=store.meta(version).verification.golden, reason=reason))
 
     # --- switching ----------------------------------------------------------------------
     def _plan(self, store: ModelStore, target: int, exclude: set[int]) -> SwitchPlan:
@@ -373,8 +387,11 @@ class Orchestrator:
     def _await_unloaded(self, store: ModelStore, versions: set[int]) -> None:
         """Triton may not see files change under a version it is still unloading."""
         try:
-            if not self.triton.wait_unloaded(store.name, versions, self.settings.timeout_s):
-                log.warning("%s %s still unloading after %.0fs", store.name, sorted(versions), self.settings.timeout_s)
+            if not self.triton.wait_unloaded(store.name, versions, self.settings.unload_wait_s):
+                # Not in the policy any more, so a later load ignores the folder; a hung backend
+                # (a crashed stub) must not hold the command.
+                log.warning("%s %s still unloading after %.0fs", store.name, sorted(versions),
+                            self.settings.unload_wait_s)
         except TritonUnreachable:
             pass  # a stopped server holds nothing
 
@@ -436,12 +453,9 @@ class Orchestrator:
             # The switch itself was written: finish it (fallbacks may still be missing).
             plan = self._plan(store, target, exclude={started.from_version} if action == "rollback" else set())
             store.write_resident(plan.final)
-            if action == "rollback" and started.from_version is not None and \
-                    store.status(started.from_version) is VersionStatus.VERIFIED:
-                meta = store.meta(started.from_version)
-                store.set_verification(started.from_version, Verification(
-                    status=VersionStatus.ROLLED_BACK, verified_by=started.actor, verified_at=now_iso(),
-                    golden=meta.verification.golden, reason=started.reason or "rolled back"))
+            if action == "rollback" and started.from_version is not None:
+                self._mark_rolled_back(store, started.from_version, started.reason or "rolled back",
+                                       bool(started.details.get("quarantine")), started.actor)
             self._record(store, action, REPAIRED, op, from_version=started.from_version, to_version=target,
                          reason="interrupted after the switch; completed", details={"resident": list(plan.final)})
             return f"completed an interrupted {action} to v{target}"

@@ -1,4 +1,7 @@
-"""Per-model promotion policy: ``model_repository/<model>/policy.yaml``, every field optional.
+"""Per-model policy: ``<state>/<model>/policy.yaml``, every field optional.
+
+The ``watch:`` section is documented in ``orchestrator/watch/rules.py``. The promotion
+section:
 
 Defaults (what an operator gets with no file):
 
@@ -22,6 +25,7 @@ from typing import Any
 import yaml
 
 from orchestrator.errors import RepositoryCorrupt
+from orchestrator.watch.rules import WatchPolicy, parse_watch_policy
 
 POLICY_FILE = "policy.yaml"
 
@@ -77,14 +81,27 @@ def _build(cls: type, raw: Any, where: str) -> Any:
         raise RepositoryCorrupt(f"{where}: {exc}") from exc
 
 
-def load_promotion_policy(model_folder: Path) -> PromotionPolicy:
-    path = model_folder / POLICY_FILE
+def _read(state_folder: Path) -> tuple[Path, dict[str, Any]]:
+    path = state_folder / POLICY_FILE
     if not path.exists():
-        return PromotionPolicy()
+        return path, {}
     try:
         raw = yaml.safe_load(path.read_text()) or {}
     except (OSError, yaml.YAMLError) as exc:
-        raise RepositoryCorrupt(f"{path} is unreadable: {exc}") from exc
+        raise RepositoryCorrupt(f"{path} is unreadable: {' '.join(str(exc).split())}") from exc
     if not isinstance(raw, dict):
         raise RepositoryCorrupt(f"{path} must be a mapping")
+    return path, raw
+
+
+def load_promotion_policy(state_folder: Path) -> PromotionPolicy:
+    path, raw = _read(state_folder)
     return _build(PromotionPolicy, raw.get("promotion"), f"{path} promotion")
+
+
+def load_watch_policy(state_folder: Path) -> WatchPolicy:
+    path, raw = _read(state_folder)
+    try:
+        return parse_watch_policy(raw.get("watch"))
+    except (TypeError, ValueError) as exc:
+        raise RepositoryCorrupt(f"{path} watch: {exc}") from exc

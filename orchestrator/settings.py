@@ -27,6 +27,7 @@ class Settings:
     timeout_s: float = 10.0
     load_timeout_s: float = 600.0
     lock_timeout_s: float = 30.0
+    unload_wait_s: float = 10.0  # how long a switch waits for dropped versions before touching their meta
     actor: str = ""
 
     def __post_init__(self) -> None:

@@ -13,12 +13,15 @@ a corrupt file that does not load.
 from __future__ import annotations
 
 import enum
+import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from orchestrator.journal import now_iso
 from orchestrator.meta import Contract, TensorSpec, VersionMeta
 from orchestrator.package import write_package
 
@@ -165,6 +168,21 @@ def package_meta(variant: Variant, created_at: str, version: int | None = None) 
 def write_sample_package(dest: Path, variant: Variant, created_at: str = SEED_TIME) -> Path:
     files = {"model.onnx": build_onnx(variant), "model.py": RUNNER.read_bytes()}
     return write_package(dest, package_meta(variant, created_at), files)
+
+
+FAULTY_RUNNER = Path(__file__).with_name("faulty_model.py")
+FAULTS = ("nan", "zeros", "exploding", "divergent", "slow", "errors", "crash")
+
+
+def write_faulty_package(dest: Path, mode: str, after_requests: int, mark: Path | None = None) -> Path:
+    """A good version that turns bad after ``after_requests`` requests in production (tests, benchmarks)."""
+    if mode not in FAULTS:
+        raise ValueError(f"unknown fault {mode!r}; one of {', '.join(FAULTS)}")
+    fault = {"mode": mode, "after_requests": after_requests, "mark": str(mark) if mark else None}
+    files = {"model.onnx": build_onnx(Variant.BETTER), "model.py": FAULTY_RUNNER.read_bytes(),
+             "fault.json": json.dumps(fault, sort_keys=True).encode()}
+    meta = replace(package_meta(Variant.BETTER, now_iso()), source=f"orchestrator.sample fault={mode}")
+    return write_package(dest, meta, files)
 
 
 def golden_accuracy(variant: Variant) -> float:

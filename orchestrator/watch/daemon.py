@@ -1,0 +1,84 @@
+"""``orchestrate watch``: every managed model checked on its interval until SIGTERM.
+
+Triton down or unreachable is reported (metric, log) and never causes a rollback; when it
+answers again, each model is reconciled to the disk and its watcher starts over with a
+grace period, since a restarted server cold-starts every version.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import replace
+
+from prometheus_client import CollectorRegistry, start_http_server
+
+from orchestrator.errors import OrchestratorError
+from orchestrator.operations import Orchestrator
+from orchestrator.policy import load_watch_policy
+from orchestrator.settings import Settings
+from orchestrator.watch.exporter import WatchMetrics
+from orchestrator.watch.watcher import ModelWatcher
+
+log = logging.getLogger(__name__)
+
+
+class Watch:
+    def __init__(self, settings: Settings, models: list[str] | None, metrics_url: str,
+                 registry: CollectorRegistry | None = None) -> None:
+        # The watcher must not queue behind a long operator command; it retries next tick.
+        self.orchestrator = Orchestrator(replace(settings, lock_timeout_s=0.5, actor="watch"))
+        self.registry = registry or CollectorRegistry()
+        self.metrics = WatchMetrics(self.registry)
+        self.metrics_url = metrics_url
+        names = models or self.orchestrator.repository.models()
+        self.watchers = {name: self._watcher(name) for name in names}
+        self.down_since: float | None = None
+
+    def _watcher(self, name: str) -> ModelWatcher:
+        store = self.orchestrator.repository.model(name)
+        return ModelWatcher(self.orchestrator, store, load_watch_policy(store.state), self.metrics, self.metrics_url)
+
+    def tick(self) -> None:
+        for name, watcher in self.watchers.items():
+            try:
+                watcher.tick()
+            except OrchestratorError as exc:
+                log.error("%s: check failed: %s", name, exc)
+        live = self.orchestrator.triton.is_live()
+        if not live and self.down_since is None:
+            self.down_since = time.monotonic()
+            log.warning("Triton at %s is not answering; watching, not rolling back", self.orchestrator.triton.url)
+        elif live and self.down_since is not None:
+            log.warning("Triton is back after %.1f s; reconciling", time.monotonic() - self.down_since)
+            self.down_since = None
+            self._recover()
+
+    def _recover(self) -> None:
+        for name in list(self.watchers):
+            try:
+                for note in self.orchestrator.reconcile(name):
+                    log.warning("%s: %s", name, note)
+            except OrchestratorError as exc:
+                log.error("%s: reconcile after Triton came back failed: %s", name, exc)
+            self.watchers[name].close()
+            self.watchers[name] = self._watcher(name)  # fresh baseline, streaks and grace period
+
+    def interval(self) -> float:
+        return min((w.policy.interval_s for w in self.watchers.values()), default=1.0)
+
+    def run(self, stop: threading.Event) -> None:
+        log.warning("watching %s", ", ".join(self.watchers) or "no models")
+        next_tick = time.monotonic()
+        while not stop.is_set():
+            self.tick()
+            next_tick = max(next_tick + self.interval(), time.monotonic())
+            stop.wait(max(0.0, next_tick - time.monotonic()))
+        for watcher in self.watchers.values():
+            watcher.close()
+        log.warning("watch stopped")
+
+
+def serve_metrics(registry: CollectorRegistry, port: int, address: str) -> None:
+    start_http_server(port, addr=address, registry=registry)

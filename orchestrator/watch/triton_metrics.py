@@ -1,0 +1,78 @@
+"""Triton's own /metrics, scraped and reduced to what the rules need: per-version deltas, resources."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import requests
+from prometheus_client.parser import text_string_to_metric_families
+
+# Queue rejections are a capacity signal, not a broken model.
+_IGNORED_FAILURE_REASONS = {"REJECTED"}
+
+
+@dataclass(frozen=True)
+class VersionCounters:
+    success: float = 0.0
+    failure: float = 0.0
+    duration_us: float = 0.0  # request duration, queue included
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    versions: dict[tuple[str, int], VersionCounters]
+    cpu_utilization: float | None
+    memory_bytes: float | None
+    gpu_utilization: float | None
+    gpu_memory_bytes: float | None
+
+
+def parse(text: str) -> Snapshot:
+    counters: dict[tuple[str, int], dict[str, float]] = {}
+    gauges: dict[str, float] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            labels = sample.labels
+            if sample.name in ("nv_inference_request_success", "nv_inference_request_failure",
+                               "nv_inference_request_duration_us"):
+                try:
+                    key = (labels["model"], int(labels["version"]))
+                except (KeyError, ValueError):
+                    continue
+                if sample.name.endswith("failure") and labels.get("reason") in _IGNORED_FAILURE_REASONS:
+                    continue
+                slot = counters.setdefault(key, {})
+                slot[sample.name] = slot.get(sample.name, 0.0) + sample.value
+            elif sample.name in ("nv_cpu_utilization", "nv_cpu_memory_used_bytes", "nv_gpu_utilization",
+                                 "nv_gpu_memory_used_bytes"):
+                gauges[sample.name] = max(gauges.get(sample.name, 0.0), sample.value)
+    versions = {
+        key: VersionCounters(values.get("nv_inference_request_success", 0.0),
+                             values.get("nv_inference_request_failure", 0.0),
+                             values.get("nv_inference_request_duration_us", 0.0))
+        for key, values in counters.items()
+    }
+    return Snapshot(versions, gauges.get("nv_cpu_utilization"), gauges.get("nv_cpu_memory_used_bytes"),
+                    gauges.get("nv_gpu_utilization"), gauges.get("nv_gpu_memory_used_bytes"))
+
+
+def scrape(url: str, timeout_s: float) -> Snapshot | None:
+    try:
+        response = requests.get(url, timeout=timeout_s)
+        response.raise_for_status()
+    except requests.RequestException:
+        return None
+    return parse(response.text)
+
+
+def delta(now: Snapshot, before: Snapshot, model: str, version: int) -> VersionCounters | None:
+    """Counters accumulated between two scrapes; None when Triton restarted (counters went down)."""
+    current = now.versions.get((model, version))
+    previous = before.versions.get((model, version), VersionCounters())
+    if current is None:
+        return None
+    diff = VersionCounters(current.success - previous.success, current.failure - previous.failure,
+                           current.duration_us - previous.duration_us)
+    if diff.success < 0 or diff.failure < 0 or diff.duration_us < 0:
+        return None
+    return diff

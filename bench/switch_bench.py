@@ -32,6 +32,7 @@ from orchestrator.modelconfig import to_json  # noqa: E402
 from orchestrator.operations import Orchestrator  # noqa: E402
 from orchestrator.sample import Variant, golden_set, write_sample_package  # noqa: E402
 from orchestrator.settings import Settings  # noqa: E402
+from orchestrator.signing import TrustPolicy  # noqa: E402
 from orchestrator.triton import Triton  # noqa: E402
 
 MODEL = "classifier"
@@ -87,7 +88,9 @@ def main() -> None:
     shutil.copytree(ROOT / "orchestrator_state", state)
     server = EmbeddedTriton(repository, work / "triton", load_models=(MODEL,)).start()
     try:
-        orchestrator = Orchestrator(Settings(repository, state_dir=state, triton_url=server.url, actor="bench"))
+        trust = TrustPolicy(state / "trusted_keys", allow_unsigned=True)  # the bench times switches, not signatures
+        orchestrator = Orchestrator(Settings(repository, state_dir=state, triton_url=server.url, actor="bench"),
+                                    trust=trust)
         orchestrator.import_package(write_sample_package(work / "pkg", Variant.BETTER))
         store = orchestrator.repository.model(MODEL)
         control = Triton(server.url)

@@ -6,6 +6,8 @@ import os
 import tempfile
 from pathlib import Path
 
+from orchestrator import faults
+
 
 def fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
@@ -18,6 +20,7 @@ def fsync_dir(path: Path) -> None:
 def write_atomic(path: Path, data: bytes | str) -> None:
     """Replace ``path`` so that a reader (or a crash) sees the old or the new content, never a mix."""
     payload = data.encode() if isinstance(data, str) else data
+    faults.before_write(path.name)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         os.fchmod(fd, 0o644)

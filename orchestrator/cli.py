@@ -17,6 +17,7 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 
+from orchestrator.cli_trust import register as register_trust_commands
 from orchestrator.errors import OrchestratorError, UsageError
 from orchestrator.journal import Record
 from orchestrator.operations import Orchestrator, SwitchResult
@@ -43,6 +44,11 @@ def run(fn: Callable[[], T]) -> T:
     except OrchestratorError as exc:
         typer.echo("error: " + " ".join(str(exc).split()), err=True)
         raise typer.Exit(exc.exit_code) from None
+    except OSError as exc:  # disk full, read-only file system, I/O error: nothing half-written is kept
+        where = f" ({exc.filename})" if exc.filename else ""
+        typer.echo(f"error: cannot write{where}: {exc.strerror or exc}; the next command repairs any half-done step",
+                   err=True)
+        raise typer.Exit(11) from None
     except KeyboardInterrupt:
         typer.echo("error: interrupted; the next command repairs any half-done step", err=True)
         raise typer.Exit(130) from None
@@ -259,6 +265,9 @@ def local_triton(ctx: typer.Context,
         pass
     finally:
         server.stop()
+
+
+register_trust_commands(app)
 
 
 def entrypoint() -> None:

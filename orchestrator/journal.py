@@ -18,6 +18,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from orchestrator import faults
+
 JOURNAL_FILE = "version_history.log"
 
 STARTED = "started"
@@ -114,6 +116,7 @@ class Journal:
 
     def append(self, record: Record) -> Record:
         line = record.to_json() + "\n"
+        faults.before_write(self.path.name)
         fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         try:
             if _ends_without_newline(self.path):
@@ -123,6 +126,29 @@ class Journal:
         finally:
             os.close(fd)
         return record
+
+    def read_since(self, offset: int) -> tuple[list[Record], int]:
+        """Complete records appended after byte ``offset``, and the offset to continue from (for followers)."""
+        try:
+            with self.path.open("rb") as handle:
+                handle.seek(offset)
+                data = handle.read()
+        except FileNotFoundError:
+            return [], 0
+        end = data.rfind(b"\n") + 1  # a line still being written is left for the next call
+        records = []
+        for line in data[:end].decode(errors="replace").splitlines():
+            try:
+                records.append(Record.from_json(line))
+            except (ValueError, KeyError, TypeError):
+                continue
+        return records, offset + end
+
+    def size(self) -> int:
+        try:
+            return self.path.stat().st_size
+        except FileNotFoundError:
+            return 0
 
     def read(self) -> History:
         if not self.path.exists():

@@ -42,13 +42,15 @@ from orchestrator.journal import (
     now_iso,
 )
 from orchestrator.lock import model_lock
-from orchestrator.meta import META_FILE, MetaError, Verification, VersionStatus, read_meta
-from orchestrator.modelconfig import contract, to_json
+from orchestrator.meta import META_FILE, MetaError, Verification, VersionMeta, VersionStatus, read_meta
+from orchestrator.modelconfig import contract, primary_file, to_json
 from orchestrator.package import unpacked, verify_package
 from orchestrator.plan import SwitchPlan, fallback_order, plan_switch
+from orchestrator.plan_compat import check_plan
 from orchestrator.policy import PromotionPolicy
 from orchestrator.repository import ModelRepository, ModelStore, candidate_name
 from orchestrator.settings import Settings
+from orchestrator.signing import TrustPolicy, record_signer
 from orchestrator.triton import Triton
 from orchestrator.versions import label
 
@@ -90,9 +92,10 @@ def served_history(history: History) -> list[int]:
 
 
 class Orchestrator:
-    def __init__(self, settings: Settings, triton: Triton | None = None) -> None:
+    def __init__(self, settings: Settings, triton: Triton | None = None, trust: TrustPolicy | None = None) -> None:
         self.settings = settings
         assert settings.state_dir is not None
+        self.trust = trust or TrustPolicy.from_environment(settings.state_dir)
         self.repository = ModelRepository(settings.repository, settings.state_dir)
         self.triton = triton or Triton(settings.triton_url, settings.admin_key, settings.timeout_s,
                                        settings.load_timeout_s)
@@ -146,14 +149,22 @@ class Orchestrator:
     def _file(self, store: ModelStore, folder: Path, package: str) -> ImportResult:
         op = new_op_id()
         try:
-            meta = verify_package(folder, package, store.name, store.config())
+            signer = self.trust.check(folder, package)
+            meta = record_signer(verify_package(folder, package, store.name, store.config()), signer)
+            incompatible = self._plan_incompatibility(store, meta, folder)
+            if incompatible:
+                raise PackageRejected(package, incompatible)
             version = self._import_version(store, meta.version, package)
         except PackageRejected as exc:
             self._record(store, "import", REFUSED, op, reason=exc.reason, details={"package": package})
             raise
         started = time.monotonic()
         self._record(store, "import", STARTED, op, to_version=version, details={"package": package})
-        store.file_version(folder, meta, version, op)
+        try:
+            store.file_version(folder, meta, version, op)
+        except OSError as exc:  # disk full, I/O error: staging is gone, nothing was filed
+            self._record(store, "import", FAILED, op, to_version=version, reason=f"write failed: {exc}")
+            raise
         faults.checkpoint("import:filed")
         self._record(store, "import", SUCCEEDED, op, to_version=version, duration_ms=_ms(started),
                      details={"package": package, "artifacts": meta.artifacts})
@@ -169,6 +180,13 @@ class Orchestrator:
         if history and history[-1].result == REFUSED and history[-1].details.get("package") == str(package):
             return  # already journaled by _file
         self._record(store, "import", REFUSED, new_op_id(), reason=exc.reason, details={"package": str(package)})
+
+    def _plan_incompatibility(self, store: ModelStore, meta: VersionMeta, folder: Path) -> str | None:
+        """For TensorRT models: why the plan cannot load on this server's TensorRT/GPU (Triton must not find out)."""
+        if primary_file(store.config()) != "model.plan":
+            return None
+        return check_plan(meta, folder / "model.plan", self.settings.tensorrt_version,
+                          self.settings.compute_capability)
 
     @staticmethod
     def _import_version(store: ModelStore, declared: int | None, package: str) -> int:
@@ -196,7 +214,9 @@ class Orchestrator:
                 return self._settle(store, version, "promote")
             # A broken policy, meta or golden set stops us before anything is touched.
             policy = store.promotion_policy()
-            store.meta(version)
+            incompatible = self._plan_incompatibility(store, store.meta(version), store.require(version))
+            if incompatible:
+                raise PolicyViolation(f"{store.name} v{version} cannot run on this server: {incompatible}")
             golden = load_golden(store.state / policy.golden, contract(store.config()))
             if golden is None:
                 raise PolicyViolation(f"{store.name} has no golden set in {store.state / policy.golden}: "
@@ -210,17 +230,21 @@ class Orchestrator:
                 verdict = self._check_candidate(store, version, served, op, policy, golden)
             except CandidateRejected:
                 raise
-            except OrchestratorError as exc:
+            except (OrchestratorError, OSError) as exc:
                 # Not the candidate's fault (Triton went away, a file is unreadable): serving untouched.
                 self._record(store, "promote", FAILED, op, from_version=served, to_version=version, reason=str(exc))
                 raise
-            store.set_verification(version, Verification(
-                status=VersionStatus.VERIFIED, verified_by=self.settings.actor, verified_at=now_iso(),
-                golden=verdict.metrics))
-            self._record(store, "promote", STEP, op, to_version=version, details={"step": "verified",
-                                                                                   "metrics": verdict.metrics})
-            faults.checkpoint("promote:verified")
-            resident, switched_at = self._switch(store, version, op, "promote", exclude=set())
+            try:
+                store.set_verification(version, Verification(
+                    status=VersionStatus.VERIFIED, verified_by=self.settings.actor, verified_at=now_iso(),
+                    golden=verdict.metrics))
+                self._record(store, "promote", STEP, op, to_version=version, details={"step": "verified",
+                                                                                       "metrics": verdict.metrics})
+                faults.checkpoint("promote:verified")
+                resident, switched_at = self._switch(store, version, op, "promote", exclude=set())
+            except OSError as exc:
+                self._close_if_nothing_switched(store, "promote", op, served, version, exc)
+                raise
             duration, switch_ms = _ms(started), round((switched_at - started) * 1000.0, 2)
             self._record(store, "promote", SUCCEEDED, op, from_version=served, to_version=version,
                          duration_ms=duration, details={"resident": list(resident), "metrics": verdict.metrics,
@@ -329,7 +353,11 @@ class Orchestrator:
             self._record(store, "rollback", STARTED, op, from_version=served, to_version=to, reason=reason,
                          details={"resident_before": list(store.resident()), "quarantine": quarantine,
                                   "evidence": evidence or {}})
-            resident, switched_at = self._switch(store, to, op, "rollback", exclude={served})
+            try:
+                resident, switched_at = self._switch(store, to, op, "rollback", exclude={served})
+            except OSError as exc:
+                self._close_if_nothing_switched(store, "rollback", op, served, to, exc)
+                raise
             switch_ms = round((switched_at - started) * 1000.0, 2)
             self._await_unloaded(store, {served})
             self._mark_rolled_back(store, served, reason, quarantine, self.settings.actor)
@@ -338,6 +366,14 @@ class Orchestrator:
                          duration_ms=duration, details={"resident": list(resident), "switch_ms": switch_ms,
                                                         "quarantine": quarantine, "evidence": evidence or {}})
             return SwitchResult(store.name, "rollback", served, to, resident, duration, True, switch_ms=switch_ms)
+
+    def _close_if_nothing_switched(self, store: ModelStore, action: str, op: str, served: int | None, target: int,
+                                   exc: OSError) -> None:
+        """A write failed (disk full): close the operation as failed if the disk still serves ``served``;
+        otherwise leave it open so the next command completes the switch it had started."""
+        if store.served() == served:
+            self._record(store, action, FAILED, op, from_version=served, to_version=target,
+                         reason=f"write failed: {exc}")
 
     @staticmethod
     def _mark_rolled_back(store: ModelStore, version: int, reason: str, quarantine: bool, actor: str) -> None:

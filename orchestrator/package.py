@@ -25,6 +25,7 @@ from orchestrator.meta import (
     write_meta,
 )
 from orchestrator.modelconfig import ModelConfig, contract, primary_file
+from orchestrator.signing import SIGNATURE_FILE
 
 # Limits for archives fetched over unreliable links; a package bigger than this is not a model.
 MAX_ARCHIVE_FILES = 1000
@@ -44,13 +45,22 @@ def write_package(dest: Path, meta: VersionMeta, files: dict[str, bytes]) -> Pat
 
 @contextmanager
 def unpacked(package: Path) -> Iterator[Path]:
-    """The package as a folder: itself, or a .tar.gz unpacked into a temporary folder."""
-    if package.is_dir():
-        yield package
-        return
-    if not package.is_file():
+    """A private copy of the package: a folder copied, a .tar.gz unpacked, into a temporary folder.
+
+    Verifying and filing a private copy means nobody can swap a file between the signature
+    and checksum checks and the copy into the repository.
+    """
+    if not package.exists():
         raise PackageRejected(str(package), "no such file or folder")
     with tempfile.TemporaryDirectory(prefix="orch-unpack-") as tmp:
+        if package.is_dir():
+            copy = Path(tmp) / "package"
+            try:
+                shutil.copytree(package, copy, symlinks=True)
+            except (OSError, shutil.Error) as exc:
+                raise PackageRejected(str(package), f"cannot read it ({exc})") from exc
+            yield copy
+            return
         _extract(package, Path(tmp))
         entries = list(Path(tmp).iterdir())
         # Accept archives with everything at the top or under one folder.
@@ -88,7 +98,7 @@ def verify_package(folder: Path, label: str, model: str, config: ModelConfig) ->
         raise PackageRejected(label, f"meta.yaml: {exc}") from exc
     if meta.model != model:
         raise PackageRejected(label, f"it is for model {meta.model!r}, not {model!r}")
-    present = {p.name for p in folder.iterdir() if p.name != META_FILE}
+    present = {p.name for p in folder.iterdir() if p.name not in (META_FILE, SIGNATURE_FILE)}
     for path in folder.iterdir():
         if path.is_symlink() or not (path.is_file()):
             raise PackageRejected(label, f"{path.name!r} is not a plain file")

@@ -138,6 +138,7 @@ class ModelStore:
         staging = self.folder / f"{STAGING_PREFIX}{op}"
         staging.mkdir()
         try:
+            faults.before_write("artifact")
             copy_artifacts(source, staging, meta)
             for name in meta.artifacts:
                 _fsync_file(staging / name)

@@ -15,6 +15,8 @@ ENV_ADMIN_KEY = "ORCH_ADMIN_KEY"
 ENV_ADMIN_KEY_FILE = "ORCH_ADMIN_KEY_FILE"
 ENV_DEFAULT_MODEL = "ORCH_DEFAULT_MODEL"
 ENV_STATE_DIR = "ORCH_STATE_DIR"
+ENV_TENSORRT_VERSION = "ORCH_TENSORRT_VERSION"
+ENV_COMPUTE_CAPABILITY = "ORCH_COMPUTE_CAPABILITY"
 
 
 @dataclass(frozen=True)
@@ -27,6 +29,8 @@ class Settings:
     timeout_s: float = 10.0
     load_timeout_s: float = 600.0
     lock_timeout_s: float = 30.0
+    tensorrt_version: str | None = None  # the server's TensorRT, to refuse plans built for another one
+    compute_capability: str | None = None  # the server's GPU, e.g. "8.7" on Orin
     unload_wait_s: float = 10.0  # how long a switch waits for dropped versions before touching their meta
     actor: str = ""
 
@@ -71,5 +75,7 @@ def from_environment(repository: str | None = None, state_dir: str | None = None
         default_model=default_model or os.environ.get(ENV_DEFAULT_MODEL) or None,
         timeout_s=timeout_s,
         lock_timeout_s=lock_timeout_s,
+        tensorrt_version=os.environ.get(ENV_TENSORRT_VERSION) or None,
+        compute_capability=os.environ.get(ENV_COMPUTE_CAPABILITY) or None,
         actor=default_actor(),
     )

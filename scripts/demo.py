@@ -44,11 +44,16 @@ def main() -> None:
         repository, state = work / "model_repository", work / "orchestrator_state"
     package = write_sample_package(work / "classifier-better", Variant.BETTER)
     print(f"repository: {repository}\nstate: {state}\nnew package: {package}")
+    env = dict(os.environ, ORCH_REPOSITORY=str(repository), ORCH_STATE_DIR=str(state), ORCH_ACTOR="demo")
+    # The build side signs; the device trusts the build key's public half.
+    orchestrate(env, "keygen", "--out", str(work / "keys"), "--name", "builder")
+    (state / "trusted_keys").mkdir(exist_ok=True)
+    shutil.copy(work / "keys" / "builder.pub", state / "trusted_keys" / "builder.pub")
+    orchestrate(env, "sign", str(package), "--key", str(work / "keys" / "builder.key"))
     server = EmbeddedTriton(repository, work / "triton", load_models=("classifier",))
     server.start()
     print(f"embedded Triton ready at {server.url} (log: {server.log_path})")
-    env = dict(os.environ, ORCH_REPOSITORY=str(repository), ORCH_STATE_DIR=str(state), ORCH_TRITON_URL=server.url,
-               ORCH_ACTOR="demo")
+    env["ORCH_TRITON_URL"] = server.url
     try:
         orchestrate(env, "status")
         orchestrate(env, "import", str(package))

@@ -2,17 +2,38 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 from orchestrator.sample import Variant, write_sample_package
+from orchestrator.signing import generate_keypair, sign_package
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
+@dataclass(frozen=True)
+class BuildKey:
+    """The build side's signing key; its public half is what a device trusts."""
+
+    private: Path
+    public: Path
+
+    def sign(self, package: Path) -> Path:
+        sign_package(package, self.private)
+        return package
+
+
 @pytest.fixture(scope="session")
-def packages(tmp_path_factory: pytest.TempPathFactory) -> dict[Variant, Path]:
-    """One package folder per sample variant, built once."""
+def build_key(tmp_path_factory: pytest.TempPathFactory) -> BuildKey:
+    folder = tmp_path_factory.mktemp("keys")
+    generate_keypair(folder / "builder.key", folder / "builder.pub")
+    return BuildKey(folder / "builder.key", folder / "builder.pub")
+
+
+@pytest.fixture(scope="session")
+def packages(tmp_path_factory: pytest.TempPathFactory, build_key: BuildKey) -> dict[Variant, Path]:
+    """One signed package folder per sample variant, built once."""
     root = tmp_path_factory.mktemp("packages")
-    return {variant: write_sample_package(root / variant.value, variant) for variant in Variant}
+    return {variant: build_key.sign(write_sample_package(root / variant.value, variant)) for variant in Variant}

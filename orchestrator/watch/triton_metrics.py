@@ -33,19 +33,21 @@ def parse(text: str) -> Snapshot:
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
             labels = sample.labels
-            if sample.name in ("nv_inference_request_success", "nv_inference_request_failure",
+            # Triton's counters lack the "_total" suffix; the parser adds it to counter samples.
+            name = sample.name.removesuffix("_total") if family.type == "counter" else sample.name
+            if name in ("nv_inference_request_success", "nv_inference_request_failure",
                                "nv_inference_request_duration_us"):
                 try:
                     key = (labels["model"], int(labels["version"]))
                 except (KeyError, ValueError):
                     continue
-                if sample.name.endswith("failure") and labels.get("reason") in _IGNORED_FAILURE_REASONS:
+                if name.endswith("failure") and labels.get("reason") in _IGNORED_FAILURE_REASONS:
                     continue
                 slot = counters.setdefault(key, {})
-                slot[sample.name] = slot.get(sample.name, 0.0) + sample.value
-            elif sample.name in ("nv_cpu_utilization", "nv_cpu_memory_used_bytes", "nv_gpu_utilization",
+                slot[name] = slot.get(name, 0.0) + sample.value
+            elif name in ("nv_cpu_utilization", "nv_cpu_memory_used_bytes", "nv_gpu_utilization",
                                  "nv_gpu_memory_used_bytes"):
-                gauges[sample.name] = max(gauges.get(sample.name, 0.0), sample.value)
+                gauges[name] = max(gauges.get(name, 0.0), sample.value)
     versions = {
         key: VersionCounters(values.get("nv_inference_request_success", 0.0),
                              values.get("nv_inference_request_failure", 0.0),

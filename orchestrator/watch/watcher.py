@@ -92,7 +92,7 @@ class ModelWatcher:
         self.last_scrape_at = 0.0
         self.latency_baselines = self._load_latency_baselines()
         self.gave_up_on: int | None = None  # served version with no verified fallback: alert once, no retries
-        self.journal_offset = len(store.journal.read().records)
+        self.journal_offset = store.journal.size()
 
     def _window_size(self) -> int:
         rule = self.policy.rules.get("divergence")
@@ -167,8 +167,11 @@ class ModelWatcher:
         started = time.monotonic()
         try:
             result = self.triton.infer(self.store.name, batch, self.outputs)
-        except TritonUnreachable:
-            return {"unreachable": True}
+        except TritonUnreachable as exc:
+            if not self.triton.is_live():
+                return {"unreachable": True}
+            # The server answers but this model does not: a hung or crashed backend.
+            return {"probe_ok": False, "probe_error": str(exc)}
         except TritonError as exc:
             return {"probe_ok": False, "probe_error": str(exc)}
         self.metrics.probe_latency.labels(self.store.name).observe(time.monotonic() - started)
@@ -231,7 +234,9 @@ class ModelWatcher:
         """Record the served version's latency while it is verified, healthy and past its grace period."""
         if self.served is None or now - self.switched_at < self.policy.grace_s or diff.success < 20:
             return
-        if self.store.status(self.served) is not VersionStatus.VERIFIED or any(s.count for s in self.streaks.values()):
+        breaching = any(streak.count and self.policy.rules[name].severity is Severity.ROLLBACK
+                        for name, streak in self.streaks.items())
+        if breaching or self.store.status(self.served) is not VersionStatus.VERIFIED:
             return
         average = diff.duration_us / diff.success
         key = str(self.served)
@@ -288,15 +293,14 @@ class ModelWatcher:
 
     def _follow_journal(self) -> None:
         """Count promote outcomes written by other processes (the CLI) since the last look."""
-        records = self.store.journal.read().records
-        for record in records[self.journal_offset:]:
+        records, self.journal_offset = self.store.journal.read_since(self.journal_offset)
+        for record in records:
             if record.action == "promote" and record.is_final:
                 self.metrics.promotions.labels(self.store.name, record.result).inc()
             if record.action in ("promote", "rollback") and record.is_final and record.actor != WATCH_ACTOR \
                     and record.details.get("switch_ms") is not None:
                 self.metrics.switch_duration.labels(self.store.name, record.action).observe(
                     float(record.details["switch_ms"]) / 1000.0)
-        self.journal_offset = len(records)
 
     def close(self) -> None:
         self.triton.close()

@@ -78,18 +78,21 @@ class Stack:
         return files
 
 
-def start_stack(tmp: Path) -> Stack:
+def start_stack(tmp: Path, trusted_key: Path | None = None) -> Stack:
     repository, state = tmp / "model_repository", tmp / "orchestrator_state"
     shutil.copytree(ROOT / "model_repository", repository)
     shutil.copytree(ROOT / "orchestrator_state", state)
+    if trusted_key is not None:
+        (state / "trusted_keys").mkdir()
+        shutil.copy(trusted_key, state / "trusted_keys" / trusted_key.name)
     server = EmbeddedTriton(repository, tmp / "triton", load_models=(MODEL,))
     server.start()
     return Stack(server, repository, state, tmp)
 
 
 @pytest.fixture
-def stack(tmp_path: Path) -> Iterator[Stack]:
-    running = start_stack(tmp_path)
+def stack(tmp_path: Path, build_key) -> Iterator[Stack]:  # type: ignore[no-untyped-def]
+    running = start_stack(tmp_path, build_key.public)
     try:
         yield running
     except BaseException:

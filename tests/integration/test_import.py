@@ -10,6 +10,13 @@ import pytest
 
 from orchestrator.meta import META_FILE, VersionStatus, read_meta
 from orchestrator.sample import Variant
+from orchestrator.signing import (
+    SIGNATURE_FILE,
+    _signature_document,
+    generate_keypair,
+    load_private_key,
+    sign_package,
+)
 
 from .conftest import Stack, stub_pids
 
@@ -48,6 +55,18 @@ def _damaged(packages, tmp_path: Path, damage) -> Path:
     return package
 
 
+def _resigned(build_key):  # type: ignore[no-untyped-def]
+    """Damage signed afterwards by the builder's key (sign_package itself refuses to, so sign the raw
+    manifest): the refusal must come from the checks behind the signature."""
+    def sign_raw(package: Path) -> None:
+        manifest = (package / META_FILE).read_bytes()
+        (package / SIGNATURE_FILE).write_bytes(_signature_document(load_private_key(build_key.private), manifest))
+
+    def apply(damage):  # type: ignore[no-untyped-def]
+        return lambda p: (damage(p), sign_raw(p))
+    return apply
+
+
 def _truncate_archive(packages, tmp_path: Path) -> Path:
     archive = tmp_path / "half-downloaded.tar.gz"
     with tarfile.open(archive, "w:gz") as tar:
@@ -69,12 +88,29 @@ BAD = {
 }
 
 
-@pytest.mark.parametrize("kind", [*BAD, "truncated archive"])
-def test_bad_package_is_refused_and_nothing_changes(stack: Stack, packages, tmp_path: Path, kind: str):
+def _sign_with_stranger(package: Path) -> None:
+    generate_keypair(package.parent / "stranger.key", package.parent / "stranger.pub")
+    sign_package(package, package.parent / "stranger.key")
+
+
+TRUST = {
+    "unsigned": (lambda p: (p / "meta.yaml.sig").unlink(), "unsigned: no meta.yaml.sig"),
+    "meta altered after signing": (lambda p: (p / META_FILE).write_text((p / META_FILE).read_text() + "# edit\n"),
+                                   "does not match meta.yaml"),
+    "unknown signer": (_sign_with_stranger, "signed by unknown key"),
+}
+# Damage the builder signed anyway: caught by the checks behind the signature.
+SIGNED_BAD = {"checksum", "missing artifact", "contract", "replayed version"}
+
+
+@pytest.mark.parametrize("kind", [*BAD, *TRUST, "truncated archive"])
+def test_bad_package_is_refused_and_nothing_changes(stack: Stack, packages, tmp_path: Path, build_key, kind: str):
     if kind == "truncated archive":
         package, reason = _truncate_archive(packages, tmp_path), "truncated or corrupt"
     else:
-        damage, reason = BAD[kind]
+        damage, reason = BAD[kind] if kind in BAD else TRUST[kind]
+        if kind in SIGNED_BAD:
+            damage = _resigned(build_key)(damage)
         package = _damaged(packages, tmp_path, damage)
     repository_before = {k: v for k, v in stack.snapshot().items() if "version_history" not in k}
     result = stack.cli("import", str(package))

@@ -77,8 +77,8 @@ def _sample(daemon: Watch, name: str, **labels: str) -> float:
     ("crash", {"probe_errors", "error_rate", "health"}),
     ("slow", {"latency"}),
 ])
-def test_version_that_turns_bad_is_rolled_back_and_quarantined(stack: Stack, tmp_path: Path, mode, rules):
-    package = write_faulty_package(tmp_path / f"faulty-{mode}", mode, after_requests=40)
+def test_version_that_turns_bad_is_rolled_back_and_quarantined(stack: Stack, tmp_path: Path, build_key, mode, rules):
+    package = build_key.sign(write_faulty_package(tmp_path / f"faulty-{mode}", mode, after_requests=40))
     assert stack.cli("import", str(package)).returncode == 0
     with watching(stack) as daemon, Traffic(stack.server.url, threads=2):
         if mode == "slow":  # the latency rule compares with what v1 did while it served
@@ -121,8 +121,8 @@ def test_healthy_version_is_never_rolled_back_through_its_cold_start(stack: Stac
     assert rolled == []
 
 
-def test_no_verified_fallback_alerts_and_leaves_serving_alone(stack: Stack, tmp_path: Path):
-    package = write_faulty_package(tmp_path / "faulty", "nan", after_requests=40)
+def test_no_verified_fallback_alerts_and_leaves_serving_alone(stack: Stack, tmp_path: Path, build_key):
+    package = build_key.sign(write_faulty_package(tmp_path / "faulty", "nan", after_requests=40))
     assert stack.cli("import", str(package)).returncode == 0
     stack.orchestrator().promote(MODEL, 2)
     store = stack.store()

@@ -26,9 +26,27 @@ import promql_parser
 import pytest
 import requests
 import yaml
+from prometheus_client import CollectorRegistry
 
 from orchestrator import settings
 from orchestrator.embedded import EmbeddedTriton, free_ports, server_args
+from orchestrator.watch.exporter import WatchMetrics
+
+
+def exported_metric_names() -> set[str]:
+    """Every series name the orchestrator's exporter can emit (the real one, not a list kept by hand)."""
+    registry = CollectorRegistry()
+    WatchMetrics(registry)
+    names: set[str] = set()
+    for family in registry.collect():
+        if family.type == "counter":
+            names.add(family.name + "_total")
+        elif family.type == "histogram":
+            names |= {family.name + suffix for suffix in ("_bucket", "_count", "_sum")}
+        else:
+            names.add(family.name)
+    return names
+
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCKER = ROOT / "docker"
@@ -39,8 +57,7 @@ ENV = {"ORCH_ADMIN_KEY": "k3y-for-tests", "ORCH_HOST_REPOSITORY": "/srv/orch/mod
 
 # The orchestrator's metrics (the interface of `orchestrate watch`), Prometheus' own `up`,
 # and the Triton metrics these files use (a test below finds them on a real server).
-ORCHESTRATOR_METRICS = {"orchestrator_served_version", "orchestrator_rollbacks_total",
-                        "orchestrator_last_check_timestamp_seconds", "orchestrator_shadow_divergence"}
+ORCHESTRATOR_METRICS = exported_metric_names()
 TRITON_METRICS = {"nv_inference_request_success", "nv_inference_request_failure", "nv_inference_count",
                   "nv_inference_exec_count", "nv_inference_request_duration_us", "nv_inference_queue_duration_us",
                   "nv_inference_compute_input_duration_us", "nv_inference_compute_infer_duration_us",
@@ -313,7 +330,8 @@ def test_orchestrator_environment_is_what_its_settings_read(services: dict[str, 
                                                              triton_flags: list[str]) -> None:
     env = services["orchestrator"]["environment"]
     assert set(env) <= {settings.ENV_REPOSITORY, settings.ENV_STATE_DIR, settings.ENV_URL, settings.ENV_ADMIN_KEY,
-                        settings.ENV_ADMIN_KEY_FILE, settings.ENV_DEFAULT_MODEL}
+                        settings.ENV_ADMIN_KEY_FILE, settings.ENV_DEFAULT_MODEL, settings.ENV_TENSORRT_VERSION,
+                        settings.ENV_COMPUTE_CAPABILITY}
     url = urlparse(env[settings.ENV_URL])
     assert (url.scheme, url.hostname, str(url.port)) == ("http", "triton", one_flag(triton_flags, "--http-port"))
     assert mount_at(services["orchestrator"], env[settings.ENV_STATE_DIR])["source"] == ENV["ORCH_HOST_STATE"]

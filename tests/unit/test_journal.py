@@ -32,3 +32,16 @@ def test_record_json_uses_from_and_to(tmp_path):
     line = Record("rollback", SUCCEEDED, "x", from_version=3, to_version=2, reason="why").to_json()
     assert '"from":3' in line and '"to":2' in line
     assert Record.from_json(line).reason == "why"
+
+
+def test_followers_read_only_complete_new_records(tmp_path):
+    path = tmp_path / "version_history.log"
+    journal = Journal(path)
+    journal.append(Record("import", SUCCEEDED, "a", to_version=2))
+    records, offset = journal.read_since(0)
+    assert [r.op for r in records] == ["a"] and offset == path.stat().st_size
+    with path.open("a") as handle:
+        handle.write('{"action":"promote"')  # another process mid-write
+    records, later = journal.read_since(offset)
+    assert records == [] and later == offset
+    assert journal.read_since(journal.size())[0] == []

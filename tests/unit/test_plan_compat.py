@@ -240,3 +240,47 @@ def test_build_engine_without_tensorrt_fails_in_one_line(tmp_path: Path) -> None
     assert result.returncode == EngineBuildError.exit_code
     assert result.stderr.count("\n") == 1 and "tensorrt" in result.stderr
     assert not (tmp_path / "pkg").exists()
+
+
+# --- wired into import and promote (no GPU: the plan is synthetic, Triton is never asked) ----
+
+def _jetson_orchestrator(tmp_path: Path, trt: str, cc: str):  # type: ignore[no-untyped-def]
+    from orchestrator.operations import Orchestrator  # noqa: PLC0415
+    from orchestrator.settings import Settings  # noqa: PLC0415
+    from orchestrator.signing import TrustPolicy  # noqa: PLC0415
+
+    repository = tmp_path / "model_repository"
+    if not repository.exists():
+        (repository / "classifier").mkdir(parents=True)
+        # Nothing served yet, so promote must judge v1 rather than find it already serving.
+        config = JETSON_CONFIG.read_text().replace("versions: [ 1 ]", "versions: [ 99 ]")
+        (repository / "classifier" / "config.pbtxt").write_text(config)
+    settings = Settings(repository, state_dir=tmp_path / "state", triton_url="http://127.0.0.1:9",
+                        tensorrt_version=trt, compute_capability=cc, timeout_s=1)
+    return Orchestrator(settings, trust=TrustPolicy(tmp_path / "keys", allow_unsigned=True))
+
+
+def test_import_refuses_a_plan_built_for_another_tensorrt_synthetic_plan_no_gpu(tmp_path: Path) -> None:
+    from orchestrator.errors import PackageRejected  # noqa: PLC0415
+
+    _, plan = plan_meta(tmp_path, trt_version="10.3.0.30")
+    orchestrator = _jetson_orchestrator(tmp_path, trt="8.6.2", cc="8.7")
+    with pytest.raises(PackageRejected, match=r"built with TensorRT 10\.3\.0\.30 but the server runs 8\.6\.2"):
+        orchestrator.import_package(plan.parent)
+    assert orchestrator.repository.model("classifier").versions() == []
+
+
+def test_import_files_a_plan_for_this_tensorrt_and_gpu_synthetic_plan_no_gpu(tmp_path: Path) -> None:
+    _, plan = plan_meta(tmp_path, trt_version="10.3.0.30")
+    orchestrator = _jetson_orchestrator(tmp_path, trt="10.3.0", cc="8.7")
+    assert orchestrator.import_package(plan.parent).version == 1
+
+
+def test_promote_refuses_a_filed_plan_the_server_cannot_run_synthetic_plan_no_gpu(tmp_path: Path) -> None:
+    from orchestrator.errors import PolicyViolation  # noqa: PLC0415
+
+    _, plan = plan_meta(tmp_path, trt_version="10.3.0.30")
+    _jetson_orchestrator(tmp_path, trt="10.3.0", cc="8.7").import_package(plan.parent)
+    upgraded_gpu = _jetson_orchestrator(tmp_path, trt="10.3.0", cc="8.9")  # the device changed under the plan
+    with pytest.raises(PolicyViolation, match=r"compute capability 8\.7.*is 8\.9"):
+        upgraded_gpu.promote("classifier", 1)

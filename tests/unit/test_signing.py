@@ -80,8 +80,6 @@ def test_signed_package_verifies_and_still_passes_verify_package(package: Path,
     assert verify_signature(package, [trusted / "builder.pub"]) == key
 
 
-@pytest.mark.xfail(strict=True, reason="wiring pending: package.verify_package must exempt SIGNATURE_FILE; "
-                                       "remove this marker once it does")
 def test_verify_package_accepts_the_signature_file(package: Path, keys: tuple[Path, Path, str]) -> None:
     sign_package(package, keys[0])
     verify_package(package, "pkg", "classifier", MODEL_CONFIG)

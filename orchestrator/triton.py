@@ -6,6 +6,7 @@ unreachable server names its URL, a failed load carries Triton's reason.
 
 from __future__ import annotations
 
+import http.client
 import socket
 import time
 from dataclasses import dataclass
@@ -18,7 +19,8 @@ from orchestrator.errors import LoadFailed, TritonError, TritonUnreachable
 
 ADMIN_HEADER = "admin-key"
 
-_NETWORK_ERRORS = (ConnectionError, socket.timeout, TimeoutError, OSError)
+# geventhttpclient raises http.client.HTTPException subclasses when the server drops the connection.
+_NETWORK_ERRORS = (ConnectionError, socket.timeout, TimeoutError, OSError, http.client.HTTPException)
 
 
 @dataclass(frozen=True)
@@ -133,6 +135,31 @@ class Triton:
             return False
         except _NETWORK_ERRORS as exc:
             raise TritonUnreachable(self.url, str(exc)) from exc
+
+    # --- tracing and statistics (shadow traffic) -----------------------------------------
+    def trace_settings(self, model: str | None = None) -> dict[str, object]:
+        """The server's trace settings, or those in effect for ``model``."""
+        return dict(self._call("trace settings", self._client.get_trace_settings, model_name=model or None,
+                               headers=self._headers))
+
+    def update_trace_settings(self, model: str | None, settings: dict[str, object]) -> dict[str, object]:
+        """Change tracing at run time; a setting given as None falls back to the server-wide value.
+
+        The trace file's location cannot be changed this way (Triton answers 501): it is a start flag.
+        """
+        return dict(self._call("trace settings update", self._client.update_trace_settings,
+                               model_name=model or None, settings=settings, headers=self._headers))
+
+    def inference_stats(self, model: str) -> tuple[int, int]:
+        """Successful requests of ``model`` (all versions) and their total time inside Triton in ns."""
+        raw = self._call(f"statistics of {model}", self._client.get_inference_statistics, model_name=model,
+                         headers=self._headers)
+        count = total_ns = 0
+        for entry in raw.get("model_stats", []):
+            success = entry.get("inference_stats", {}).get("success", {})
+            count += int(success.get("count", 0))
+            total_ns += int(success.get("ns", 0))
+        return count, total_ns
 
     # --- inference ----------------------------------------------------------------------
     def infer(self, model: str, inputs: dict[str, np.ndarray], outputs: list[str],

@@ -1,0 +1,172 @@
+"""Streaming divergence statistics: candidate outputs against the outputs production served.
+
+Pure and bounded: each accumulator keeps sums and extremes, never the samples, and the
+latency window keeps only the most recent values. Replayed inputs come from Triton's
+trace text (six significant digits), so an identical candidate shows differences near
+1e-6, not exactly zero: policies must leave room for that.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+
+LATENCY_WINDOW = 4096
+_EPS = 1e-12
+
+
+@dataclass(frozen=True)
+class TensorSummary:
+    samples: int = 0  # rows (batch items) compared
+    mean_abs_diff: float = 0.0
+    max_abs_diff: float = 0.0
+    mean_rel_diff: float = 0.0  # per row: |c - s| / |s| (L2 norms)
+    max_rel_diff: float = 0.0
+    mean_cosine: float = 1.0
+    min_cosine: float = 1.0
+    candidate_nan: int = 0
+    candidate_inf: int = 0
+    served_nan: int = 0
+    served_inf: int = 0
+    top1_agreement: float | None = None  # classifier-shaped outputs only (rows of more than one score)
+    shape_mismatches: int = 0
+
+
+class TensorAccumulator:
+    """Running sums for one output tensor."""
+
+    def __init__(self) -> None:
+        self.rows = 0
+        self.elements = 0
+        self.abs_sum = 0.0
+        self.abs_max = 0.0
+        self.rel_sum = 0.0
+        self.rel_max = 0.0
+        self.cos_sum = 0.0
+        self.cos_min = 1.0
+        self.nonfinite = {"candidate_nan": 0, "candidate_inf": 0, "served_nan": 0, "served_inf": 0}
+        self.top1_rows = 0
+        self.top1_same = 0
+        self.shape_mismatches = 0
+
+    def add(self, candidate: np.ndarray, served: np.ndarray) -> None:
+        if candidate.shape != served.shape:
+            self.shape_mismatches += 1
+            return
+        c = candidate.astype(np.float64).reshape(len(candidate) if candidate.ndim > 1 else 1, -1)
+        s = served.astype(np.float64).reshape(c.shape)
+        self.nonfinite["candidate_nan"] += int(np.isnan(c).sum())
+        self.nonfinite["candidate_inf"] += int(np.isinf(c).sum())
+        self.nonfinite["served_nan"] += int(np.isnan(s).sum())
+        self.nonfinite["served_inf"] += int(np.isinf(s).sum())
+        finite = np.isfinite(c) & np.isfinite(s)
+        # Non-finite values are counted above; the distances are over what both sides can compare.
+        c, s = np.where(finite, c, 0.0), np.where(finite, s, 0.0)
+        diff = np.abs(c - s)
+        self.elements += int(finite.sum())
+        self.abs_sum += float(diff.sum())
+        self.abs_max = max(self.abs_max, float(diff.max(initial=0.0)))
+        diff_norm = np.linalg.norm(c - s, axis=1)
+        c_norm, s_norm = np.linalg.norm(c, axis=1), np.linalg.norm(s, axis=1)
+        rel = diff_norm / np.maximum(s_norm, _EPS)
+        both_zero = (c_norm < _EPS) & (s_norm < _EPS)
+        cos = np.where(both_zero, 1.0, (c * s).sum(axis=1) / np.maximum(c_norm * s_norm, _EPS))
+        self.rows += len(c)
+        self.rel_sum += float(rel.sum())
+        self.rel_max = max(self.rel_max, float(rel.max(initial=0.0)))
+        self.cos_sum += float(cos.sum())
+        self.cos_min = min(self.cos_min, float(cos.min(initial=1.0)))
+        if c.shape[1] > 1:
+            self.top1_rows += len(c)
+            self.top1_same += int((c.argmax(axis=1) == s.argmax(axis=1)).sum())
+
+    def summary(self) -> TensorSummary:
+        rows = max(self.rows, 1)
+        return TensorSummary(
+            samples=self.rows,
+            mean_abs_diff=self.abs_sum / max(self.elements, 1),
+            max_abs_diff=self.abs_max,
+            mean_rel_diff=self.rel_sum / rows,
+            max_rel_diff=self.rel_max,
+            mean_cosine=self.cos_sum / rows if self.rows else 1.0,
+            min_cosine=self.cos_min,
+            top1_agreement=self.top1_same / self.top1_rows if self.top1_rows else None,
+            shape_mismatches=self.shape_mismatches,
+            **self.nonfinite,
+        )
+
+
+class LatencyWindow:
+    """The most recent latencies (ms): bounded, so a long shadow costs no more memory than a short one."""
+
+    def __init__(self, size: int = LATENCY_WINDOW) -> None:
+        self.values: deque[float] = deque(maxlen=size)
+        self.count = 0
+        self.total = 0.0
+
+    def add(self, ms: float) -> None:
+        self.values.append(ms)
+        self.count += 1
+        self.total += ms
+
+    def summary(self) -> LatencySummary:
+        if not self.values:
+            return LatencySummary()
+        ordered = sorted(self.values)
+        return LatencySummary(count=self.count, mean_ms=self.total / self.count,
+                              p50_ms=_quantile(ordered, 0.5), p99_ms=_quantile(ordered, 0.99))
+
+
+@dataclass(frozen=True)
+class LatencySummary:
+    count: int = 0
+    mean_ms: float = 0.0
+    p50_ms: float = 0.0
+    p99_ms: float = 0.0
+
+
+def _quantile(ordered: list[float], q: float) -> float:
+    index = min(len(ordered) - 1, max(0, math.ceil(q * len(ordered)) - 1))
+    return ordered[index]
+
+
+@dataclass(frozen=True)
+class ShadowReport:
+    """What a shadow run observed; the gate judges it, ``shadow report`` prints it."""
+
+    model: str
+    version: int
+    phase: str = "running"  # running, failed, stopped
+    reason: str = ""  # why it failed
+    sampled: int = 0  # traces read for this model
+    compared: int = 0  # replayed and compared
+    dropped: int = 0  # sampled but not replayed: queue full, unreadable or unsupported trace
+    candidate_errors: int = 0
+    queue_high_water: int = 0
+    tensors: dict[str, TensorSummary] = field(default_factory=dict)
+    served_latency: LatencySummary = field(default_factory=LatencySummary)  # Triton's REQUEST_START..END
+    candidate_latency: LatencySummary = field(default_factory=LatencySummary)  # the replay, client side
+    candidate_server_mean_ms: float | None = None  # Triton's own statistics for the candidate
+
+    def latency_ratio(self) -> float | None:
+        """Candidate / served mean time inside Triton (both server side, so HTTP costs cancel)."""
+        served = self.served_latency.mean_ms
+        candidate = self.candidate_server_mean_ms
+        if candidate is None or served <= 0:
+            return None
+        return candidate / served
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> ShadowReport:
+        values = dict(raw)
+        values["tensors"] = {name: TensorSummary(**t) for name, t in (raw.get("tensors") or {}).items()}
+        values["served_latency"] = LatencySummary(**(raw.get("served_latency") or {}))
+        values["candidate_latency"] = LatencySummary(**(raw.get("candidate_latency") or {}))
+        return cls(**values)

@@ -1,0 +1,105 @@
+"""Reading Triton's per-request trace files (``--trace-config triton,log-frequency=1``).
+
+Measured on Triton 2.51: with ``trace_level`` TIMESTAMPS+TENSORS each sampled request
+becomes one file ``<trace_file>.<n>``: a JSON list of entries sharing an ``id``. The
+model name and version come in an entry of their own (only with TIMESTAMPS on), each
+tensor as ``{"name", "shape": "1,3,16,16", "dtype": "FP32", "data": "0.1,2.3,..."}`` with
+about six significant digits, and timestamps as ``{"timestamps": [{"name", "ns"}]}``.
+All traced models share the files, so a reader keeps to its own model's.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+_DTYPES = {"FP16": np.float16, "FP32": np.float32, "FP64": np.float64, "INT8": np.int8, "INT16": np.int16,
+           "INT32": np.int32, "INT64": np.int64, "UINT8": np.uint8, "UINT16": np.uint16, "UINT32": np.uint32,
+           "UINT64": np.uint64, "BOOL": np.bool_}
+_MODEL_NAME = re.compile(rb'"model_name"\s*:\s*"([^"]*)"')
+HEAD_BYTES = 2048  # the model name comes before any tensor
+
+
+class UnsupportedTrace(ValueError):
+    """A trace that cannot be replayed (BYTES tensors, missing inputs): counted, not fatal."""
+
+
+@dataclass(frozen=True)
+class TraceSample:
+    model: str
+    version: int | None
+    inputs: dict[str, np.ndarray]
+    outputs: dict[str, np.ndarray]  # what production served
+    served_ms: float | None  # REQUEST_START..REQUEST_END inside Triton
+
+
+def trace_files(folder: Path, prefix: str) -> list[Path]:
+    """``prefix.<n>`` files in the order Triton wrote them."""
+    found = []
+    for path in folder.glob(prefix + ".*"):
+        suffix = path.name[len(prefix) + 1:]
+        if suffix.isdigit():
+            found.append((int(suffix), path))
+    return [path for _, path in sorted(found)]
+
+
+def model_of(head: bytes) -> str | None:
+    """The model a trace file belongs to, from its first bytes (cheap: no tensor is parsed)."""
+    match = _MODEL_NAME.search(head)
+    return match.group(1).decode(errors="replace") if match else None
+
+
+def _tensor(raw: dict[str, object]) -> np.ndarray:
+    dtype = _DTYPES.get(str(raw.get("dtype")))
+    if dtype is None:
+        raise UnsupportedTrace(f"tensor {raw.get('name')} has dtype {raw.get('dtype')}")
+    shape = tuple(int(d) for d in str(raw.get("shape", "")).split(",") if d.strip())
+    text = str(raw.get("data", ""))
+    values = np.array([float(v) for v in text.split(",")] if text else [], dtype=np.float64)
+    if values.size != int(np.prod(shape, dtype=np.int64)):
+        raise UnsupportedTrace(f"tensor {raw.get('name')}: {values.size} values for shape {shape}")
+    return values.astype(dtype).reshape(shape)
+
+
+def parse_trace(text: str | bytes, model: str) -> list[TraceSample]:
+    """Every request of ``model`` in one trace file (normally one)."""
+    entries = json.loads(text)
+    if not isinstance(entries, list):
+        raise ValueError("a trace file holds a JSON list")
+    by_id: dict[object, dict[str, object]] = {}
+    for entry in entries:
+        if not isinstance(entry, dict):
+            continue
+        trace = by_id.setdefault(entry.get("id"), {"inputs": {}, "outputs": {}, "stamps": {}})
+        if "model_name" in entry:
+            trace["model"], trace["version"] = entry["model_name"], entry.get("model_version")
+        for stamp in entry.get("timestamps", ()):
+            trace["stamps"][stamp["name"]] = int(stamp["ns"])  # type: ignore[index]
+        tensor = entry.get("tensor")
+        if isinstance(tensor, dict):
+            side = {"TENSOR_QUEUE_INPUT": "inputs", "TENSOR_BACKEND_OUTPUT": "outputs"}.get(str(entry.get("activity")))
+            if side:
+                trace[side][str(tensor.get("name"))] = tensor  # type: ignore[index]
+    samples = []
+    for trace in by_id.values():
+        if trace.get("model") != model:
+            continue
+        inputs: dict[str, dict[str, object]] = trace["inputs"]  # type: ignore[assignment]
+        outputs: dict[str, dict[str, object]] = trace["outputs"]  # type: ignore[assignment]
+        if not inputs or not outputs:
+            raise UnsupportedTrace("the trace has no tensors (trace_level must include TENSORS)")
+        stamps: dict[str, int] = trace["stamps"]  # type: ignore[assignment]
+        served = None
+        if "REQUEST_START" in stamps and "REQUEST_END" in stamps:
+            served = (stamps["REQUEST_END"] - stamps["REQUEST_START"]) / 1e6
+        version = trace.get("version")
+        samples.append(TraceSample(
+            model=model, version=int(version) if isinstance(version, int | str) and str(version).isdigit() else None,
+            inputs={name: _tensor(raw) for name, raw in inputs.items()},
+            outputs={name: _tensor(raw) for name, raw in outputs.items()},
+            served_ms=served))
+    return samples

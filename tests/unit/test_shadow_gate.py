@@ -1,0 +1,68 @@
+"""The shadow gate as a pure function, the policy loader, and the promote-side check."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from orchestrator.errors import RepositoryCorrupt
+from orchestrator.shadow.gate import Outcome, ShadowPolicy, load_shadow_policy, shadow_gate
+from orchestrator.shadow.stats import LatencySummary, ShadowReport, TensorSummary
+
+GOOD = TensorSummary(samples=500, mean_abs_diff=1e-6, max_abs_diff=1e-5, mean_cosine=1.0, min_cosine=1.0,
+                     top1_agreement=1.0)
+POLICY = ShadowPolicy(min_samples=100)
+
+
+def report(**fields: object) -> ShadowReport:
+    values: dict[str, object] = {"compared": 500, "tensors": {"LOGITS": GOOD},
+                                 "served_latency": LatencySummary(500, 1.0, 1.0, 2.0), "candidate_server_mean_ms": 1.1}
+    values.update(fields)
+    return ShadowReport("classifier", 2, **values)  # type: ignore[arg-type]
+
+
+def test_close_outputs_pass() -> None:
+    assert shadow_gate(report(), POLICY).outcome is Outcome.PASSED
+
+
+def test_too_few_samples_is_inconclusive_never_a_pass() -> None:
+    verdict = shadow_gate(report(compared=10), POLICY)
+    assert verdict.outcome is Outcome.INCONCLUSIVE and not verdict.passed and "100" in verdict.reason
+
+
+@pytest.mark.parametrize(("change", "metric"), [
+    ({"mean_abs_diff": 0.5}, "mean_abs_diff"),
+    ({"mean_cosine": 0.5}, "cosine"),
+    ({"top1_agreement": 0.5}, "top1_agreement"),
+    ({"candidate_nan": 3}, "nan_inf"),
+])
+def test_each_divergence_fails_naming_tensor_and_metric(change: dict[str, float], metric: str) -> None:
+    verdict = shadow_gate(report(tensors={"LOGITS": replace(GOOD, **change)}), POLICY)  # type: ignore[arg-type]
+    assert verdict.outcome is Outcome.FAILED and verdict.tensor == "LOGITS" and verdict.metric == metric
+    assert "LOGITS" in verdict.reason and metric in verdict.reason
+
+
+def test_divergence_fails_even_below_min_samples() -> None:
+    verdict = shadow_gate(report(compared=5, tensors={"LOGITS": replace(GOOD, mean_cosine=0.1)}), POLICY)
+    assert verdict.outcome is Outcome.FAILED
+
+
+def test_slow_candidate_fails_on_latency_ratio() -> None:
+    verdict = shadow_gate(report(candidate_server_mean_ms=3.0), POLICY)
+    assert verdict.outcome is Outcome.FAILED and verdict.metric == "latency_ratio"
+
+
+def test_failed_run_fails() -> None:
+    verdict = shadow_gate(report(phase="failed", reason="candidate timed out"), POLICY)
+    assert verdict.outcome is Outcome.FAILED and "timed out" in verdict.reason
+
+
+def test_policy_loads_from_the_shadow_section(tmp_path: Path) -> None:
+    assert load_shadow_policy(tmp_path) == ShadowPolicy()
+    (tmp_path / "policy.yaml").write_text("promotion: {}\nshadow:\n  require: true\n  min_cosine: 0.99\n")
+    assert load_shadow_policy(tmp_path) == ShadowPolicy(require=True, min_cosine=0.99)
+    (tmp_path / "policy.yaml").write_text("shadow:\n  min_cosin: 0.99\n")
+    with pytest.raises(RepositoryCorrupt, match="min_cosin"):
+        load_shadow_policy(tmp_path)

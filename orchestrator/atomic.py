@@ -20,7 +20,7 @@ def fsync_dir(path: Path) -> None:
 def write_atomic(path: Path, data: bytes | str) -> None:
     """Replace ``path`` so that a reader (or a crash) sees the old or the new content, never a mix."""
     payload = data.encode() if isinstance(data, str) else data
-    faults.before_write(path.name)
+    faults.before_write(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         os.fchmod(fd, 0o644)

@@ -2,7 +2,7 @@
 
 ``ORCH_CRASH_AT=<point>`` makes the process SIGKILL itself when it reaches that point,
 exactly like a power cut or an OOM kill would. ``ORCH_FAIL_WRITE=<file name>`` makes the
-next write of that file fail as a full disk does (ENOSPC).
+next write of that file (or folder/file) fail as a full disk does (ENOSPC).
 """
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ from __future__ import annotations
 import errno
 import os
 import signal
+from pathlib import Path
 
 ENV = "ORCH_CRASH_AT"
 ENV_WRITE = "ORCH_FAIL_WRITE"
@@ -20,6 +21,11 @@ def checkpoint(point: str) -> None:
         os.kill(os.getpid(), signal.SIGKILL)
 
 
-def before_write(name: str) -> None:
-    if os.environ.get(ENV_WRITE) == name:
-        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC) + " (injected)", name)
+def before_write(path: Path | str) -> None:
+    """``ORCH_FAIL_WRITE`` names the file (``config.pbtxt``) or its folder too (``classifier/config.pbtxt``)."""
+    wanted = os.environ.get(ENV_WRITE)
+    if not wanted:
+        return
+    path = Path(path)
+    if wanted in (path.name, f"{path.parent.name}/{path.name}"):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC) + " (injected)", str(path))

@@ -116,7 +116,7 @@ class Journal:
 
     def append(self, record: Record) -> Record:
         line = record.to_json() + "\n"
-        faults.before_write(self.path.name)
+        faults.before_write(self.path)
         fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         try:
             if _ends_without_newline(self.path):

@@ -22,7 +22,7 @@ pytestmark = pytest.mark.triton
 def _disk_full(stack: Stack, name: str, *args: str) -> subprocess.CompletedProcess:
     result = stack.cli(*args, env=stack.env() | {"ORCH_FAIL_WRITE": name})
     assert result.returncode == 11, (result.stdout, result.stderr)
-    assert "No space left on device" in result.stderr and result.stderr.count("\n") == 1
+    assert "No space left on device" in result.stderr and result.stderr.count("\n") == 1, result.stderr
     return result
 
 
@@ -38,7 +38,7 @@ def test_disk_full_while_importing_files_nothing(stack: Stack, packages, name: s
 
 def test_disk_full_while_writing_config_keeps_serving_and_the_next_promote_works(stack: Stack, packages):
     assert stack.cli("import", str(packages[Variant.BETTER])).returncode == 0
-    _disk_full(stack, "config.pbtxt", "promote", "v2")
+    _disk_full(stack, f"{MODEL}/config.pbtxt", "promote", "v2")
     store = stack.store()
     assert store.served() == 1 and stack.served_by_triton() == 1
     assert store.journal.read().unfinished() is None
@@ -47,6 +47,16 @@ def test_disk_full_while_writing_config_keeps_serving_and_the_next_promote_works
     again = stack.cli("promote", "v2")
     assert again.returncode == 0, again.stderr
     assert stack.served_by_triton() == 2
+
+
+def test_disk_full_while_writing_the_candidate_entry_refuses_promote(stack: Stack, packages):
+    assert stack.cli("import", str(packages[Variant.BETTER])).returncode == 0
+    _disk_full(stack, f"{MODEL}__candidate/config.pbtxt", "promote", "v2")
+    store = stack.store()
+    assert store.served() == 1 and stack.served_by_triton() == 1
+    assert store.journal.read().records[-1].result == "failed"
+    assert not (stack.repository / candidate_name(MODEL)).exists()
+    assert stack.cli("promote", "v2").returncode == 0
 
 
 def test_disk_full_while_writing_the_journal_fails_clearly(stack: Stack, packages):
@@ -72,7 +82,8 @@ def test_triton_killed_during_a_promote_then_restarted(stack: Stack, tmp_path: P
     stack.server.kill()
     _, stderr = promote.communicate(timeout=60)
     assert promote.returncode in (8, 9), stderr
-    assert "Traceback" not in stderr and stderr.strip().count("\n") == 0
+    assert "Traceback" not in stderr
+    assert stderr.strip().splitlines()[-1].startswith(f"error: Triton at {stack.server.url} is unreachable")
     stack.server = EmbeddedTriton(stack.repository, stack.tmp / "triton", load_models=(MODEL,), ports=ports).start()
     assert stack.served_by_triton() == 1
     status = stack.cli("status")

@@ -17,6 +17,7 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 
+from orchestrator.cli_shadow import register as register_shadow_commands
 from orchestrator.cli_trust import register as register_trust_commands
 from orchestrator.errors import OrchestratorError, UsageError
 from orchestrator.journal import Record
@@ -268,6 +269,7 @@ def local_triton(ctx: typer.Context,
 
 
 register_trust_commands(app)
+register_shadow_commands(app)
 
 
 def entrypoint() -> None:

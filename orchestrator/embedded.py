@@ -115,6 +115,10 @@ class EmbeddedTriton:
             *server_args(),
             *self.extra_args,
         ]
+        if not any(arg.startswith("--trace-config=triton,file=") for arg in cmd):
+            # Shadow traffic reads per-request traces from here (tracing itself stays OFF by default).
+            (self.workdir / "traces").mkdir(parents=True, exist_ok=True)
+            cmd.append(f"--trace-config=triton,file={self.workdir / 'traces' / 'trace.json'}")
         cmd += [f"--load-model={name}" for name in self.load_models]
         return cmd
 

@@ -50,6 +50,8 @@ from orchestrator.plan_compat import check_plan
 from orchestrator.policy import PromotionPolicy
 from orchestrator.repository import ModelRepository, ModelStore, candidate_name
 from orchestrator.settings import Settings
+from orchestrator.shadow.gate import load_shadow_policy, require_passed_shadow
+from orchestrator.shadow.state import active_shadow, refuse_while_shadowing
 from orchestrator.signing import TrustPolicy, record_signer
 from orchestrator.triton import Triton
 from orchestrator.versions import label
@@ -204,6 +206,7 @@ class Orchestrator:
         with self._locked(store):
             self._repair(store)
             store.require(version)
+            refuse_while_shadowing(store)  # the candidate entry is the shadow's until it stops
             status = store.status(version)
             served = store.served()
             if status is VersionStatus.QUARANTINED and not force:
@@ -217,6 +220,7 @@ class Orchestrator:
             incompatible = self._plan_incompatibility(store, store.meta(version), store.require(version))
             if incompatible:
                 raise PolicyViolation(f"{store.name} v{version} cannot run on this server: {incompatible}")
+            require_passed_shadow(store, version, load_shadow_policy(store.state))
             golden = load_golden(store.state / policy.golden, contract(store.config()))
             if golden is None:
                 raise PolicyViolation(f"{store.name} has no golden set in {store.state / policy.golden}: "
@@ -466,7 +470,7 @@ class Orchestrator:
             notes.append(self._repair_operation(store, unfinished))
             if unfinished.action in SWITCH_ACTIONS:
                 notes += self.sync_triton(store)  # when Triton is up; otherwise the next contact does it
-        elif store.has_candidate_entry():
+        elif store.has_candidate_entry() and active_shadow(store) is None:
             self._drop_candidate(store, quiet=True)
             notes.append("removed a leftover candidate entry")
         for note in notes:

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from prometheus_client import CollectorRegistry
 
-from orchestrator.errors import Busy, LoadFailed, PolicyViolation, TritonError, UsageError
+from orchestrator.errors import LoadFailed, PolicyViolation, TritonError, UsageError
 from orchestrator.journal import FAILED, STEP, SUCCEEDED, Record, new_op_id, now_iso
 from orchestrator.lock import model_lock
 from orchestrator.meta import META_FILE, write_meta
@@ -30,13 +30,13 @@ from orchestrator.operations import Orchestrator
 from orchestrator.repository import ModelStore, candidate_name
 from orchestrator.shadow.gate import META_KEY, GateVerdict, load_shadow_policy, shadow_gate, shadow_record
 from orchestrator.shadow.state import (
-    ACTIVE_PHASES,
     WORKER_LOG,
     ShadowConfig,
     ShadowState,
     observed,
     pid_alive,
     read_state,
+    refuse_while_shadowing,
     shadow_dir,
     write_state,
 )
@@ -46,7 +46,7 @@ from orchestrator.shadow.worker import TRACING_OFF, ShadowWorker, initial_state
 
 log = logging.getLogger(__name__)
 
-DEFAULT_SAMPLE_RATE = 0.01
+DEFAULT_SAMPLE_RATE = 0.001  # measured: 0.01 cost +28% production p99 on 2 cores, 0.001 within noise
 WORKER_START_S = 15.0
 WORKER_STOP_S = 10.0
 
@@ -57,23 +57,6 @@ class StopResult:
     report: ShadowReport
     verdict: GateVerdict
     meta_written: bool  # False when the version is resident in production (its folder must not change)
-
-
-def active_shadow(store: ModelStore) -> ShadowState | None:
-    """The model's shadow run while its candidate entry is (or may be) loaded, else None."""
-    state = read_state(store.state)
-    if state is None:
-        return None
-    state = observed(state)
-    return state if state.phase in ACTIVE_PHASES else None
-
-
-def refuse_while_shadowing(store: ModelStore) -> None:
-    """For promote: the candidate entry belongs to a shadow run until ``shadow stop``."""
-    state = active_shadow(store)
-    if state is not None:
-        raise Busy(f"{store.name} is shadowing v{state.config.version} ({state.phase}) in {candidate_name(store.name)}"
-                   f": run `orchestrate shadow stop {store.name}` first")
 
 
 def start_shadow(orch: Orchestrator, model: str | None, version: int, sample_rate: float = DEFAULT_SAMPLE_RATE,

@@ -15,6 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from orchestrator.atomic import write_atomic
+from orchestrator.errors import Busy
+from orchestrator.repository import ModelStore, candidate_name
 from orchestrator.shadow.stats import ShadowReport
 
 SHADOW_DIR = "shadow"
@@ -113,3 +115,20 @@ def observed(state: ShadowState, now: float | None = None) -> ShadowState:
         return state
     report = dict(state.report, phase="failed", reason=reason) if state.report else {}
     return replace(state, phase="failed", reason=reason, report=report)
+
+
+def active_shadow(store: ModelStore) -> ShadowState | None:
+    """The model's shadow run while its candidate entry is (or may be) loaded, else None."""
+    state = read_state(store.state)
+    if state is None:
+        return None
+    state = observed(state)
+    return state if state.phase in ACTIVE_PHASES else None
+
+
+def refuse_while_shadowing(store: ModelStore) -> None:
+    """For promote: the candidate entry belongs to a shadow run until ``shadow stop``."""
+    state = active_shadow(store)
+    if state is not None:
+        raise Busy(f"{store.name} is shadowing v{state.config.version} ({state.phase}) in {candidate_name(store.name)}"
+                   f": run `orchestrate shadow stop {store.name}` first")

@@ -35,9 +35,9 @@ class WatchMetrics:
                                        ["model"], registry=registry)
         self.rule_value = Gauge("orchestrator_rule_value", "Last measured value per rule",
                                 ["model", "rule", "value"], registry=registry)
-        self.shadow_divergence = Gauge("orchestrator_shadow_divergence",
-                                       "Mean absolute output difference, served vs last verified version (probes)",
-                                       ["model", "tensor"], registry=registry)
+        self.probe_divergence = Gauge("orchestrator_watch_divergence",
+                                      "Mean absolute output difference on the watcher's probes, served vs last "
+                                      "verified version", ["model", "tensor"], registry=registry)
 
     def set_residency(self, model: str, served: int | None, resident: tuple[int, ...], known: list[int]) -> None:
         self.served_version.labels(model).set(served if served is not None else 0)

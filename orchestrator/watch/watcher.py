@@ -199,7 +199,7 @@ class ModelWatcher:
         for name in self.outputs:
             mean_abs = float(np.abs(served[name].astype(np.float64) - base[name]).mean())
             if np.isfinite(mean_abs):
-                self.metrics.shadow_divergence.labels(self.store.name, name).set(mean_abs)
+                self.metrics.probe_divergence.labels(self.store.name, name).set(mean_abs)
         return served, base
 
     def _scrape(self, now: float) -> dict[str, object]:

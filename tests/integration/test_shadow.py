@@ -19,8 +19,8 @@ from orchestrator.embedded import EmbeddedTriton
 from orchestrator.errors import PolicyViolation
 from orchestrator.sample import Variant, write_faulty_package
 from orchestrator.shadow.gate import META_KEY, ShadowPolicy, require_passed_shadow
-from orchestrator.shadow.session import active_shadow, start_shadow, stop_shadow
-from orchestrator.shadow.state import read_state
+from orchestrator.shadow.session import start_shadow, stop_shadow
+from orchestrator.shadow.state import active_shadow, read_state
 from orchestrator.shadow.worker import ShadowWorker
 from tests.integration.conftest import MODEL, ROOT, Stack, Traffic
 

@@ -30,6 +30,7 @@ from prometheus_client import CollectorRegistry
 
 from orchestrator import settings
 from orchestrator.embedded import EmbeddedTriton, free_ports, server_args
+from orchestrator.shadow.metrics import ShadowMetrics
 from orchestrator.watch.exporter import WatchMetrics
 
 
@@ -37,6 +38,7 @@ def exported_metric_names() -> set[str]:
     """Every series name the orchestrator's exporter can emit (the real one, not a list kept by hand)."""
     registry = CollectorRegistry()
     WatchMetrics(registry)
+    ShadowMetrics(registry)
     names: set[str] = set()
     for family in registry.collect():
         if family.type == "counter":

@@ -23,7 +23,7 @@ from orchestrator.errors import OrchestratorError, UsageError
 from orchestrator.journal import Record
 from orchestrator.operations import Orchestrator, SwitchResult
 from orchestrator.report import ModelStatus, model_status
-from orchestrator.settings import from_environment
+from orchestrator.settings import from_environment, read_admin_key
 from orchestrator.versions import label, parse_version
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -215,6 +215,8 @@ def watch(ctx: typer.Context,
           metrics_address: Annotated[str, typer.Option(help="Address the exporter listens on")] = "0.0.0.0",
           triton_metrics_url: Annotated[str | None, typer.Option(
               help="Triton's metrics endpoint [env ORCH_TRITON_METRICS_URL, default port 8002 of --url's host]")]
+          = None,
+          inbox: Annotated[Path | None, typer.Option(help="Folder to file signed .tar.gz packages from")]
           = None) -> None:
     """Watch the served versions and roll back to the last verified one on anomalies (until SIGTERM)."""
     import os  # noqa: PLC0415
@@ -226,7 +228,7 @@ def watch(ctx: typer.Context,
         orch = _orch(ctx)
         url = triton_metrics_url or os.environ.get("ORCH_TRITON_METRICS_URL") or \
             _default_metrics_url(orch.settings.triton_url)
-        daemon = Watch(orch.settings, models or None, url)
+        daemon = Watch(orch.settings, models or None, url, inbox=inbox)
         serve_metrics(daemon.registry, metrics_port, metrics_address)
         return daemon
 
@@ -252,9 +254,11 @@ def local_triton(ctx: typer.Context,
             raise UsageError(f"model repository {repo} is not a folder")
         from orchestrator.repository import ModelRepository  # noqa: PLC0415
 
-        models = tuple(load or ModelRepository(repo).models())
+        models = tuple(load or ModelRepository(repo, repo.parent / "orchestrator_state").models())
         workdir = Path(tempfile.mkdtemp(prefix="orch-triton-"))
-        return EmbeddedTriton(repo, workdir, models, ports=(port, port + 1, port + 2)).start()
+        # With ORCH_ADMIN_KEY(_FILE) set, the control API is locked as on a device.
+        return EmbeddedTriton(repo, workdir, models, ports=(port, port + 1, port + 2),
+                              admin_key=read_admin_key()).start()
 
     server = run(start)
     typer.echo(f"Triton ready at {server.url} (metrics {server.metrics_url}); log {server.log_path}", err=True)

@@ -80,8 +80,10 @@ def _die_with_parent() -> None:
 
 class EmbeddedTriton:
     def __init__(self, repository: Path, workdir: Path, load_models: tuple[str, ...] = (),
-                 extra_args: tuple[str, ...] = (), ports: tuple[int, int, int] | None = None) -> None:
+                 extra_args: tuple[str, ...] = (), ports: tuple[int, int, int] | None = None,
+                 admin_key: str | None = None) -> None:
         self.repository = repository.resolve()
+        self.admin_key = admin_key  # when set, load/unload/index need it (as on the Jetson)
         self.workdir = workdir
         self.load_models = load_models
         self.extra_args = extra_args
@@ -120,6 +122,9 @@ class EmbeddedTriton:
             (self.workdir / "traces").mkdir(parents=True, exist_ok=True)
             cmd.append(f"--trace-config=triton,file={self.workdir / 'traces' / 'trace.json'}")
         cmd += [f"--load-model={name}" for name in self.load_models]
+        if self.admin_key:
+            cmd += [f"--http-restricted-api=model-repository:admin-key={self.admin_key}",
+                    f"--grpc-restricted-protocol=model-repository:admin-key={self.admin_key}"]
         return cmd
 
     def environment(self) -> dict[str, str]:

@@ -122,9 +122,9 @@ class Orchestrator:
         with model_lock(store.state, store.name, self.settings.lock_timeout_s):
             yield
 
-    def fallbacks(self, store: ModelStore, exclude: set[int]) -> list[int]:
-        statuses = {v: s for v, s in store.statuses().items() if v not in exclude}
-        return fallback_order(served_history(store.journal.read()), statuses, exclude=-1)
+    def fallbacks(self, store: ModelStore, exclude: set[int], limit: int | None = None) -> list[int]:
+        return fallback_order(served_history(store.journal.read()), store.lazy_statuses(exclude), exclude=-1,
+                              limit=limit)
 
     # --- import -------------------------------------------------------------------------
     def import_package(self, package: Path) -> ImportResult:
@@ -339,7 +339,7 @@ class Orchestrator:
             if served is None:
                 raise PolicyViolation(f"{store.name} serves nothing: there is nothing to roll back")
             if to is None:
-                targets = self.fallbacks(store, exclude={served})
+                targets = self.fallbacks(store, exclude={served}, limit=1)
                 if not targets:
                     raise PolicyViolation(f"{store.name} has no verified version other than v{served} "
                                           f"to roll back to")
@@ -391,7 +391,9 @@ class Orchestrator:
     # --- switching ----------------------------------------------------------------------
     def _plan(self, store: ModelStore, target: int, exclude: set[int]) -> SwitchPlan:
         keep = store.promotion_policy().keep_resident
-        return plan_switch(store.resident(), target, self.fallbacks(store, exclude | {target}), keep)
+        # Fallbacks stay resident only below the target (the highest loaded version serves).
+        above = {v for v in store.versions() if v >= target}
+        return plan_switch(store.resident(), target, self.fallbacks(store, exclude | above, limit=keep), keep)
 
     def _switch(self, store: ModelStore, target: int, op: str, action: str,
                 exclude: set[int]) -> tuple[tuple[int, ...], float]:

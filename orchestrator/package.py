@@ -30,6 +30,8 @@ from orchestrator.signing import SIGNATURE_FILE
 # Limits for archives fetched over unreliable links; a package bigger than this is not a model.
 MAX_ARCHIVE_FILES = 1000
 MAX_UNPACKED_BYTES = 16 << 30
+# Network weights barely compress (about 1.1x); a far higher ratio is a decompression bomb.
+MAX_COMPRESSION_RATIO = 100
 
 
 def write_package(dest: Path, meta: VersionMeta, files: dict[str, bytes]) -> Path:
@@ -82,6 +84,10 @@ def _extract(archive: Path, dest: Path) -> None:
                 total += member.size
             if total > MAX_UNPACKED_BYTES:
                 raise PackageRejected(name, "archive unpacks to more than the size limit")
+            ratio = total / max(archive.stat().st_size, 1)
+            if ratio > MAX_COMPRESSION_RATIO:
+                raise PackageRejected(name, f"archive expands {ratio:.0f}x (limit {MAX_COMPRESSION_RATIO}x): "
+                                            f"not a model package")
             # The 'data' filter refuses absolute paths, '..' and links leaving the folder.
             tar.extractall(dest, filter="data")
     except PackageRejected:

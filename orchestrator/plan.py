@@ -25,14 +25,21 @@ class SwitchPlan:
         return self.steps[-1]
 
 
-def fallback_order(served_history: Iterable[int], statuses: Mapping[int, VersionStatus], exclude: int) -> list[int]:
-    """Verified versions to fall back to, best first: most recently served, then newest."""
+def fallback_order(served_history: Iterable[int], statuses: Mapping[int, VersionStatus], exclude: int,
+                   limit: int | None = None) -> list[int]:
+    """Verified versions to fall back to, best first: most recently served, then newest.
+
+    ``statuses`` may be lazy (a mapping that reads a version's meta on access): versions are
+    looked up in preference order and the search stops after ``limit`` finds, so a rollback on
+    a repository with hundreds of versions reads only the few it needs.
+    """
     order: list[int] = []
-    for version in reversed(list(served_history)):
-        if version != exclude and version not in order and statuses.get(version) is VersionStatus.VERIFIED:
-            order.append(version)
-    for version in sorted(statuses, reverse=True):
-        if version != exclude and version not in order and statuses[version] is VersionStatus.VERIFIED:
+    candidates = [*reversed(list(served_history)), *sorted(statuses, reverse=True)]
+    for version in candidates:
+        if limit is not None and len(order) >= limit:
+            break
+        if version != exclude and version not in order and version in statuses \
+                and statuses[version] is VersionStatus.VERIFIED:
             order.append(version)
     return order
 

@@ -53,7 +53,8 @@ def model_status(orchestrator: Orchestrator, store: ModelStore) -> ModelStatus:
             status, created, reason = "corrupt", "", str(exc)
         rows.append(VersionRow(version, status, version in resident, states.get(version, "") if reachable else "?",
                                created, reason))
-    fallbacks = fallback_order(served_history(history), store.statuses(), exclude=served if served is not None else -1)
+    fallbacks = fallback_order(served_history(history), store.lazy_statuses(), exclude=served if served is not None
+                               else -1, limit=1)
     ready = {v for v, s in states.items() if s == "READY"}
     unfinished = history.unfinished()
     return ModelStatus(

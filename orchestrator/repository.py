@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import Iterator, Mapping
 from dataclasses import replace
 from pathlib import Path
 
@@ -123,6 +124,10 @@ class ModelStore:
     def statuses(self) -> dict[int, VersionStatus]:
         return {v: self.status(v) for v in self.versions()}
 
+    def lazy_statuses(self, exclude: set[int] | None = None) -> LazyStatuses:
+        """Statuses read from meta.yaml only when asked for (and then remembered)."""
+        return LazyStatuses(self, [v for v in self.versions() if v not in (exclude or set())])
+
     def set_verification(self, version: int, verification: Verification) -> None:
         """Only the verification block changes; the identity of a filed version never does."""
         meta = self.meta(version)
@@ -176,6 +181,28 @@ class ModelStore:
 
     def has_candidate_entry(self) -> bool:
         return (self.folder.parent / candidate_name(self.name)).exists()
+
+
+class LazyStatuses(Mapping[int, VersionStatus]):
+    def __init__(self, store: ModelStore, versions: list[int]) -> None:
+        self._store, self._versions = store, versions
+        self._known: dict[int, VersionStatus] = {}
+
+    def __getitem__(self, version: int) -> VersionStatus:
+        if version not in self._versions:
+            raise KeyError(version)
+        if version not in self._known:
+            self._known[version] = self._store.status(version)
+        return self._known[version]
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self._versions)
+
+    def __len__(self) -> int:
+        return len(self._versions)
+
+    def __contains__(self, version: object) -> bool:
+        return version in self._versions
 
 
 class ModelRepository:

@@ -63,12 +63,20 @@ class Triton:
         try:
             return fn(*args, **kwargs)
         except InferenceServerException as exc:
+            self._raise_if_forbidden(exc, what)
             message = one_line(exc.message() or str(exc))
             if _is_network_failure(message):
                 raise TritonUnreachable(self.url, message) from exc
             raise TritonError(f"{what} failed: {message}") from exc
         except _NETWORK_ERRORS as exc:
             raise TritonUnreachable(self.url, str(exc) or type(exc).__name__) from exc
+
+    def _raise_if_forbidden(self, exc: InferenceServerException, what: str) -> None:
+        """A locked model-repository API without the right key is a setup error, never the model's fault."""
+        if str(exc.status()) == "403":
+            have = "the admin key sent was refused" if self._headers else "no admin key was sent"
+            raise TritonError(f"{what} refused by Triton at {self.url} (403): {have}; set ORCH_ADMIN_KEY or "
+                              f"ORCH_ADMIN_KEY_FILE to the key Triton was started with") from exc
 
     # --- health -------------------------------------------------------------------------
     def is_live(self) -> bool:
@@ -78,8 +86,10 @@ class Triton:
             return False
 
     def require_live(self) -> None:
+        """Live, and the model-control API accepts us (a wrong admin key fails here, before any change)."""
         if not self._call("liveness check", self._client.is_server_live):
             raise TritonUnreachable(self.url, "server is not live")
+        self.index()
 
     # --- repository -------------------------------------------------------------------
     def index(self) -> list[IndexEntry]:
@@ -102,6 +112,7 @@ class Triton:
         try:
             self._control.load_model(model, headers=self._headers, config=config_json)
         except InferenceServerException as exc:
+            self._raise_if_forbidden(exc, f"load of {model}")
             message = one_line(exc.message() or str(exc))
             if _is_network_failure(message):
                 raise TritonUnreachable(self.url, message) from exc

@@ -1,5 +1,8 @@
 """``orchestrate watch``: every managed model checked on its interval until SIGTERM.
 
+With ``--inbox DIR`` it also files packages dropped into DIR (complete .tar.gz files that
+stopped changing), moving each to ``DIR/done`` or ``DIR/rejected`` with the reason.
+
 Triton down or unreachable is reported (metric, log) and never causes a rollback; when it
 answers again, each model is reconciled to the disk and its watcher starts over with a
 grace period, since a restarted server cold-starts every version.
@@ -11,10 +14,12 @@ import logging
 import threading
 import time
 from dataclasses import replace
+from pathlib import Path
 
 from prometheus_client import CollectorRegistry, start_http_server
 
 from orchestrator.errors import OrchestratorError
+from orchestrator.fetch import DEFAULT_QUIET_S, scan_inbox, settle
 from orchestrator.operations import Orchestrator
 from orchestrator.policy import load_watch_policy
 from orchestrator.settings import Settings
@@ -23,10 +28,13 @@ from orchestrator.watch.watcher import ModelWatcher
 
 log = logging.getLogger(__name__)
 
+INBOX_INTERVAL_S = 5.0
+
 
 class Watch:
     def __init__(self, settings: Settings, models: list[str] | None, metrics_url: str,
-                 registry: CollectorRegistry | None = None) -> None:
+                 registry: CollectorRegistry | None = None, inbox: Path | None = None,
+                 inbox_quiet_s: float = DEFAULT_QUIET_S) -> None:
         # The watcher must not queue behind a long operator command; it retries next tick.
         self.orchestrator = Orchestrator(replace(settings, lock_timeout_s=0.5, actor="watch"))
         self.registry = registry or CollectorRegistry()
@@ -35,6 +43,8 @@ class Watch:
         names = models or self.orchestrator.repository.models()
         self.watchers = {name: self._watcher(name) for name in names}
         self.down_since: float | None = None
+        self.inbox, self.inbox_quiet_s = inbox, inbox_quiet_s
+        self.next_inbox_scan = 0.0
 
     def _watcher(self, name: str) -> ModelWatcher:
         store = self.orchestrator.repository.model(name)
@@ -55,6 +65,27 @@ class Watch:
             self.down_since = None
             self._recover()
 
+    def scan_inbox(self) -> list[str]:
+        """File every complete package that landed in the inbox; move it to done/ or rejected/ (with why)."""
+        notes: list[str] = []
+        if self.inbox is None or time.monotonic() < self.next_inbox_scan:
+            return notes
+        self.next_inbox_scan = time.monotonic() + INBOX_INTERVAL_S
+        for package in scan_inbox(self.inbox, quiet_s=self.inbox_quiet_s):
+            try:
+                result = self.orchestrator.import_package(package)
+            except OrchestratorError as exc:
+                settle(package, ok=False, reason=str(exc))
+                notes.append(f"inbox: refused {package.name}: {exc}")
+            except OSError as exc:  # disk full: leave it in the inbox for the next scan
+                notes.append(f"inbox: could not file {package.name}: {exc}")
+            else:
+                settle(package, ok=True)
+                notes.append(f"inbox: filed {package.name} as {result.model} v{result.version}")
+        for note in notes:
+            log.warning("%s", note)
+        return notes
+
     def _recover(self) -> None:
         for name in list(self.watchers):
             try:
@@ -73,6 +104,7 @@ class Watch:
         next_tick = time.monotonic()
         while not stop.is_set():
             self.tick()
+            self.scan_inbox()
             next_tick = max(next_tick + self.interval(), time.monotonic())
             stop.wait(max(0.0, next_tick - time.monotonic()))
         for watcher in self.watchers.values():

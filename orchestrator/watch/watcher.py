@@ -130,9 +130,11 @@ class ModelWatcher:
         self.window = deque(maxlen=self._window_size())
         self.last_scrape = None
         self.gave_up_on = None
-        fallbacks = self.orchestrator.fallbacks(self.store, exclude={served} if served is not None else set())
         resident = set(self.store.resident())
-        self.fallback = next((v for v in fallbacks if v in resident), None)
+        # Only a resident verified version can be queried for a baseline.
+        fallbacks = self.orchestrator.fallbacks(self.store, exclude=(set(self.store.versions()) - resident) |
+                                                ({served} if served is not None else set()), limit=1)
+        self.fallback = fallbacks[0] if fallbacks else None
         self.baseline_outputs, self.baseline_accuracy = None, None
         if self.golden is not None and self.fallback is not None:
             try:

@@ -28,6 +28,8 @@ from orchestrator.triton import Triton
 
 ROOT = Path(__file__).resolve().parents[2]
 MODEL = "classifier"
+# Every test server locks its model-repository API, as the Jetson compose file does.
+ADMIN_KEY = "test-admin-key-0123456789"
 
 
 @dataclass
@@ -39,7 +41,8 @@ class Stack:
 
     def settings(self, **overrides: object) -> Settings:
         values: dict[str, object] = {"repository": self.repository, "state_dir": self.state,
-                                     "triton_url": self.server.url, "actor": "pytest", "timeout_s": 10.0}
+                                     "triton_url": self.server.url, "actor": "pytest", "timeout_s": 10.0,
+                                     "admin_key": ADMIN_KEY}
         values.update(overrides)
         return Settings(**values)  # type: ignore[arg-type]
 
@@ -50,11 +53,18 @@ class Stack:
         return ModelStore(self.repository / MODEL, self.state / MODEL)
 
     def triton(self) -> Triton:
-        return Triton(self.server.url)
+        return Triton(self.server.url, ADMIN_KEY)
+
+    def restart(self, load_models: tuple[str, ...] = (MODEL,)) -> None:
+        """Kill the server like a power cut and start a new one on the same ports and repository."""
+        ports = (self.server.http_port, self.server.grpc_port, self.server.metrics_port)
+        self.server.kill()
+        self.server = EmbeddedTriton(self.repository, self.tmp / "triton", load_models=load_models, ports=ports,
+                                     admin_key=ADMIN_KEY).start()
 
     def env(self) -> dict[str, str]:
         return dict(os.environ, ORCH_REPOSITORY=str(self.repository), ORCH_STATE_DIR=str(self.state),
-                    ORCH_TRITON_URL=self.server.url, ORCH_ACTOR="pytest")
+                    ORCH_TRITON_URL=self.server.url, ORCH_ACTOR="pytest", ORCH_ADMIN_KEY=ADMIN_KEY)
 
     def cli(self, *args: str, env: dict[str, str] | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
         return subprocess.run([sys.executable, "-m", "orchestrator", *args], env=env or self.env(), cwd=ROOT,
@@ -85,7 +95,7 @@ def start_stack(tmp: Path, trusted_key: Path | None = None) -> Stack:
     if trusted_key is not None:
         (state / "trusted_keys").mkdir()
         shutil.copy(trusted_key, state / "trusted_keys" / trusted_key.name)
-    server = EmbeddedTriton(repository, tmp / "triton", load_models=(MODEL,))
+    server = EmbeddedTriton(repository, tmp / "triton", load_models=(MODEL,), admin_key=ADMIN_KEY)
     server.start()
     return Stack(server, repository, state, tmp)
 

@@ -9,7 +9,6 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.embedded import EmbeddedTriton
 from orchestrator.meta import VersionStatus
 from orchestrator.repository import candidate_name
 from orchestrator.sample import Variant, write_faulty_package
@@ -78,13 +77,12 @@ def test_triton_killed_during_a_promote_then_restarted(stack: Stack, tmp_path: P
     while time.monotonic() < deadline and "candidate_loaded" not in store.journal.read().steps(
             (store.journal.read().unfinished() or store.journal.read().records[-1]).op):
         time.sleep(0.01)
-    ports = (stack.server.http_port, stack.server.grpc_port, stack.server.metrics_port)
     stack.server.kill()
     _, stderr = promote.communicate(timeout=60)
     assert promote.returncode in (8, 9), stderr
     assert "Traceback" not in stderr
     assert stderr.strip().splitlines()[-1].startswith(f"error: Triton at {stack.server.url} is unreachable")
-    stack.server = EmbeddedTriton(stack.repository, stack.tmp / "triton", load_models=(MODEL,), ports=ports).start()
+    stack.restart((MODEL,))
     assert stack.served_by_triton() == 1
     status = stack.cli("status")
     assert "serving v1" in status.stdout

@@ -138,3 +138,32 @@ def test_broken_files_stop_promote_before_anything_changes(stack: Stack, package
     assert message in result.stderr and result.stderr.count("\n") == 1
     assert stack.snapshot() == before
     assert stack.served_by_triton() == 1
+
+
+@pytest.mark.parametrize("key", [None, "wrong-key"])
+def test_locked_control_api_refuses_a_missing_or_wrong_key(stack: Stack, packages, key):
+    _import(stack, packages[Variant.BETTER])
+    env = stack.env()
+    env.pop("ORCH_ADMIN_KEY")
+    if key:
+        env["ORCH_ADMIN_KEY"] = key
+    before = stack.snapshot()
+    result = stack.cli("promote", "v2", env=env)
+    assert result.returncode == 8, result.stderr
+    assert "403" in result.stderr and result.stderr.count("\n") == 1
+    assert "test-admin-key" not in result.stderr + result.stdout  # the right key is never printed
+    after = stack.snapshot()
+    assert {k: v for k, v in after.items() if "version_history" not in k} == \
+        {k: v for k, v in before.items() if "version_history" not in k}
+    assert stack.served_by_triton() == 1
+
+
+def test_admin_key_is_read_from_a_file(stack: Stack, packages, tmp_path):
+    _import(stack, packages[Variant.BETTER])
+    key_file = tmp_path / "admin.key"
+    key_file.write_text(stack.env()["ORCH_ADMIN_KEY"] + "\n")
+    env = stack.env()
+    env.pop("ORCH_ADMIN_KEY")
+    env["ORCH_ADMIN_KEY_FILE"] = str(key_file)
+    result = stack.cli("promote", "v2", env=env)
+    assert result.returncode == 0, result.stderr

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 
-from orchestrator.embedded import EmbeddedTriton
 from orchestrator.sample import Variant
 
 from .conftest import MODEL, Stack
@@ -13,10 +12,7 @@ pytestmark = pytest.mark.triton
 
 
 def _restart(stack: Stack, load_models: tuple[str, ...]) -> None:
-    ports = (stack.server.http_port, stack.server.grpc_port, stack.server.metrics_port)
-    stack.server.kill()
-    stack.server = EmbeddedTriton(stack.repository, stack.tmp / "triton", load_models=load_models, ports=ports)
-    stack.server.start()
+    stack.restart(load_models)
 
 
 def test_killed_triton_comes_back_serving_the_promoted_version(stack: Stack, packages):

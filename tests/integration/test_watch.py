@@ -14,7 +14,7 @@ import yaml
 from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
-from orchestrator.embedded import EmbeddedTriton, free_ports
+from orchestrator.embedded import free_ports
 from orchestrator.meta import Verification, VersionStatus
 from orchestrator.sample import Variant, write_faulty_package
 from orchestrator.watch.daemon import Watch, serve_metrics
@@ -141,11 +141,10 @@ def test_triton_restart_under_the_watcher_causes_no_rollback(stack: Stack, packa
     assert stack.cli("promote", "v2").returncode == 0
     with watching(stack) as daemon:
         time.sleep(1.5)
-        ports = (stack.server.http_port, stack.server.grpc_port, stack.server.metrics_port)
         stack.server.kill()
         time.sleep(1.5)
         assert _sample(daemon, "orchestrator_triton_up") == 0
-        stack.server = EmbeddedTriton(stack.repository, stack.tmp / "triton", load_models=(), ports=ports).start()
+        stack.restart(load_models=())
         assert _wait_for(lambda: stack.store().journal.read().records[-1].action == "reconcile", 20)
         time.sleep(3.0)
     assert _watch_rollbacks(stack) == []
@@ -171,3 +170,26 @@ def test_exporter_serves_the_documented_series(stack: Stack):
     served = [s for s in families["orchestrator_served_version"].samples if s.labels == {"model": MODEL}]
     assert served[0].value == 1
     assert families["orchestrator_last_check_timestamp_seconds"].samples[0].value > time.time() - 60
+
+
+def test_inbox_packages_are_filed_or_rejected_with_the_reason(stack: Stack, packages, tmp_path: Path):
+    import tarfile  # noqa: PLC0415
+
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    good = inbox / "classifier-better.tar.gz"
+    with tarfile.open(good, "w:gz") as tar:
+        tar.add(packages[Variant.BETTER], arcname="classifier-better")
+    bad = inbox / "half.tar.gz"
+    bad.write_bytes(good.read_bytes()[:2000])
+    (inbox / "still-downloading.tar.gz.part").write_bytes(b"x")
+    _watch_policy(stack)
+    daemon = Watch(stack.settings(), None, stack.server.metrics_url, CollectorRegistry(), inbox=inbox,
+                   inbox_quiet_s=0.0)
+    notes = daemon.scan_inbox()
+    assert any("filed classifier-better.tar.gz as classifier v2" in n for n in notes), notes
+    assert (inbox / "done" / "classifier-better.tar.gz").exists()
+    assert (inbox / "rejected" / "half.tar.gz").exists()
+    assert "truncated or corrupt" in next((inbox / "rejected").glob("half.tar.gz*.reason")).read_text()
+    assert (inbox / "still-downloading.tar.gz.part").exists()
+    assert stack.store().versions() == [1, 2] and stack.served_by_triton() == 1

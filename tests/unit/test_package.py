@@ -110,3 +110,22 @@ def test_package_meta_records_contract_and_provenance(good):
     assert meta.contract.inputs[0].name == "IMAGE"
     assert meta.framework["runtime"] == "onnxruntime"
     assert "variant=better" in meta.source
+
+
+def test_decompression_bomb_is_refused_before_extraction(tmp_path):
+    archive = _tar(tmp_path / "bomb.tar.gz", {"meta.yaml": b"model: classifier\n", "model.onnx": bytes(50 << 20)})
+    assert archive.stat().st_size < 200_000  # 50 MiB of zeros in a few dozen KiB
+    with pytest.raises(PackageRejected, match=r"expands \d+x"), unpacked(archive):
+        pass
+
+
+def test_hard_links_and_devices_in_an_archive_are_refused(tmp_path):
+    for kind in (tarfile.LNKTYPE, tarfile.CHRTYPE, tarfile.FIFOTYPE):
+        archive = tmp_path / f"odd-{kind!r}.tar.gz"
+        with tarfile.open(archive, "w:gz") as tar:
+            info = tarfile.TarInfo("model.onnx")
+            info.type = kind
+            info.linkname = "meta.yaml" if kind == tarfile.LNKTYPE else ""
+            tar.addfile(info)
+        with pytest.raises(PackageRejected, match="not a plain file"), unpacked(archive):
+            pass

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import secrets
 import shutil
 import subprocess
 import sys
@@ -50,10 +51,13 @@ def main() -> None:
     (state / "trusted_keys").mkdir(exist_ok=True)
     shutil.copy(work / "keys" / "builder.pub", state / "trusted_keys" / "builder.pub")
     orchestrate(env, "sign", str(package), "--key", str(work / "keys" / "builder.key"))
-    server = EmbeddedTriton(repository, work / "triton", load_models=("classifier",))
+    # Locked model-control API, as on a device: only holders of the key may load or unload.
+    admin_key = secrets.token_urlsafe(24)
+    server = EmbeddedTriton(repository, work / "triton", load_models=("classifier",), admin_key=admin_key)
     server.start()
     print(f"embedded Triton ready at {server.url} (log: {server.log_path})")
     env["ORCH_TRITON_URL"] = server.url
+    env["ORCH_ADMIN_KEY"] = admin_key
     try:
         orchestrate(env, "status")
         orchestrate(env, "import", str(package))

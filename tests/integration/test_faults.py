@@ -91,3 +91,44 @@ def test_triton_killed_during_a_promote_then_restarted(stack: Stack, tmp_path: P
     assert result.returncode == 0, result.stderr
     assert store.journal.read().unfinished() is None
     assert not (stack.repository / candidate_name(MODEL)).exists()
+
+
+def test_a_triton_that_accepts_but_never_answers_times_out_everywhere(stack: Stack, packages):
+    import socket  # noqa: PLC0415
+    import threading  # noqa: PLC0415
+
+    assert stack.cli("import", str(packages[Variant.BETTER])).returncode == 0
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(16)
+    held: list[socket.socket] = []
+    stop = threading.Event()
+
+    def accept_and_hold() -> None:  # a hung server: connections accepted, nothing ever sent back
+        listener.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                held.append(listener.accept()[0])
+            except TimeoutError:
+                continue
+
+    thread = threading.Thread(target=accept_and_hold, daemon=True)
+    thread.start()
+    env = stack.env() | {"ORCH_TRITON_URL": f"http://127.0.0.1:{listener.getsockname()[1]}"}
+    before = stack.snapshot()
+    try:
+        started = time.monotonic()
+        status = stack.cli("--timeout", "1", "status", env=env)
+        promote = stack.cli("--timeout", "1", "promote", "v2", env=env)
+        elapsed = time.monotonic() - started
+    finally:
+        stop.set()
+        thread.join(5)
+        for conn in held:
+            conn.close()
+        listener.close()
+    assert status.returncode == 0 and "Triton unreachable" in status.stdout
+    assert promote.returncode == 9 and "timed out" in promote.stderr
+    assert elapsed < 30  # bounded by the timeouts, not hung
+    assert stack.snapshot() == before
+    assert stack.served_by_triton() == 1

@@ -93,7 +93,8 @@ class Triton:
 
     # --- repository -------------------------------------------------------------------
     def index(self) -> list[IndexEntry]:
-        raw = self._call("repository index", self._control.get_model_repository_index, headers=self._headers)
+        # The index answers at once: the short deadline, so a hung server cannot hold `status`.
+        raw = self._call("repository index", self._client.get_model_repository_index, headers=self._headers)
         entries = []
         for item in raw:
             version = item.get("version")

@@ -146,8 +146,12 @@ def reconcile(ctx: typer.Context, model: Annotated[str | None, typer.Argument()]
 
 
 def _status_table(status: ModelStatus) -> str:
-    sync = "in sync" if status.in_sync else ("Triton unreachable" if not status.triton_reachable else
-                                             "Triton differs from disk: run `orchestrate reconcile`")
+    if status.in_sync:
+        sync = "in sync"
+    elif not status.triton_reachable:
+        sync = "Triton unreachable" if "unreachable" in status.triton_error else f"Triton: {status.triton_error}"
+    else:
+        sync = "Triton differs from disk: run `orchestrate reconcile`"
     lines = [f"model {status.model}: serving {label(status.served)}, last verified {label(status.last_verified)}, "
              f"resident {_versions(status.resident)} ({sync})"]
     if status.interrupted:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-from orchestrator.errors import RepositoryCorrupt, TritonUnreachable
+from orchestrator.errors import RepositoryCorrupt, TritonError
 from orchestrator.operations import Orchestrator, served_history
 from orchestrator.plan import fallback_order
 from orchestrator.repository import ModelStore
@@ -30,6 +30,7 @@ class ModelStatus:
     triton_reachable: bool
     in_sync: bool  # Triton holds exactly the resident versions
     interrupted: str | None  # an operation the next command will repair
+    triton_error: str = ""
 
     def as_dict(self) -> dict[str, object]:
         return asdict(self)
@@ -39,11 +40,12 @@ def model_status(orchestrator: Orchestrator, store: ModelStore) -> ModelStatus:
     resident = list(store.resident())
     served = max(resident) if resident else None
     history = store.journal.read()
+    triton_error = ""
     try:
         states = {v: e.state for v, e in orchestrator.triton.states(store.name).items()}
         reachable = True
-    except TritonUnreachable:
-        states, reachable = {}, False
+    except TritonError as exc:  # unreachable, or a locked API refusing us: disk still answers
+        states, reachable, triton_error = {}, False, str(exc)
     rows = []
     for version in store.versions():
         try:
@@ -66,5 +68,6 @@ def model_status(orchestrator: Orchestrator, store: ModelStore) -> ModelStatus:
         triton_reachable=reachable,
         in_sync=reachable and ready == set(resident),
         interrupted=f"{unfinished.action} to v{unfinished.to_version} (op {unfinished.op})" if unfinished else None,
+        triton_error=triton_error,
     )
 

@@ -89,3 +89,10 @@ def test_status_reports_an_unreachable_triton(stack: Stack):
     result = stack.cli("--timeout", "1", "status", env=env)
     assert result.returncode == 0
     assert "serving v1" in result.stdout and "Triton unreachable" in result.stdout
+
+
+def test_status_with_a_refused_admin_key_still_shows_the_disk(stack: Stack):
+    result = stack.cli("status", env=stack.env() | {"ORCH_ADMIN_KEY": "wrong-key"})
+    assert result.returncode == 0, result.stderr
+    assert "serving v1" in result.stdout and "(403)" in result.stdout
+    assert "wrong-key" not in result.stdout

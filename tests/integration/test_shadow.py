@@ -98,7 +98,7 @@ def test_divergent_candidate_fails_naming_tensor_and_metric(stack: Stack, packag
     orch = stack.orchestrator()
     version = orch.import_package(packages[Variant.WORSE]).version
     with Traffic(stack.server.url, threads=2):
-        worker = start_shadow(orch, MODEL, version, sample_rate=0.5, min_samples=30, detached=False)
+        worker = start_shadow(orch, MODEL, version, sample_rate=0.25, min_samples=30, detached=False)
         assert worker is not None
         wait_for(worker, 40)
         result = stop_shadow(orch, MODEL, worker)
@@ -118,7 +118,7 @@ def test_broken_candidate_fails_the_run_not_production(stack: Stack, build_key, 
     orch = stack.orchestrator()
     version = orch.import_package(faulty(stack.tmp, build_key, mode, after=10)).version
     with Traffic(stack.server.url, threads=3) as traffic:
-        worker = start_shadow(orch, MODEL, version, sample_rate=1.0, detached=False, replay_timeout_s=timeout_s)
+        worker = start_shadow(orch, MODEL, version, sample_rate=0.25, detached=False, replay_timeout_s=timeout_s)
         assert worker is not None
         assert worker.stopped.wait(20), "the worker should give up on a broken candidate"
         time.sleep(0.5)  # production keeps going after the candidate broke
@@ -132,8 +132,8 @@ def test_broken_candidate_fails_the_run_not_production(stack: Stack, build_key, 
 def test_queue_stays_bounded_when_the_candidate_is_slower(stack: Stack, build_key) -> None:  # type: ignore[no-untyped-def]
     orch = stack.orchestrator()
     version = orch.import_package(faulty(stack.tmp, build_key, "slow", after=0)).version
-    with Traffic(stack.server.url, threads=4) as traffic:
-        worker = start_shadow(orch, MODEL, version, sample_rate=1.0, detached=False, queue_size=8)
+    with Traffic(stack.server.url, threads=2) as traffic:
+        worker = start_shadow(orch, MODEL, version, sample_rate=0.25, detached=False, queue_size=8)
         assert worker is not None
         time.sleep(3)
         report = worker.report()
@@ -145,15 +145,16 @@ def test_queue_stays_bounded_when_the_candidate_is_slower(stack: Stack, build_ke
 
 
 def shadow_cli(stack: Stack, *args: str) -> subprocess.CompletedProcess:
-    """``orchestrate shadow ...`` with the command group registered here (cli.py's wiring is not ours)."""
-    code = "from orchestrator.cli import app; from orchestrator.cli_shadow import register; register(app); app()"
-    return subprocess.run([sys.executable, "-c", code, "shadow", *args], env=stack.env(), cwd=ROOT,
+    """``orchestrate shadow ...`` as an operator types it."""
+    return subprocess.run([sys.executable, "-m", "orchestrator", "shadow", *args], env=stack.env(), cwd=ROOT,
                           capture_output=True, text=True, timeout=60, check=False)
 
 
 def test_cli_detached_worker_crash_shows_as_failed(stack: Stack, packages) -> None:  # type: ignore[no-untyped-def]
     version = stack.orchestrator().import_package(packages[Variant.BASELINE]).version
-    started = shadow_cli(stack, "start", MODEL, str(version), "--sample-rate", "1", "--min-samples", "5")
+    refused = shadow_cli(stack, "start", MODEL, str(version), "--sample-rate", "1")
+    assert refused.returncode == 2 and "--sample-rate must be within (0, 0.25]" in refused.stderr
+    started = shadow_cli(stack, "start", MODEL, str(version), "--sample-rate", "0.25", "--min-samples", "5")
     assert started.returncode == 0, started.stderr
     with Traffic(stack.server.url, threads=1):
         time.sleep(1.0)

@@ -49,6 +49,7 @@ class PackageRejected(OrchestratorError):
     def __init__(self, package: str, reason: str) -> None:
         super().__init__(f"package {package} refused: {reason}")
         self.reason = reason
+        self.journaled = False  # set once the refusal is in a model's journal
 
 
 class PolicyViolation(OrchestratorError):

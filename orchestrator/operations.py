@@ -21,7 +21,6 @@ from orchestrator.errors import (
     OrchestratorError,
     PackageRejected,
     PolicyViolation,
-    RepositoryCorrupt,
     TritonError,
     TritonUnreachable,
     UnknownModel,
@@ -159,6 +158,7 @@ class Orchestrator:
             version = self._import_version(store, meta.version, package)
         except PackageRejected as exc:
             self._record(store, "import", REFUSED, op, reason=exc.reason, details={"package": package})
+            exc.journaled = True
             raise
         started = time.monotonic()
         self._record(store, "import", STARTED, op, to_version=version, details={"package": package})
@@ -174,13 +174,12 @@ class Orchestrator:
 
     def _journal_refusal(self, package: Path, exc: PackageRejected) -> None:
         """A package refused before its model was known goes to the only (or default) model's journal."""
+        if exc.journaled:
+            return
         try:
             store = self.repository.model(self.resolve_model(None))
         except OrchestratorError:
             return
-        history = store.journal.read().records
-        if history and history[-1].result == REFUSED and history[-1].details.get("package") == str(package):
-            return  # already journaled by _file
         self._record(store, "import", REFUSED, new_op_id(), reason=exc.reason, details={"package": str(package)})
 
     def _plan_incompatibility(self, store: ModelStore, meta: VersionMeta, folder: Path) -> str | None:
@@ -543,4 +542,4 @@ def _ms(started: float) -> float:
     return round((time.monotonic() - started) * 1000.0, 2)
 
 
-__all__ = ["ImportResult", "Orchestrator", "RepositoryCorrupt", "SwitchResult", "served_history"]
+__all__ = ["ImportResult", "Orchestrator", "SwitchResult", "served_history"]

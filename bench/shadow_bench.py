@@ -26,7 +26,8 @@ from orchestrator.sample import Variant, golden_set, write_sample_package
 from orchestrator.settings import Settings
 from orchestrator.shadow.session import DEFAULT_SAMPLE_RATE, start_shadow, stop_shadow
 from orchestrator.shadow.state import read_state
-from orchestrator.shadow.worker import TRACING_OFF, tracing_on
+from orchestrator.shadow.traces import TRACING_OFF
+from orchestrator.shadow.worker import tracing_on
 from orchestrator.triton import Triton
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -41,8 +41,8 @@ from orchestrator.shadow.state import (
     write_state,
 )
 from orchestrator.shadow.stats import ShadowReport
-from orchestrator.shadow.traces import HEAD_BYTES, model_of, trace_files
-from orchestrator.shadow.worker import TRACING_OFF, ShadowWorker, initial_state
+from orchestrator.shadow.traces import TRACING_OFF, TraceTail
+from orchestrator.shadow.worker import ShadowWorker, initial_state
 
 log = logging.getLogger(__name__)
 
@@ -157,7 +157,7 @@ def stop_shadow(orch: Orchestrator, model: str | None, worker: ShadowWorker | No
         except TritonError as exc:
             log.warning("could not turn tracing off for %s: %s", store.name, exc)
         orch._drop_candidate(store)  # waits until Triton has let go of the linked version folder
-        _remove_traces(store.name, Path(state.config.trace_dir), state.config.trace_prefix)
+        TraceTail(Path(state.config.trace_dir), state.config.trace_prefix, store.name).remove_all()
         report = replace(state.shadow_report(), phase="failed" if state.phase == "failed" else "stopped",
                          reason=state.reason)
         policy = load_shadow_policy(store.state)
@@ -199,15 +199,3 @@ def _terminate(pid: int) -> None:
         os.kill(pid, signal.SIGKILL)
     except ProcessLookupError:
         pass
-
-
-def _remove_traces(model: str, folder: Path, prefix: str) -> None:
-    """Traces written between the last read and tracing going off."""
-    for path in trace_files(folder, prefix):
-        try:
-            with path.open("rb") as handle:
-                owner = model_of(handle.read(HEAD_BYTES))
-        except FileNotFoundError:
-            continue
-        if owner == model:
-            path.unlink(missing_ok=True)

@@ -10,9 +10,12 @@ All traced models share the files, so a reader keeps to its own model's.
 
 from __future__ import annotations
 
+import enum
 import json
 import re
-from dataclasses import dataclass
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +25,21 @@ _DTYPES = {"FP16": np.float16, "FP32": np.float32, "FP64": np.float64, "INT8": n
            "UINT64": np.uint64, "BOOL": np.bool_}
 _MODEL_NAME = re.compile(rb'"model_name"\s*:\s*"([^"]*)"')
 HEAD_BYTES = 2048  # the model name comes before any tensor
+PARTIAL_GRACE_S = 2.0  # a trace file that does not parse yet may still be being written
+FOREIGN_MEMORY = 10_000  # names of other models' trace files remembered, to skip them cheaply
+
+
+TRACING_OFF: dict[str, object] = {"trace_level": None, "trace_rate": None, "trace_count": None,
+                                  "log_frequency": None}  # back to the server-wide settings
+
+
+def tracing_settings(rate: int, count: int = -1) -> dict[str, object]:
+    """Per-model trace settings: 1 request in ``rate``, ``count`` traces at most (-1: no limit), a file each.
+
+    Tensors for the data; timestamps because the model's name and version come with them.
+    """
+    return {"trace_level": ["TIMESTAMPS", "TENSORS"], "trace_rate": str(rate), "trace_count": str(count),
+            "log_frequency": "1"}
 
 
 class UnsupportedTrace(ValueError):
@@ -65,8 +83,8 @@ def _tensor(raw: dict[str, object]) -> np.ndarray:
     return values.astype(dtype).reshape(shape)
 
 
-def parse_trace(text: str | bytes, model: str) -> list[TraceSample]:
-    """Every request of ``model`` in one trace file (normally one)."""
+def parse_trace(text: str | bytes, model: str, inputs: bool = True) -> list[TraceSample]:
+    """Every request of ``model`` in one trace file (normally one); ``inputs=False`` skips parsing inputs."""
     entries = json.loads(text)
     if not isinstance(entries, list):
         raise ValueError("a trace file holds a JSON list")
@@ -88,9 +106,9 @@ def parse_trace(text: str | bytes, model: str) -> list[TraceSample]:
     for trace in by_id.values():
         if trace.get("model") != model:
             continue
-        inputs: dict[str, dict[str, object]] = trace["inputs"]  # type: ignore[assignment]
+        raw_inputs: dict[str, dict[str, object]] = trace["inputs"]  # type: ignore[assignment]
         outputs: dict[str, dict[str, object]] = trace["outputs"]  # type: ignore[assignment]
-        if not inputs or not outputs:
+        if not raw_inputs or not outputs:
             raise UnsupportedTrace("the trace has no tensors (trace_level must include TENSORS)")
         stamps: dict[str, int] = trace["stamps"]  # type: ignore[assignment]
         served = None
@@ -99,7 +117,86 @@ def parse_trace(text: str | bytes, model: str) -> list[TraceSample]:
         version = trace.get("version")
         samples.append(TraceSample(
             model=model, version=int(version) if isinstance(version, int | str) and str(version).isdigit() else None,
-            inputs={name: _tensor(raw) for name, raw in inputs.items()},
+            inputs={name: _tensor(raw) for name, raw in raw_inputs.items()} if inputs else {},
             outputs={name: _tensor(raw) for name, raw in outputs.items()},
             served_ms=served))
     return samples
+
+
+class Taken(str, enum.Enum):
+    SAMPLES = "samples"  # parsed and deleted
+    FOREIGN = "foreign"  # another model's: left alone
+    GONE = "gone"  # deleted by someone else meanwhile
+    PARTIAL = "partial"  # does not parse yet: still being written, left for the next look
+    DROPPED = "dropped"  # deleted unread: unsupported, given up on, or skipped on request
+
+
+@dataclass
+class TraceTail:
+    """The trace files of one model in Triton's trace folder, each read once and deleted.
+
+    All traced models share the folder; other models' files are recognised from their first
+    bytes and remembered by name, so they cost one small read.
+    """
+
+    folder: Path
+    prefix: str
+    model: str
+    inputs: bool = True
+    _foreign: set[str] = field(default_factory=set)
+
+    def files(self) -> list[Path]:
+        return [path for path in trace_files(self.folder, self.prefix) if path.name not in self._foreign]
+
+    def take(self, path: Path, skip: Callable[[], bool] = lambda: False) -> tuple[Taken, list[TraceSample]]:
+        """Read and delete one file of this model; ``skip()`` true deletes it unparsed (a full queue)."""
+        try:
+            with path.open("rb") as handle:
+                head = handle.read(HEAD_BYTES)
+                owner = model_of(head)
+                if owner is not None and owner != self.model:
+                    self._remember_foreign(path.name)
+                    return Taken.FOREIGN, []
+                if skip():  # decided before parsing: skipping costs one small read
+                    path.unlink(missing_ok=True)
+                    return Taken.DROPPED, []
+                text = head + handle.read()
+            samples = parse_trace(text, self.model, self.inputs)
+        except FileNotFoundError:
+            return Taken.GONE, []
+        except UnsupportedTrace:
+            path.unlink(missing_ok=True)
+            return Taken.DROPPED, []
+        except ValueError:  # json.JSONDecodeError: maybe still being written
+            if time.time() - _mtime(path) > PARTIAL_GRACE_S:
+                path.unlink(missing_ok=True)
+                return Taken.DROPPED, []
+            return Taken.PARTIAL, []
+        path.unlink(missing_ok=True)
+        return Taken.SAMPLES, samples
+
+    def remove_all(self) -> int:
+        """Delete this model's remaining files (tracing is off): files written after the last read."""
+        removed = 0
+        for path in trace_files(self.folder, self.prefix):
+            try:
+                with path.open("rb") as handle:
+                    owner = model_of(handle.read(HEAD_BYTES))
+            except FileNotFoundError:
+                continue
+            if owner == self.model:
+                path.unlink(missing_ok=True)
+                removed += 1
+        return removed
+
+    def _remember_foreign(self, name: str) -> None:
+        if len(self._foreign) >= FOREIGN_MEMORY:
+            self._foreign.clear()
+        self._foreign.add(name)
+
+
+def _mtime(path: Path) -> float:
+    try:
+        return path.stat().st_mtime
+    except FileNotFoundError:
+        return time.time()

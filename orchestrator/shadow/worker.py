@@ -30,25 +30,18 @@ from orchestrator.repository import candidate_name
 from orchestrator.shadow.metrics import ShadowMetrics
 from orchestrator.shadow.state import ShadowConfig, ShadowState, read_state, write_state
 from orchestrator.shadow.stats import LatencyWindow, ShadowReport, TensorAccumulator
-from orchestrator.shadow.traces import HEAD_BYTES, TraceSample, UnsupportedTrace, model_of, parse_trace, trace_files
+from orchestrator.shadow.traces import TRACING_OFF, Taken, TraceSample, TraceTail, tracing_settings
 from orchestrator.triton import Triton
 
 log = logging.getLogger(__name__)
 
 TAIL_INTERVAL_S = 0.02
 BEAT_INTERVAL_S = 0.5
-PARTIAL_GRACE_S = 2.0  # a trace file that does not parse yet may still be being written
-FOREIGN_MEMORY = 10_000  # names of other models' trace files remembered, to skip them cheaply
 
 
 def tracing_on(config: ShadowConfig) -> dict[str, object]:
     """Trace settings for the production model: every 1/rate-th request, one file per request."""
-    return {"trace_level": ["TIMESTAMPS", "TENSORS"], "trace_rate": str(max(1, round(1 / config.sample_rate))),
-            "trace_count": "-1", "log_frequency": "1"}
-
-
-TRACING_OFF: dict[str, object] = {"trace_level": None, "trace_rate": None, "trace_count": None,
-                                  "log_frequency": None}  # back to the server-wide settings
+    return tracing_settings(max(1, round(1 / config.sample_rate)))
 
 
 class ShadowWorker:
@@ -72,7 +65,6 @@ class ShadowWorker:
         self._phase, self._reason = "running", ""
         self._stats_base: tuple[int, int] | None = None
         self._candidate_server_ms: float | None = None
-        self._foreign: set[str] = set()
 
     # --- lifecycle ----------------------------------------------------------------------
     def start(self) -> ShadowWorker:
@@ -127,43 +119,19 @@ class ShadowWorker:
 
     # --- reading traces -----------------------------------------------------------------
     def _tail_loop(self) -> None:
-        folder = Path(self.config.trace_dir)
+        tail = TraceTail(Path(self.config.trace_dir), self.config.trace_prefix, self.config.model)
         while not self.stopped.is_set():
-            for path in trace_files(folder, self.config.trace_prefix):
+            for path in tail.files():
                 if self.stopped.is_set():
                     break
-                self._take(path)
+                self._take(tail, path)
             time.sleep(TAIL_INTERVAL_S)
 
-    def _take(self, path: Path) -> None:
-        if path.name in self._foreign:
-            return
-        try:
-            with path.open("rb") as handle:
-                head = handle.read(HEAD_BYTES)
-                owner = model_of(head)
-                if owner is not None and owner != self.config.model:
-                    self._remember_foreign(path.name)
-                    return
-                if self.queue.full():  # decided before parsing: a full queue costs one small read
-                    path.unlink(missing_ok=True)
-                    self._count(sampled=1, dropped=1)
-                    return
-                text = head + handle.read()
-            samples = parse_trace(text, self.config.model)
-        except FileNotFoundError:
-            return
-        except UnsupportedTrace as exc:
-            log.debug("%s: %s", path.name, exc)
-            path.unlink(missing_ok=True)
+    def _take(self, tail: TraceTail, path: Path) -> None:
+        taken, samples = tail.take(path, skip=self.queue.full)
+        if taken is Taken.DROPPED:
             self._count(sampled=1, dropped=1)
             return
-        except ValueError:  # json.JSONDecodeError: maybe still being written
-            if time.time() - _mtime(path) > PARTIAL_GRACE_S:
-                path.unlink(missing_ok=True)
-                self._count(sampled=1, dropped=1)
-            return
-        path.unlink(missing_ok=True)
         for sample in samples:
             self._count(sampled=1)
             try:
@@ -172,11 +140,6 @@ class ShadowWorker:
                 self._count(dropped=1)
         with self._lock:
             self._counts["queue_high_water"] = max(self._counts["queue_high_water"], self.queue.qsize())
-
-    def _remember_foreign(self, name: str) -> None:
-        if len(self._foreign) >= FOREIGN_MEMORY:
-            self._foreign.clear()
-        self._foreign.add(name)
 
     def _count(self, **deltas: int) -> None:
         with self._lock:
@@ -270,13 +233,6 @@ class ShadowWorker:
         phase = report.phase if report.phase != "stopped" else state.phase
         write_state(self.state_folder, replace(state, phase=phase, reason=report.reason, heartbeat=time.time(),
                                                report=report.to_dict()))
-
-
-def _mtime(path: Path) -> float:
-    try:
-        return path.stat().st_mtime
-    except FileNotFoundError:
-        return time.time()
 
 
 def run_detached(state_folder: Path, admin_key: str | None) -> int:

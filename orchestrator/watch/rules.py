@@ -22,6 +22,15 @@ Defaults (``watch:`` in ``<state>/<model>/policy.yaml``, every field optional):
         latency:       {severity: rollback, for_checks: 3, max_ratio: 2.0, min_requests: 20}
         health:        {severity: rollback, for_checks: 3}
         resources:     {severity: alert, for_checks: 5, max_cpu_utilization: 0.98, max_memory_bytes: 0}
+        drift:         {severity: alert, for_checks: 3, statistic: class_histogram, output: "", threshold: 0.5,
+                        window: 50, sigmas: 3.0, baseline_windows: 20, samples_per_s: 2.0}
+
+Drift judges real production outputs, sampled by Triton's tensor tracing at about
+``samples_per_s`` (see ``production.py``): one finding per window of ``window`` outputs,
+so ``for_checks`` counts windows. A version is judged against the last verified version's
+baseline until it has recorded its own; from then on against its own, and a breach is
+then an alert whatever the severity, since the inputs moved and no other version would
+help. It alerts by default because a legitimate upgrade may move the distribution too.
 """
 
 from __future__ import annotations
@@ -34,6 +43,7 @@ from typing import Any
 import numpy as np
 
 from orchestrator.checks import sanity
+from orchestrator.watch.drift import STATISTICS, DriftWindow, worst_deviation
 
 
 class Severity(str, enum.Enum):
@@ -111,6 +121,30 @@ class Resources(Rule):
     max_memory_bytes: float = 0.0  # 0: not checked
 
 
+@dataclass(frozen=True)
+class Drift(Rule):
+    severity: Severity = Severity.ALERT
+    for_checks: int = 3  # consecutive windows: a sustained shift, not one odd window
+    statistic: str = "class_histogram"  # or detection_count, mean
+    output: str = ""  # output tensor; "" is the model's first
+    threshold: float = 0.5  # detection_count: an element above it is a detection
+    window: int = 50  # production outputs per window
+    sigmas: float = 3.0
+    baseline_windows: int = 20  # healthy windows recorded before a version's baseline is used
+    samples_per_s: float = 2.0  # tracing budget; 0 samples nothing
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.statistic not in STATISTICS:
+            raise ValueError(f"drift statistic must be one of {', '.join(STATISTICS)}")
+        if self.window < 2 or self.baseline_windows < 2 or self.sigmas <= 0 or self.samples_per_s < 0:
+            raise ValueError("drift needs window >= 2, baseline_windows >= 2, sigmas > 0, samples_per_s >= 0")
+
+    @property
+    def sampling(self) -> bool:
+        return self.severity is not Severity.OFF and self.samples_per_s > 0
+
+
 RULE_TYPES: dict[str, type[Rule]] = {
     "output_sanity": OutputSanity,
     "divergence": Divergence,
@@ -120,6 +154,7 @@ RULE_TYPES: dict[str, type[Rule]] = {
     "latency": Latency,
     "health": Health,
     "resources": Resources,
+    "drift": Drift,
 }
 
 
@@ -192,6 +227,8 @@ class Observation:
     baseline_latency_us: float | None = None
     cpu_utilization: float | None = None
     memory_bytes: float | None = None
+    drift: DriftWindow | None = None  # a window of production outputs that closed since the last check
+    drift_pending: str = ""  # why no window closed: what the sampler is waiting for
 
 
 @dataclass(frozen=True)
@@ -200,6 +237,7 @@ class Finding:
     outcome: Outcome
     detail: str = ""
     values: dict[str, float] = field(default_factory=dict)
+    alert_only: bool = False  # a breach no rollback can fix: raised as an alert whatever the rule's severity
 
 
 def _inconclusive(rule: str, why: str) -> Finding:
@@ -308,6 +346,26 @@ def _resources(name: str, rule: Resources, obs: Observation) -> Finding:
     return Finding(name, Outcome.BREACH if problems else Outcome.OK, "; ".join(problems), values)
 
 
+def _drift(name: str, rule: Drift, obs: Observation) -> Finding:
+    window = obs.drift
+    if window is None:
+        return _inconclusive(name, obs.drift_pending or "no window of production outputs closed")
+    if window.baseline is None:
+        return _inconclusive(name, window.why or "no baseline yet")
+    deviation = worst_deviation(window.statistic, window.value, window.baseline, rule.window)
+    values = {"z": deviation.z, "value": deviation.value, "baseline_mean": deviation.mean,
+              "baseline_sigma": deviation.sigma, "samples": float(window.samples)}
+    if deviation.z <= rule.sigmas:
+        return Finding(name, Outcome.OK, "", values, alert_only=window.own)
+    what = (f"class {deviation.component} share" if window.statistic == "class_histogram"
+            else f"{window.statistic.replace('_', ' ')}")
+    whose = "its own" if window.own else f"v{window.reference}'s"
+    return Finding(name, Outcome.BREACH, f"{what} {deviation.value:.3g} over {window.samples} production outputs, "
+                   f"{deviation.z:.1f} sigma from {whose} baseline {deviation.mean:.3g} +/- {deviation.sigma:.2g} "
+                   f"(max {rule.sigmas:g})" + (": the inputs drifted" if window.own else ""),
+                   values, alert_only=window.own)
+
+
 _JUDGES = {
     OutputSanity: _output_sanity,
     Divergence: _divergence,
@@ -317,6 +375,7 @@ _JUDGES = {
     Latency: _latency,
     Health: _health,
     Resources: _resources,
+    Drift: _drift,
 }
 
 
@@ -361,7 +420,8 @@ def step(streaks: dict[str, Streak], findings: list[Finding], policy: WatchPolic
         streak = replace(streak, count=streak.count + 1,
                          first_breach=streak.first_breach if streak.first_breach is not None else now)
         if streak.count >= rule.for_checks and not streak.fired:
-            anomalies.append(Anomaly(finding.rule, rule.severity, finding, streak.first_breach or now, now))
+            severity = Severity.ALERT if finding.alert_only else rule.severity
+            anomalies.append(Anomaly(finding.rule, severity, finding, streak.first_breach or now, now))
             streak = replace(streak, fired=True)
         updated[finding.rule] = streak
     return updated, anomalies

@@ -221,6 +221,9 @@ def watch(ctx: typer.Context,
               help="Triton's metrics endpoint [env ORCH_TRITON_METRICS_URL, default port 8002 of --url's host]")]
           = None,
           inbox: Annotated[Path | None, typer.Option(help="Folder to file signed .tar.gz packages from")]
+          = None,
+          trace_dir: Annotated[Path | None, typer.Option(help="Where Triton's trace files appear on this machine, for "
+                                                         "drift [default: the server's trace file folder]")]
           = None) -> None:
     """Watch the served versions and roll back to the last verified one on anomalies (until SIGTERM)."""
     import os  # noqa: PLC0415
@@ -232,7 +235,7 @@ def watch(ctx: typer.Context,
         orch = _orch(ctx)
         url = triton_metrics_url or os.environ.get("ORCH_TRITON_METRICS_URL") or \
             _default_metrics_url(orch.settings.triton_url)
-        daemon = Watch(orch.settings, models or None, url, inbox=inbox)
+        daemon = Watch(orch.settings, models or None, url, inbox=inbox, trace_dir=trace_dir)
         serve_metrics(daemon.registry, metrics_port, metrics_address)
         return daemon
 

@@ -171,7 +171,7 @@ def write_sample_package(dest: Path, variant: Variant, created_at: str = SEED_TI
 
 
 FAULTY_RUNNER = Path(__file__).with_name("faulty_model.py")
-FAULTS = ("nan", "zeros", "exploding", "divergent", "slow", "errors", "crash")
+FAULTS = ("nan", "zeros", "exploding", "divergent", "slow", "errors", "crash", "drift")
 
 
 def write_faulty_package(dest: Path, mode: str, after_requests: int, mark: Path | None = None) -> Path:

@@ -2,7 +2,9 @@
 
 Same network and contract as the sample; after ``after_requests`` requests served by this
 process it misbehaves as ``fault.json`` says: nan, zeros, exploding, divergent (classes
-shifted), slow (sleep), errors (error responses) or crash (the backend process dies).
+shifted), slow (sleep), errors (error responses), crash (the backend process dies) or
+drift (images brighter than any in the golden set, mean above ``bright_above``, all come
+out as class 0: a version that passes every golden check and fails on live inputs).
 The promote checks run in the candidate's own process, so a version built with
 ``after_requests`` above what they send passes them and fails later, like a model that
 breaks on live traffic. The wall time of the first bad response goes to ``mark``.
@@ -33,9 +35,18 @@ class TritonPythonModel:
         self.mode = fault["mode"]
         self.after = int(fault["after_requests"])
         self.mark = fault.get("mark")
+        self.bright_above = float(fault.get("bright_above", 0.8))
         self.served = 0
 
-    def _bad(self, results):
+    def _bad(self, results, feeds):
+        if self.mode == "drift":
+            images = feeds[self.inputs[0]]
+            bright = images.reshape(len(images), -1).mean(axis=1) > self.bright_above
+            if not bright.any():
+                return results
+            out = results[0].copy()
+            out[bright, 0] = out[bright].max(axis=1) + 5.0
+            results = [out, *results[1:]]
         if self.mark and not os.path.exists(self.mark):
             with open(self.mark, "w") as handle:
                 handle.write(repr(time.time()))
@@ -47,6 +58,8 @@ class TritonPythonModel:
         if self.mode == "errors":
             raise RuntimeError("injected fault: backend error")
         out = results[0]
+        if self.mode == "drift":
+            return results
         if self.mode == "nan":
             out = np.full_like(out, np.nan)
         elif self.mode == "zeros":
@@ -65,7 +78,7 @@ class TritonPythonModel:
                 results = self.session.run(self.outputs, feeds)
                 self.served += 1
                 if self.served > self.after:
-                    results = self._bad(results)
+                    results = self._bad(results, feeds)
                 tensors = [pb_utils.Tensor(name, value) for name, value in zip(self.outputs, results, strict=True)]
                 responses.append(pb_utils.InferenceResponse(output_tensors=tensors))
             except Exception as exc:

@@ -34,12 +34,13 @@ INBOX_INTERVAL_S = 5.0
 class Watch:
     def __init__(self, settings: Settings, models: list[str] | None, metrics_url: str,
                  registry: CollectorRegistry | None = None, inbox: Path | None = None,
-                 inbox_quiet_s: float = DEFAULT_QUIET_S) -> None:
+                 inbox_quiet_s: float = DEFAULT_QUIET_S, trace_dir: Path | None = None) -> None:
         # The watcher must not queue behind a long operator command; it retries next tick.
         self.orchestrator = Orchestrator(replace(settings, lock_timeout_s=0.5, actor="watch"))
         self.registry = registry or CollectorRegistry()
         self.metrics = WatchMetrics(self.registry)
         self.metrics_url = metrics_url
+        self.trace_dir = trace_dir
         names = models or self.orchestrator.repository.models()
         self.watchers = {name: self._watcher(name) for name in names}
         self.down_since: float | None = None
@@ -48,7 +49,8 @@ class Watch:
 
     def _watcher(self, name: str) -> ModelWatcher:
         store = self.orchestrator.repository.model(name)
-        return ModelWatcher(self.orchestrator, store, load_watch_policy(store.state), self.metrics, self.metrics_url)
+        return ModelWatcher(self.orchestrator, store, load_watch_policy(store.state), self.metrics, self.metrics_url,
+                            trace_dir=self.trace_dir)
 
     def tick(self) -> None:
         for name, watcher in self.watchers.items():

@@ -38,6 +38,9 @@ class WatchMetrics:
         self.probe_divergence = Gauge("orchestrator_watch_divergence",
                                       "Mean absolute output difference on the watcher's probes, served vs last "
                                       "verified version", ["model", "tensor"], registry=registry)
+        self.production_samples = Counter("orchestrator_watch_production_samples",
+                                          "Production outputs sampled from Triton's traces for drift",
+                                          ["model"], registry=registry)
 
     def set_residency(self, model: str, served: int | None, resident: tuple[int, ...], known: list[int]) -> None:
         self.served_version.labels(model).set(served if served is not None else 0)

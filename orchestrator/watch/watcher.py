@@ -4,35 +4,53 @@ Probes send one golden sample per interval to the model without naming a version
 as clients do, so the answer comes from whatever clients get. The last verified version
 stays resident (promote keeps it loaded), so its outputs on the same golden samples are
 the baseline for divergence and score, queried once per switch by explicit version.
+
+Drift needs what clients really got: the production sampler (Triton's tracing) supplies
+the served version's outputs, cut into windows; each version records a baseline of its
+own once it serves verified and healthy (``drift_baseline.json``, journaled when complete).
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import math
 import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 
 import numpy as np
 import requests
 
 from orchestrator.atomic import write_atomic
-from orchestrator.errors import Busy, OrchestratorError, PolicyViolation, TritonError, TritonUnreachable
+from orchestrator.errors import (
+    Busy,
+    OrchestratorError,
+    PolicyViolation,
+    RepositoryCorrupt,
+    TritonError,
+    TritonUnreachable,
+)
 from orchestrator.golden import GoldenSet, load_golden, run_golden
-from orchestrator.journal import Record, new_op_id
+from orchestrator.journal import SUCCEEDED, Record, new_op_id
 from orchestrator.meta import VersionStatus
 from orchestrator.modelconfig import contract
 from orchestrator.operations import Orchestrator
 from orchestrator.repository import ModelStore
 from orchestrator.triton import Triton
 from orchestrator.watch import triton_metrics
+from orchestrator.watch.drift import Baseline, DriftWindow, WindowAccumulator, baseline_key, row_features
 from orchestrator.watch.exporter import WatchMetrics
+from orchestrator.watch.production import ProductionSampler
 from orchestrator.watch.rules import (
     Anomaly,
     Divergence,
+    Drift,
+    Finding,
     Observation,
+    Outcome,
     Severity,
     Streak,
     WatchPolicy,
@@ -43,6 +61,7 @@ from orchestrator.watch.rules import (
 log = logging.getLogger(__name__)
 
 BASELINE_FILE = "latency_baseline.json"
+DRIFT_BASELINE_FILE = "drift_baseline.json"
 WATCH_ACTOR = "watch"
 
 
@@ -66,7 +85,8 @@ class PassTracker:
 
 class ModelWatcher:
     def __init__(self, orchestrator: Orchestrator, store: ModelStore, policy: WatchPolicy, metrics: WatchMetrics,
-                 metrics_url: str, clock=time.monotonic) -> None:  # type: ignore[no-untyped-def]
+                 metrics_url: str, clock=time.monotonic,  # type: ignore[no-untyped-def]
+                 trace_dir: Path | None = None) -> None:
         # A dead backend can take long to unload; the watcher never waits on it for long.
         self.orchestrator = Orchestrator(replace(orchestrator.settings, unload_wait_s=1.0), orchestrator.triton)
         self.store = store
@@ -93,6 +113,33 @@ class ModelWatcher:
         self.latency_baselines = self._load_latency_baselines()
         self.gave_up_on: int | None = None  # served version with no verified fallback: alert once, no retries
         self.journal_offset = store.journal.size()
+        self.drift, self.drift_output, self.drift_row_size = self._drift_setup(config)
+        self.batched = config.max_batch_size > 0  # traced outputs then carry the batch dimension
+        self.sampler = ProductionSampler(self.triton, store, self.drift.samples_per_s, trace_dir, clock) \
+            if self.drift is not None else None
+        self.drift_key = baseline_key(self.drift.statistic, self.drift_output, self.drift.window,
+                                      self.drift.threshold) if self.drift is not None else ""
+        self.drift_baselines = self._load_drift_baselines()
+        self.accumulator: WindowAccumulator | None = None
+        self.drift_reference: int | None = None
+        self.last_sampled_at = -math.inf
+        self.requests_per_s: float | None = None
+
+    def _drift_setup(self, config) -> tuple[Drift | None, str, int]:  # type: ignore[no-untyped-def]
+        rule = self.policy.rules.get("drift")
+        if not isinstance(rule, Drift) or not rule.sampling:
+            return None, "", 0
+        output = rule.output or self.outputs[0]
+        spec = next((t for t in contract(config).outputs if t.name == output), None)
+        where = f"{self.store.state / 'policy.yaml'} watch: rule drift"
+        if spec is None:
+            raise RepositoryCorrupt(f"{where}: {output!r} is not an output of {self.store.name} "
+                                    f"({', '.join(self.outputs)})")
+        row_size = math.prod(spec.dims) if spec.dims and all(d > 0 for d in spec.dims) else 0
+        if rule.statistic == "class_histogram" and row_size < 2:
+            raise RepositoryCorrupt(f"{where}: class_histogram needs an output of fixed shape with 2 or more "
+                                    f"classes; {spec.describe()} is not (use detection_count or mean)")
+        return rule, output, row_size
 
     def _window_size(self) -> int:
         rule = self.policy.rules.get("divergence")
@@ -114,6 +161,8 @@ class ModelWatcher:
                 if np.isfinite(value):
                     self.metrics.rule_value.labels(self.store.name, finding.rule, key).set(value)
         self.streaks, anomalies = step(self.streaks, findings, self.policy, now, in_grace)
+        if obs.drift is not None:
+            self._learn_drift(obs.drift, findings)
         for anomaly in anomalies:
             self._act(anomaly)
         self.metrics.checks.labels(self.store.name).inc()
@@ -146,6 +195,11 @@ class ModelWatcher:
             except TritonError as exc:
                 log.warning("%s: no baseline from v%s: %s", self.store.name, self.fallback, exc)
         self.metrics.set_residency(self.store.name, served, tuple(resident), self.store.versions())
+        if self.drift is not None:
+            # Outputs of the previous version, sampled before the switch, belong to no window of this one.
+            self.accumulator = WindowAccumulator(self.drift.statistic, self.drift.window, self.drift_row_size)
+            refs = self.orchestrator.fallbacks(self.store, exclude={served} if served is not None else set(), limit=1)
+            self.drift_reference = refs[0] if refs else None
 
     def _observe(self, now: float) -> Observation:
         probe: dict[str, object] = {}
@@ -158,7 +212,7 @@ class ModelWatcher:
         scrape: dict[str, object] = {}
         if now - self.last_scrape_at >= self.policy.metrics_interval_s or probe.get("probe_ok") is False:
             scrape = self._scrape(now)
-        return Observation(time=now, live=True, **probe, **scrape)  # type: ignore[arg-type]
+        return Observation(time=now, live=True, **probe, **scrape, **self._drift_window(now))  # type: ignore[arg-type]
 
     def _probe(self) -> dict[str, object]:
         assert self.golden is not None
@@ -223,6 +277,8 @@ class ModelWatcher:
             diff = triton_metrics.delta(snapshot, self.last_scrape, self.store.name, self.served)
             if diff is not None:
                 observed["requests"], observed["failures"] = diff.success, diff.failure
+                if now > self.last_scrape_at:
+                    self.requests_per_s = (diff.success + diff.failure) / (now - self.last_scrape_at)
                 if diff.success > 0:
                     observed["avg_latency_us"] = diff.duration_us / diff.success
                     self._learn_latency(diff, now)
@@ -231,14 +287,88 @@ class ModelWatcher:
         self.last_scrape, self.last_scrape_at = snapshot, now
         return observed
 
+    # --- drift ----------------------------------------------------------------------------
+    def _drift_window(self, now: float) -> dict[str, object]:
+        """The next closed window of the served version's production outputs, with its baseline."""
+        if self.drift is None or self.sampler is None or self.accumulator is None or self.served is None:
+            return {}
+        if now - self.last_sampled_at >= self.policy.metrics_interval_s:
+            self.last_sampled_at = now
+            for sample in self.sampler.poll(self.requests_per_s):
+                output = sample.outputs.get(self.drift_output)
+                if sample.version != self.served or output is None:
+                    continue  # the previous version, answering during a switch
+                rows = output.shape[0] if self.batched and output.ndim > 1 else 1
+                features = row_features(self.drift.statistic, output, self.drift_row_size or output.size // rows,
+                                        self.drift.threshold)
+                self.accumulator.add(features)
+                self.metrics.production_samples.labels(self.store.name).inc(len(features))
+        value = self.accumulator.pop()
+        if value is None:
+            pending = self.sampler.reason or f"{self.accumulator.pending} of {self.drift.window} production outputs"
+            return {"drift_pending": pending}
+        return {"drift": self._judged_against(value)}
+
+    def _judged_against(self, value: np.ndarray) -> DriftWindow:
+        """A version is judged against its own baseline once it has one, else the last verified version's."""
+        assert self.drift is not None and self.served is not None
+        statistic, needed = self.drift.statistic, self.drift.baseline_windows
+        window = DriftWindow(statistic, value, self.drift.window, None)
+        own = self._drift_baseline(self.served)
+        if own is not None and own.windows >= needed:
+            return replace(window, baseline=own, reference=self.served, own=True)
+        ref = self._drift_baseline(self.drift_reference) if self.drift_reference is not None else None
+        if ref is not None and ref.windows >= needed and len(ref.mean) == len(value):
+            return replace(window, baseline=ref, reference=self.drift_reference)
+        progress = f"recording v{self.served}'s drift baseline: {own.windows if own else 0} of {needed} windows"
+        if self.drift_reference is not None:
+            progress += f"; v{self.drift_reference} has no complete baseline"
+        return replace(window, why=progress)
+
+    def _drift_baseline(self, version: int | None) -> Baseline | None:
+        baseline = self.drift_baselines.get(str(version))
+        return baseline if baseline is not None and baseline.key == self.drift_key else None
+
+    def _learn_drift(self, window: DriftWindow, findings: list[Finding]) -> None:
+        """A healthy window of a verified version goes into its baseline until the baseline is complete."""
+        assert self.drift is not None
+        if self.served is None or window.own or self._breaching():
+            return
+        if any(f.rule == "drift" and f.outcome is Outcome.BREACH for f in findings):
+            return
+        if self.store.status(self.served) is not VersionStatus.VERIFIED:
+            return
+        baseline = (self._drift_baseline(self.served) or Baseline(self.drift_key)).add(window.value)
+        self.drift_baselines[str(self.served)] = baseline
+        known = {str(v) for v in self.store.versions()}
+        write_atomic(self.store.state / DRIFT_BASELINE_FILE, json.dumps(
+            {k: b.to_dict() for k, b in self.drift_baselines.items() if k in known}, sort_keys=True))
+        if baseline.windows == self.drift.baseline_windows:
+            self.store.journal.append(Record(
+                action="baseline", result=SUCCEEDED, op=new_op_id(), actor=WATCH_ACTOR, to_version=self.served,
+                reason=f"drift baseline of v{self.served} recorded over {baseline.windows} windows",
+                details={"rule": "drift", "key": baseline.key, "windows": baseline.windows,
+                         "mean": [round(m, 6) for m in baseline.mean],
+                         "sigma": [round(float(v), 6) for v in baseline.sigma()]}))
+            log.warning("%s: v%s drift baseline recorded (%s)", self.store.name, self.served, baseline.key)
+
+    def _load_drift_baselines(self) -> dict[str, Baseline]:
+        try:
+            raw = json.loads((self.store.state / DRIFT_BASELINE_FILE).read_text())
+            return {str(k): Baseline.from_dict(v) for k, v in raw.items()}
+        except (OSError, ValueError, AttributeError, KeyError, TypeError):
+            return {}  # a lost or damaged cache: baselines are recorded again
+
+    def _breaching(self) -> bool:
+        return any(streak.count and self.policy.rules[name].severity is Severity.ROLLBACK
+                   for name, streak in self.streaks.items())
+
     # --- latency baselines ----------------------------------------------------------------
     def _learn_latency(self, diff: triton_metrics.VersionCounters, now: float) -> None:
         """Record the served version's latency while it is verified, healthy and past its grace period."""
         if self.served is None or now - self.switched_at < self.policy.grace_s or diff.success < 20:
             return
-        breaching = any(streak.count and self.policy.rules[name].severity is Severity.ROLLBACK
-                        for name, streak in self.streaks.items())
-        if breaching or self.store.status(self.served) is not VersionStatus.VERIFIED:
+        if self._breaching() or self.store.status(self.served) is not VersionStatus.VERIFIED:
             return
         average = diff.duration_us / diff.success
         key = str(self.served)
@@ -305,6 +435,8 @@ class ModelWatcher:
                     float(record.details["switch_ms"]) / 1000.0)
 
     def close(self) -> None:
+        if self.sampler is not None:
+            self.sampler.close()
         self.triton.close()
 
 

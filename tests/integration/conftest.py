@@ -118,6 +118,7 @@ class Traffic:
 
     url: str
     threads: int = 4
+    images: np.ndarray | None = None  # sent one per request, in turn; may be swapped mid-run (default: one image)
     answers: list[tuple[float, int | None, str]] = field(default_factory=list)  # (time, version, error)
     _stop: threading.Event = field(default_factory=threading.Event)
     _workers: list[threading.Thread] = field(default_factory=list)
@@ -125,9 +126,13 @@ class Traffic:
 
     def _run(self) -> None:
         client = Triton(self.url, timeout_s=10.0)
-        image = golden_set()[0][:1]
+        default = golden_set()[0][:1]
+        turn = 0
         try:
             while not self._stop.is_set():
+                images = default if self.images is None else self.images
+                image = images[turn % len(images)][None]
+                turn += 1
                 sent = time.monotonic()
                 try:
                     version: int | None = client.infer(MODEL, {"IMAGE": image}, ["LOGITS"]).version

@@ -5,7 +5,7 @@ starts a detached shadow worker at the default sample rate, then switches the pr
 model's tracing off and on every window while client threads infer throughout. Prints
 p50 / p99 / throughput per state and the p99 overhead ratio (target <= 1.03).
 
-    python bench/shadow_bench.py [--windows 6] [--window-s 5] [--threads 4] [--sample-rate 0.01]
+    scripts/bench shadow [--windows 6] [--window-s 5] [--threads 4] [--sample-rate 0.01]
 """
 
 from __future__ import annotations
@@ -14,54 +14,20 @@ import argparse
 import os
 import shutil
 import tempfile
-import threading
 import time
 from pathlib import Path
 
 import numpy as np
 
-from orchestrator.embedded import EmbeddedTriton
+from bench.common import MODEL, Clients, sample_stack
 from orchestrator.operations import Orchestrator
-from orchestrator.sample import Variant, golden_set, write_sample_package
+from orchestrator.sample import Variant, write_sample_package
 from orchestrator.settings import Settings
 from orchestrator.shadow.session import DEFAULT_SAMPLE_RATE, start_shadow, stop_shadow
 from orchestrator.shadow.state import read_state
 from orchestrator.shadow.traces import TRACING_OFF
 from orchestrator.shadow.worker import tracing_on
 from orchestrator.triton import Triton
-
-ROOT = Path(__file__).resolve().parents[1]
-MODEL = "classifier"
-
-
-class Load:
-    """Client threads inferring continuously; each answer tagged with the window it was sent in."""
-
-    def __init__(self, url: str, threads: int) -> None:
-        self.url, self.window = url, "warmup"
-        self.samples: list[tuple[str, float]] = []
-        self._stop = threading.Event()
-        self._lock = threading.Lock()
-        self._threads = [threading.Thread(target=self._run, daemon=True) for _ in range(threads)]
-
-    def _run(self) -> None:
-        client, image = Triton(self.url), golden_set()[0][:1]
-        while not self._stop.is_set():
-            window, started = self.window, time.perf_counter()
-            client.infer(MODEL, {"IMAGE": image}, ["LOGITS"])
-            with self._lock:
-                self.samples.append((window, (time.perf_counter() - started) * 1000.0))
-        client.close()
-
-    def __enter__(self) -> Load:
-        for thread in self._threads:
-            thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        for thread in self._threads:
-            thread.join(10)
 
 
 def main() -> None:
@@ -72,14 +38,7 @@ def main() -> None:
     parser.add_argument("--sample-rate", type=float, default=DEFAULT_SAMPLE_RATE)
     args = parser.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="shadow-bench-"))
-    repository, state, traces = tmp / "model_repository", tmp / "orchestrator_state", tmp / "traces"
-    shutil.copytree(ROOT / "model_repository", repository)
-    shutil.copytree(ROOT / "orchestrator_state", state)
-    traces.mkdir()
-    server = EmbeddedTriton(repository, tmp / "triton", load_models=(MODEL,), extra_args=(
-        f"--trace-config=triton,file={traces}/trace.json", "--trace-config=level=OFF",
-        "--trace-config=triton,log-frequency=1"))
-    server.start()
+    repository, state, server = sample_stack(tmp)  # tracing available, off: the launcher adds the trace file
     try:
         os.environ["ORCH_ALLOW_UNSIGNED"] = "1"  # a throwaway repository: the bench signs nothing
         orch = Orchestrator(Settings(repository=repository, state_dir=state, triton_url=server.url, actor="bench"))
@@ -87,7 +46,7 @@ def main() -> None:
         start_shadow(orch, MODEL, version, sample_rate=args.sample_rate)  # a detached worker, as in production
         config = read_state(state / MODEL).config  # type: ignore[union-attr]
         control = Triton(server.url)
-        with Load(server.url, args.threads) as load:
+        with Clients(server.url, args.threads) as load:
             time.sleep(2.0)
             for index in range(2 * args.windows):
                 on = index % 2 == 1
@@ -100,7 +59,7 @@ def main() -> None:
         result = stop_shadow(orch, MODEL)
         rows = {}
         for state_name in ("off", "on"):
-            values = np.array([ms for window, ms in load.samples if window == state_name])
+            values = np.array([a.ms for a in load.in_window(state_name)])
             seconds = args.windows * args.window_s
             rows[state_name] = (np.percentile(values, 50), np.percentile(values, 99), len(values) / seconds)
         print(f"load: {args.threads} client threads, {args.windows} x {args.window_s:g} s windows per state, "

@@ -25,74 +25,16 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from datetime import datetime
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-from orchestrator.embedded import EmbeddedTriton, free_ports  # noqa: E402
-from orchestrator.operations import Orchestrator  # noqa: E402
-from orchestrator.sample import golden_set, write_faulty_package  # noqa: E402
-from orchestrator.settings import Settings  # noqa: E402
-from orchestrator.signing import TrustPolicy  # noqa: E402
-from orchestrator.triton import Triton  # noqa: E402
-
-MODEL = "classifier"
-TICKS = os.sysconf("SC_CLK_TCK")
-
-
-class Clients:
-    def __init__(self, url: str, threads: int) -> None:
-        self.answers: list[tuple[float, int | None]] = []  # (wall time sent, version or None on failure)
-        self.lock = threading.Lock()
-        self.stop = threading.Event()
-        self.workers = [threading.Thread(target=self.run, args=(url,), daemon=True) for _ in range(threads)]
-
-    def run(self, url: str) -> None:
-        client = Triton(url, timeout_s=10)
-        image = golden_set()[0][:1]
-        while not self.stop.is_set():
-            sent = time.time()
-            try:
-                version: int | None = client.infer(MODEL, {"IMAGE": image}, ["LOGITS"]).version
-            except Exception:
-                version = None
-            with self.lock:
-                self.answers.append((sent, version))
-
-    def since(self, moment: float) -> list[tuple[float, int | None]]:
-        with self.lock:
-            return [a for a in self.answers if a[0] >= moment]
-
-
-def process_usage(pid: int) -> tuple[float, int]:
-    """(CPU seconds so far, resident bytes) of a process, from /proc."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    cpu = (int(fields[11]) + int(fields[12])) / TICKS
-    rss_pages = int(Path(f"/proc/{pid}/statm").read_text().split()[1])
-    return cpu, rss_pages * os.sysconf("SC_PAGE_SIZE")
-
-
-def measure(pid: int, seconds: float) -> tuple[float, float]:
-    cpu0, _ = process_usage(pid)
-    time.sleep(seconds)
-    cpu1, rss = process_usage(pid)
-    return (cpu1 - cpu0) / seconds * 100.0, rss / 2**20
-
-
-def pct(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
-
-
-def row(name: str, values: list[float]) -> str:
-    if not values:
-        return f"  {name:<11} no data"
-    return (f"  {name:<11} p50 {pct(values, 0.5) * 1000:7.0f} ms  p95 {pct(values, 0.95) * 1000:7.0f} ms  "
-            f"max {max(values) * 1000:7.0f} ms  mean {statistics.fmean(values) * 1000:7.0f} ms")
+from bench.common import MODEL, Clients, measure, pct, row, sample_stack
+from orchestrator.embedded import free_ports
+from orchestrator.operations import Orchestrator
+from orchestrator.sample import write_faulty_package
+from orchestrator.settings import Settings
+from orchestrator.signing import TrustPolicy
 
 
 def wall(iso: str) -> float:
@@ -108,10 +50,7 @@ def main() -> None:
     args = parser.parse_args()
     kinds = args.kinds.split(",")
     work = Path(tempfile.mkdtemp(prefix="orch-watch-bench-"))
-    repository, state = work / "model_repository", work / "orchestrator_state"
-    shutil.copytree(ROOT / "model_repository", repository)
-    shutil.copytree(ROOT / "orchestrator_state", state)
-    server = EmbeddedTriton(repository, work / "triton", load_models=(MODEL,)).start()
+    repository, state, server = sample_stack(work)
     env = dict(os.environ, ORCH_REPOSITORY=str(repository), ORCH_STATE_DIR=str(state), ORCH_TRITON_URL=server.url,
                ORCH_TRITON_METRICS_URL=server.metrics_url)
     port = free_ports(1)[0]
@@ -126,9 +65,7 @@ def main() -> None:
         store = orchestrator.repository.model(MODEL)
         time.sleep(3)
         idle_cpu, idle_rss = measure(watcher.pid, 10)
-        clients = Clients(server.url, args.threads)
-        for worker in clients.workers:
-            worker.start()
+        clients = Clients(server.url, args.threads).__enter__()
         load_cpu, load_rss = measure(watcher.pid, 10)
         for kind in kinds:
             for run in range(args.runs):
@@ -155,12 +92,12 @@ def main() -> None:
                 time.sleep(1.0)  # let in-flight requests finish before judging recovery
                 answers = clients.since(first_bad - 0.001)
                 fallback = rollback.to_version
-                last_bad = max((sent for sent, v in answers if v != fallback), default=first_bad)
+                last_bad = max((a.sent for a in answers if a.version != fallback), default=first_bad)
                 results[kind]["detection"].append(wall(started.time) - first_bad)
                 results[kind]["recovery"].append(max(0.0, last_bad - first_bad))
-                results[kind]["failed"].append(sum(1 for _, v in answers if v is None))
+                results[kind]["failed"].append(sum(1 for a in answers if a.version is None))
                 (store.folder / str(version)).exists()  # kept, quarantined: nothing is deleted
-        clients.stop.set()
+        clients.__exit__()
         total = len(clients.answers)
     finally:
         watcher.send_signal(signal.SIGTERM)

@@ -62,7 +62,7 @@ class ProductionSampler:
         self.trace_dir = trace_dir
         self.clock = clock
         self.tail: TraceTail | None = None
-        self.reason = "not polled yet"  # why nothing is being sampled; "" while sampling
+        self.reason = ""  # why nothing is being sampled; "" while sampling
         self.armed_rate: int | None = None
         self.armed_at = -math.inf
         self.located_at = -math.inf
@@ -70,6 +70,13 @@ class ProductionSampler:
 
     def poll(self, requests_per_s: float | None) -> list[TraceSample]:
         """The model's requests traced since the last poll (outputs only); keeps tracing armed."""
+        said = self.reason
+        samples = self._poll(requests_per_s)
+        if self.reason and self.reason != said:
+            log.warning("%s: drift sampling paused: %s", self.store.name, self.reason)
+        return samples
+
+    def _poll(self, requests_per_s: float | None) -> list[TraceSample]:
         if self._shadowed():
             return []
         if self.tail is None and not self._locate():

@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from orchestrator.embedded import free_ports
 from orchestrator.meta import VersionStatus
 from orchestrator.sample import sample_images, write_faulty_package
 from orchestrator.shadow.session import start_shadow, stop_shadow
@@ -20,7 +21,7 @@ from orchestrator.watch.production import ProductionSampler
 from orchestrator.watch.watcher import DRIFT_BASELINE_FILE
 
 from .conftest import MODEL, Stack, Traffic
-from .watchkit import TEST_WATCH, sample_value, wait_for, watch_rollbacks, watching
+from .watchkit import TEST_WATCH, sample_value, set_watch_policy, wait_for, watch_rollbacks, watching
 
 pytestmark = pytest.mark.triton
 
@@ -138,3 +139,16 @@ def test_sampler_arms_a_lease_and_leaves_no_tracing_behind(stack: Stack, tmp_pat
     assert triton.trace_settings(MODEL)["trace_level"] == ["OFF"]
     assert not list(stack.server.workdir.joinpath("traces").glob("trace.json.*"))
     triton.close()
+
+
+@pytest.mark.parametrize(("drift", "message"), [
+    ({"output": "BOXES"}, "watch: rule drift: 'BOXES' is not an output of classifier (LOGITS)"),
+    ({"statistic": "median"}, "watch: drift statistic must be one of class_histogram, detection_count, mean"),
+])
+def test_a_bad_drift_rule_stops_watch_with_one_line(stack: Stack, drift: dict[str, Any], message: str):
+    set_watch_policy(stack, _policy(**drift))
+    result = stack.cli("watch", "--metrics-port", str(free_ports(1)[0]), timeout=60)
+    assert result.returncode == 6, result.stderr
+    [line] = result.stderr.strip().splitlines()
+    assert message in line and "policy.yaml" in line
+    assert stack.triton().trace_settings(MODEL)["trace_level"] == ["OFF"]

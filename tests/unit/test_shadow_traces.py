@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from orchestrator.shadow.state import ShadowConfig, ShadowState, observed
-from orchestrator.shadow.traces import UnsupportedTrace, model_of, parse_trace, trace_files
+from orchestrator.shadow.traces import Taken, TraceTail, UnsupportedTrace, model_of, parse_trace, trace_files
 
 
 def trace(model: str = "classifier", dtype: str = "FP32") -> list[dict[str, object]]:
@@ -53,3 +53,36 @@ def test_a_silent_or_dead_worker_reads_as_failed() -> None:
     assert observed(state, now=200.0).phase == "failed"
     dead = ShadowState(state.config, "running", "now", pid=2**22 + 12345, heartbeat=100.0)
     assert observed(dead, now=101.0).phase == "failed"
+
+
+def test_tail_takes_its_models_files_once_and_leaves_others(tmp_path: Path) -> None:
+    (tmp_path / "trace.json.1").write_text(json.dumps(trace()))
+    (tmp_path / "trace.json.2").write_text(json.dumps(trace("other")))
+    (tmp_path / "trace.json.3").write_text(json.dumps(trace(dtype="BYTES")))
+    (tmp_path / "trace.json.4").write_text(json.dumps(trace()[:3]))  # traced without TENSORS
+    tail = TraceTail(tmp_path, "trace.json", "classifier", inputs=False)
+    taken = [tail.take(path) for path in tail.files()]
+    assert [t for t, _ in taken] == [Taken.SAMPLES, Taken.FOREIGN, Taken.SAMPLES, Taken.DROPPED]
+    # Outputs only: inputs are not parsed, so text inputs do not stop a drift sampler.
+    assert all(s.inputs == {} and s.outputs["LOGITS"].tolist() == [[0.25, 0.75]] for _, [s] in taken[::2])
+    assert [p.name for p in trace_files(tmp_path, "trace.json")] == ["trace.json.2"]  # ours read and deleted
+    assert tail.files() == []  # the other model's file is not read again
+
+
+def test_tail_waits_for_a_file_still_being_written_then_gives_up(tmp_path: Path) -> None:
+    import os  # noqa: PLC0415
+
+    path = tmp_path / "trace.json.1"
+    path.write_text(json.dumps(trace())[:60])
+    tail = TraceTail(tmp_path, "trace.json", "classifier")
+    assert tail.take(path) == (Taken.PARTIAL, []) and path.exists()
+    os.utime(path, (1.0, 1.0))  # long untouched: never going to be completed
+    assert tail.take(path) == (Taken.DROPPED, []) and not path.exists()
+    assert tail.take(path) == (Taken.GONE, [])
+
+
+def test_remove_all_deletes_only_this_models_files(tmp_path: Path) -> None:
+    (tmp_path / "trace.json.1").write_text(json.dumps(trace()))
+    (tmp_path / "trace.json.2").write_text(json.dumps(trace("other")))
+    assert TraceTail(tmp_path, "trace.json", "classifier").remove_all() == 1
+    assert [p.name for p in tmp_path.iterdir()] == ["trace.json.2"]

@@ -156,11 +156,12 @@ def _status_table(status: ModelStatus) -> str:
              f"resident {_versions(status.resident)} ({sync})"]
     if status.interrupted:
         lines.append(f"  interrupted: {status.interrupted} (the next command repairs it)")
-    lines.append(f"  {'VERSION':<8} {'STATUS':<12} {'RESIDENT':<9} {'TRITON':<12} {'CREATED':<26} REASON")
+    lines.append(f"  {'VERSION':<8} {'STATUS':<12} {'RESIDENT':<9} {'TRITON':<12} {'DRIFT':<7} {'CREATED':<26} REASON")
     for row in status.versions:
         marker = "*" if row.version == status.served else " "
         lines.append(f" {marker}{label(row.version):<8} {row.status:<12} {'yes' if row.resident else 'no':<9} "
-                     f"{row.triton_state or '-':<12} {row.created_at[:25]:<26} {row.reason}")
+                     f"{row.triton_state or '-':<12} {row.drift_baseline or '-':<7} {row.created_at[:25]:<26} "
+                     f"{row.reason}")
     return "\n".join(lines)
 
 

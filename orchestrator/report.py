@@ -8,6 +8,7 @@ from orchestrator.errors import RepositoryCorrupt, TritonError
 from orchestrator.operations import Orchestrator, served_history
 from orchestrator.plan import fallback_order
 from orchestrator.repository import ModelStore
+from orchestrator.watch.watcher import drift_progress
 
 
 @dataclass(frozen=True)
@@ -18,6 +19,7 @@ class VersionRow:
     triton_state: str  # READY, UNAVAILABLE, ..., "" when Triton does not know it, "?" when unreachable
     created_at: str
     reason: str
+    drift_baseline: str = ""  # windows of its drift baseline recorded / needed; "" when none
 
 
 @dataclass(frozen=True)
@@ -47,6 +49,7 @@ def model_status(orchestrator: Orchestrator, store: ModelStore) -> ModelStatus:
     except TritonError as exc:  # unreachable, or a locked API refusing us: disk still answers
         states, reachable, triton_error = {}, False, str(exc)
     rows = []
+    drift = drift_progress(store)
     for version in store.versions():
         try:
             meta = store.meta(version)
@@ -54,7 +57,7 @@ def model_status(orchestrator: Orchestrator, store: ModelStore) -> ModelStatus:
         except RepositoryCorrupt as exc:
             status, created, reason = "corrupt", "", str(exc)
         rows.append(VersionRow(version, status, version in resident, states.get(version, "") if reachable else "?",
-                               created, reason))
+                               created, reason, drift.get(version, "")))
     fallbacks = fallback_order(served_history(history), store.lazy_statuses(), exclude=served if served is not None
                                else -1, limit=1)
     ready = {v for v, s in states.items() if s == "READY"}

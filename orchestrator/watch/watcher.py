@@ -38,6 +38,7 @@ from orchestrator.journal import SUCCEEDED, Record, new_op_id
 from orchestrator.meta import VersionStatus
 from orchestrator.modelconfig import contract
 from orchestrator.operations import Orchestrator
+from orchestrator.policy import load_watch_policy
 from orchestrator.repository import ModelStore
 from orchestrator.triton import Triton
 from orchestrator.watch import triton_metrics
@@ -119,7 +120,7 @@ class ModelWatcher:
             if self.drift is not None else None
         self.drift_key = baseline_key(self.drift.statistic, self.drift_output, self.drift.window,
                                       self.drift.threshold) if self.drift is not None else ""
-        self.drift_baselines = self._load_drift_baselines()
+        self.drift_baselines = read_drift_baselines(store.state)
         self.accumulator: WindowAccumulator | None = None
         self.drift_reference: int | None = None
         self.last_sampled_at = -math.inf
@@ -352,13 +353,6 @@ class ModelWatcher:
                          "sigma": [round(float(v), 6) for v in baseline.sigma()]}))
             log.warning("%s: v%s drift baseline recorded (%s)", self.store.name, self.served, baseline.key)
 
-    def _load_drift_baselines(self) -> dict[str, Baseline]:
-        try:
-            raw = json.loads((self.store.state / DRIFT_BASELINE_FILE).read_text())
-            return {str(k): Baseline.from_dict(v) for k, v in raw.items()}
-        except (OSError, ValueError, AttributeError, KeyError, TypeError):
-            return {}  # a lost or damaged cache: baselines are recorded again
-
     def _breaching(self) -> bool:
         return any(streak.count and self.policy.rules[name].severity is Severity.ROLLBACK
                    for name, streak in self.streaks.items())
@@ -438,6 +432,29 @@ class ModelWatcher:
         if self.sampler is not None:
             self.sampler.close()
         self.triton.close()
+
+
+def read_drift_baselines(state_folder: Path) -> dict[str, Baseline]:
+    """Version (as text) -> its drift baseline, from ``drift_baseline.json``."""
+    try:
+        raw = json.loads((state_folder / DRIFT_BASELINE_FILE).read_text())
+        return {str(k): Baseline.from_dict(v) for k, v in raw.items()}
+    except (OSError, ValueError, AttributeError, KeyError, TypeError):
+        return {}  # a lost or damaged file: baselines are recorded again
+
+
+def drift_progress(store: ModelStore) -> dict[int, str]:
+    """Version -> "recorded/needed" windows of its drift baseline under the current policy ({} when drift is off)."""
+    try:
+        rule = load_watch_policy(store.state).rules.get("drift")
+        outputs = [t.name for t in store.config().output]
+    except RepositoryCorrupt:
+        return {}
+    if not isinstance(rule, Drift) or not rule.sampling or not outputs:
+        return {}
+    key = baseline_key(rule.statistic, rule.output or outputs[0], rule.window, rule.threshold)
+    return {int(v): f"{min(b.windows, rule.baseline_windows)}/{rule.baseline_windows}"
+            for v, b in read_drift_baselines(store.state).items() if v.isdigit() and b.key == key}
 
 
 def notify(url: str | None, payload: dict[str, object]) -> None:

@@ -6,6 +6,7 @@ baselines and the judgement are the shipped ones.
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 from typing import Any
@@ -72,6 +73,10 @@ def test_version_that_fails_only_on_live_inputs_is_rolled_back_on_drift(stack: S
     assert sample_value(daemon, "orchestrator_watch_production_samples_total", model=MODEL) >= 100
     assert [e for e in traffic.failures() if "classifier" in e] == []
     assert (stack.state / MODEL / DRIFT_BASELINE_FILE).exists()
+    status = json.loads(stack.cli("status", "--json").stdout)[0]
+    assert {row["version"]: row["drift_baseline"] for row in status["versions"]}[1] == "5/5"
+    history = stack.cli("history").stdout
+    assert "baseline   succeeded" in history and "drift baseline of v1 recorded over 5 windows" in history
 
 
 def test_steady_inputs_never_drift_and_shifted_inputs_alert_without_rollback(stack: Stack):

@@ -111,15 +111,16 @@ class ProductionSampler:
         if shadow is None:
             self.standing_aside = False
             return False
-        if not self.standing_aside and shadow.phase == "running":
-            try:  # our lease may have overwritten the worker's settings a moment ago
+        if shadow.phase == "running" and not self.standing_aside:
+            try:  # our lease may have landed after the worker's settings a moment ago
                 self.triton.update_trace_settings(self.store.name, tracing_on(shadow.config))
             except OrchestratorError as exc:
                 log.warning("%s: could not hand tracing back to the shadow run: %s", self.store.name, exc)
                 return True  # try again next poll
             self.standing_aside = True
-        elif shadow.phase != "running":
-            self.standing_aside = True  # a failed run switched tracing off itself: leave it off
+        elif shadow.phase == "failed":
+            self.standing_aside = True  # the worker switched tracing off when it failed: leave it off
+        # "starting": the worker is about to set its own settings; wait for it to run or fail.
         self.armed_rate, self.armed_at = None, -math.inf
         self.reason = f"production outputs belong to the shadow run of v{shadow.config.version} until it stops"
         return True

@@ -299,9 +299,13 @@ class ModelWatcher:
                 output = sample.outputs.get(self.drift_output)
                 if sample.version != self.served or output is None:
                     continue  # the previous version, answering during a switch
-                rows = output.shape[0] if self.batched and output.ndim > 1 else 1
-                features = row_features(self.drift.statistic, output, self.drift_row_size or output.size // rows,
-                                        self.drift.threshold)
+                rows = max(1, output.shape[0]) if self.batched and output.ndim > 1 else 1
+                try:
+                    features = row_features(self.drift.statistic, output,
+                                            self.drift_row_size or output.size // rows, self.drift.threshold)
+                except ValueError as exc:  # not the configured shape: nothing to count
+                    log.warning("%s: traced output skipped: %s", self.store.name, exc)
+                    continue
                 self.accumulator.add(features)
                 self.metrics.production_samples.labels(self.store.name).inc(len(features))
         value = self.accumulator.pop()

@@ -58,7 +58,9 @@ class Watch:
                 watcher.tick()
             except OrchestratorError as exc:
                 log.error("%s: check failed: %s", name, exc)
-        live = self.orchestrator.triton.is_live()
+        # A probe that got any answer (or none from a server that is not live) already told.
+        seen = [w.seen_live for w in self.watchers.values() if w.seen_live is not None]
+        live = all(seen) if seen else self.orchestrator.triton.is_live()
         if not live and self.down_since is None:
             self.down_since = time.monotonic()
             log.warning("Triton at %s is not answering; watching, not rolling back", self.orchestrator.triton.url)

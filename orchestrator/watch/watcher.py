@@ -114,6 +114,7 @@ class ModelWatcher:
         self.latency_baselines = self._load_latency_baselines()
         self.gave_up_on: int | None = None  # served version with no verified fallback: alert once, no retries
         self.journal_offset = store.journal.size()
+        self.seen_live: bool | None = None  # what this tick's probe showed of the server; None: no probe
         self.drift, self.drift_output, self.drift_row_size = self._drift_setup(config)
         self.batched = config.max_batch_size > 0  # traced outputs then carry the batch dimension
         self.sampler = ProductionSampler(self.triton, store, self.drift.samples_per_s, trace_dir, clock) \
@@ -149,6 +150,7 @@ class ModelWatcher:
     # --- one check ----------------------------------------------------------------------
     def tick(self) -> list[Anomaly]:
         now = self.clock()
+        self.seen_live = None
         served = self.store.served()
         if served != self.served:
             self._reset(served, now)
@@ -206,6 +208,7 @@ class ModelWatcher:
         probe: dict[str, object] = {}
         if self.golden is not None and self.served is not None:
             probe = self._probe()
+            self.seen_live = not probe.get("unreachable")
             if probe.get("unreachable"):
                 self.metrics.triton_up.set(0)
                 return Observation(time=now, live=False)

@@ -81,7 +81,8 @@ def test_version_that_fails_only_on_live_inputs_is_rolled_back_on_drift(stack: S
 
 def test_steady_inputs_never_drift_and_shifted_inputs_alert_without_rollback(stack: Stack):
     traffic = Traffic(stack.server.url, threads=2, images=_images(22))
-    with watching(stack, _policy(severity="rollback")) as daemon, traffic:
+    # The shipped debounce (3 windows in a row) with the test's short windows and baseline.
+    with watching(stack, _policy(severity="rollback", for_checks=3)) as daemon, traffic:
         assert wait_for(lambda: _baseline_recorded(stack, 1), 60), "no drift baseline for v1"
         watcher = daemon.watchers[MODEL]
         judged_from = sample_value(daemon, "orchestrator_watch_production_samples_total", model=MODEL)
@@ -89,7 +90,7 @@ def test_steady_inputs_never_drift_and_shifted_inputs_alert_without_rollback(sta
         assert wait_for(lambda: sample_value(daemon, "orchestrator_watch_production_samples_total", model=MODEL)
                         >= judged_from + 8 * DRIFT["window"], 60)
         assert _anomalies(stack, "drift") == []
-        assert watcher.streaks.get("drift") is None or watcher.streaks["drift"].count < DRIFT["for_checks"]
+        assert watcher.streaks.get("drift") is None or watcher.streaks["drift"].count < 3
         # The camera now sees one class only: the inputs drifted, which no other version would fix.
         traffic.images = _images(23, only_class=3)
         assert wait_for(lambda: _anomalies(stack, "drift"), 60), "no drift alert"

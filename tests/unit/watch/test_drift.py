@@ -71,9 +71,28 @@ def test_a_never_seen_class_needs_several_rows_to_count_as_drift() -> None:
 
 
 def test_floors() -> None:
-    assert sigma_floor("class_histogram", np.array([0.0, 0.5]), 100) == pytest.approx([np.sqrt(0.01 * 0.99 / 100),
-                                                                                        0.05])
-    assert sigma_floor("mean", np.array([0.0, 200.0]), 100) == pytest.approx([1e-6, 2e-4])
+    # Pooled share: (5 windows x 0 + 0.05) / 6, kept one row (1/20) away from 0.
+    floor = sigma_floor("class_histogram", np.array([0.0, 0.5]), np.array([0.05, 0.5]), 20, 5)
+    assert floor == pytest.approx([np.sqrt(0.05 * 0.95 * (1 / 20 + 1 / 100)), np.sqrt(0.25 * (1 / 20 + 1 / 100))])
+    assert sigma_floor("mean", np.array([0.0, 200.0]), np.array([1.0, 1.0]), 100, 20) == pytest.approx([1e-6, 2e-4])
+
+
+def test_a_short_baseline_that_underestimated_a_class_is_not_drift() -> None:
+    # Seen in CI: a 5-window baseline put a class at 0.04 (truly about 0.10); windows with 4 of
+    # 20 rows of it were 3.3 sigma off with the plain binomial floor. The pooled floor keeps it in.
+    baseline = Baseline("k")
+    for share in (0.05, 0.0, 0.05, 0.05, 0.05):
+        baseline = baseline.add(np.array([share, 1 - share]))
+    assert worst_deviation("class_histogram", np.array([0.2, 0.8]), baseline, window=20).z < 3
+    assert worst_deviation("class_histogram", np.array([0.6, 0.4]), baseline, window=20).z > 3
+
+
+def test_a_new_window_varies_more_than_the_baselines_own_spread() -> None:
+    baseline = Baseline("k")
+    for value in (1.0, 3.0):
+        baseline = baseline.add(np.array([value]))
+    deviation = worst_deviation("mean", np.array([4.0]), baseline, window=10)
+    assert deviation.sigma == pytest.approx(np.sqrt(2.0) * np.sqrt(1.5))
 
 
 def test_a_constant_statistic_breaches_only_when_it_really_changes() -> None:

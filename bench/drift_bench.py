@@ -3,8 +3,8 @@
     scripts/bench drift [--pairs 4] [--window-s 8] [--threads 4] [--runs 10]
 
 Cost: a real ``orchestrate watch`` process with the default policy, restarted for every
-window, alternately with drift sampling off (``samples_per_s: 0``) and on (the default: about
-2 production outputs a second traced by Triton); each window is measured after the watcher
+window, alternately with drift sampling off (``samples_per_s: 0``, the default) and on (2
+production outputs a second traced by Triton); each window is measured after the watcher
 settled. Prints client p50 / p99 / throughput per state, the on/off ratios (baseline: off,
 in the same run), the watcher's CPU, and the outputs it sampled.
 
@@ -80,7 +80,7 @@ def cost(args: argparse.Namespace, work: Path, state: Path, url: str, env: dict[
     with Clients(url, args.threads, images) as clients:
         for index in range(2 * args.pairs):
             state_name = "on" if index % 2 else "off"
-            set_watch(state, {} if state_name == "on" else {"rules": {"drift": {"samples_per_s": 0}}})
+            set_watch(state, {"rules": {"drift": {"samples_per_s": 2 if state_name == "on" else 0}}})
             port = free_ports(1)[0]
             watcher = start_watcher(env, port, work / "watch.log")
             time.sleep(3.0)  # started, first probes and scrapes done, tracing armed at the traffic's rate

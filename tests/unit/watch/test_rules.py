@@ -38,6 +38,7 @@ def _obs(window: DriftWindow | None, pending: str = "") -> Observation:
 def test_drift_defaults_and_settings_from_yaml() -> None:
     assert parse_watch_policy(None).rules["drift"] == Drift()
     assert Drift().severity is Severity.ALERT and Drift().for_checks == 3 and Drift().sigmas == 3.0
+    assert not Drift().sampling  # opt-in: tracing production is a risk on Triton 2.51 (see rules.py)
     policy = parse_watch_policy({"rules": {"drift": {"severity": "rollback", "statistic": "detection_count",
                                                      "threshold": 0.3, "window": 30, "samples_per_s": 5}}})
     rule = policy.rules["drift"]

@@ -48,7 +48,7 @@ from typing import Any
 import numpy as np
 
 from orchestrator.checks import sanity
-from orchestrator.watch.drift import STATISTICS, DriftWindow, worst_deviation
+from orchestrator.watch.drift import STATISTICS, DriftWindow, baseline_key, worst_deviation
 
 
 class Severity(str, enum.Enum):
@@ -148,6 +148,13 @@ class Drift(Rule):
     @property
     def sampling(self) -> bool:
         return self.severity is not Severity.OFF and self.samples_per_s > 0
+
+    def output_of(self, outputs: list[str]) -> str:
+        """The output tensor judged: the named one, else the model's first."""
+        return self.output or outputs[0]
+
+    def baseline_key(self, outputs: list[str]) -> str:
+        return baseline_key(self.statistic, self.output_of(outputs), self.window, self.threshold)
 
 
 RULE_TYPES: dict[str, type[Rule]] = {

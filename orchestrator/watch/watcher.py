@@ -42,7 +42,7 @@ from orchestrator.policy import load_watch_policy
 from orchestrator.repository import ModelStore
 from orchestrator.triton import Triton
 from orchestrator.watch import triton_metrics
-from orchestrator.watch.drift import Baseline, DriftWindow, WindowAccumulator, baseline_key, row_features
+from orchestrator.watch.drift import Baseline, DriftWindow, WindowAccumulator, row_features
 from orchestrator.watch.exporter import WatchMetrics
 from orchestrator.watch.production import ProductionSampler
 from orchestrator.watch.rules import (
@@ -119,8 +119,7 @@ class ModelWatcher:
         self.batched = config.max_batch_size > 0  # traced outputs then carry the batch dimension
         self.sampler = ProductionSampler(self.triton, store, self.drift.samples_per_s, trace_dir, clock) \
             if self.drift is not None else None
-        self.drift_key = baseline_key(self.drift.statistic, self.drift_output, self.drift.window,
-                                      self.drift.threshold) if self.drift is not None else ""
+        self.drift_key = self.drift.baseline_key(self.outputs) if self.drift is not None else ""
         self.drift_baselines = read_drift_baselines(store.state)
         self.accumulator: WindowAccumulator | None = None
         self.drift_reference: int | None = None
@@ -131,7 +130,7 @@ class ModelWatcher:
         rule = self.policy.rules.get("drift")
         if not isinstance(rule, Drift) or not rule.sampling:
             return None, "", 0
-        output = rule.output or self.outputs[0]
+        output = rule.output_of(self.outputs)
         spec = next((t for t in contract(config).outputs if t.name == output), None)
         where = f"{self.store.state / 'policy.yaml'} watch: rule drift"
         if spec is None:
@@ -459,7 +458,7 @@ def drift_progress(store: ModelStore) -> dict[int, str]:
         return {}
     if not isinstance(rule, Drift) or not rule.sampling or not outputs:
         return {}
-    key = baseline_key(rule.statistic, rule.output or outputs[0], rule.window, rule.threshold)
+    key = rule.baseline_key(outputs)
     return {int(v): f"{min(b.windows, rule.baseline_windows)}/{rule.baseline_windows}"
             for v, b in read_drift_baselines(store.state).items() if v.isdigit() and b.key == key}
 

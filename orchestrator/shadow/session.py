@@ -21,7 +21,7 @@ from pathlib import Path
 
 from prometheus_client import CollectorRegistry
 
-from orchestrator.errors import LoadFailed, PolicyViolation, TritonError, UsageError
+from orchestrator.errors import LoadFailed, TritonError, UsageError
 from orchestrator.journal import FAILED, STEP, SUCCEEDED, Record, new_op_id, now_iso
 from orchestrator.lock import model_lock
 from orchestrator.meta import META_FILE, write_meta
@@ -41,7 +41,7 @@ from orchestrator.shadow.state import (
     write_state,
 )
 from orchestrator.shadow.stats import ShadowReport
-from orchestrator.shadow.traces import TRACING_OFF, TraceTail
+from orchestrator.shadow.traces import TRACING_OFF, TraceTail, trace_location
 from orchestrator.shadow.worker import ShadowWorker, initial_state
 
 log = logging.getLogger(__name__)
@@ -78,7 +78,7 @@ def start_shadow(orch: Orchestrator, model: str | None, version: int, sample_rat
         if version == store.served():
             raise UsageError(f"{store.name} v{version} already serves: there is nothing to compare it with")
         orch.triton.require_live()
-        folder, prefix = _trace_location(orch, store.name, trace_dir)
+        folder, prefix = trace_location(orch.triton, store.name, trace_dir, "shadow traffic")
         config = ShadowConfig(model=store.name, version=version, triton_url=orch.triton.url, trace_dir=str(folder),
                               trace_prefix=prefix, sample_rate=sample_rate, min_samples=min_samples,
                               **{k: v for k, v in tuning.items() if v is not None})  # type: ignore[arg-type]
@@ -98,18 +98,6 @@ def start_shadow(orch: Orchestrator, model: str | None, version: int, sample_rat
             return ShadowWorker(config, store.state, registry, orch.settings.admin_key).start()
         _spawn(store, state)
         return None
-
-
-def _trace_location(orch: Orchestrator, model: str, trace_dir: Path | None) -> tuple[Path, str]:
-    trace_file = str(orch.triton.trace_settings(model).get("trace_file") or "")
-    if not trace_file:
-        raise PolicyViolation("Triton was started without a trace file: shadow traffic needs "
-                              "--trace-config=triton,file=DIR/trace.json and --trace-config=level=OFF")
-    folder = trace_dir or Path(trace_file).parent
-    if not folder.is_dir():
-        raise UsageError(f"Triton writes traces to {Path(trace_file).parent}, which is not a folder here: mount it "
-                         f"and pass --trace-dir")
-    return folder, Path(trace_file).name
 
 
 def _spawn(store: ModelStore, state: ShadowState) -> None:

@@ -17,8 +17,14 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+from orchestrator.errors import PolicyViolation, UsageError
+
+if TYPE_CHECKING:
+    from orchestrator.triton import Triton
 
 _DTYPES = {"FP16": np.float16, "FP32": np.float32, "FP64": np.float64, "INT8": np.int8, "INT16": np.int16,
            "INT32": np.int32, "INT64": np.int64, "UINT8": np.uint8, "UINT16": np.uint16, "UINT32": np.uint32,
@@ -40,6 +46,23 @@ def tracing_settings(rate: int, count: int = -1) -> dict[str, object]:
     """
     return {"trace_level": ["TIMESTAMPS", "TENSORS"], "trace_rate": str(rate), "trace_count": str(count),
             "log_frequency": "1"}
+
+
+def trace_location(triton: Triton, model: str, trace_dir: Path | None, purpose: str) -> tuple[Path, str]:
+    """(folder on this machine, file prefix) of the trace files Triton writes for ``model``.
+
+    The file is a start flag of Triton's (the API cannot set it); ``trace_dir`` is where that
+    folder is mounted here when it differs.
+    """
+    trace_file = str(triton.trace_settings(model).get("trace_file") or "")
+    if not trace_file:
+        raise PolicyViolation(f"Triton was started without a trace file: {purpose} needs "
+                              "--trace-config=triton,file=DIR/trace.json and --trace-config=level=OFF")
+    folder = trace_dir or Path(trace_file).parent
+    if not folder.is_dir():
+        raise UsageError(f"Triton writes traces to {Path(trace_file).parent}, which is not a folder here: mount it "
+                         f"and pass --trace-dir")
+    return folder, Path(trace_file).name
 
 
 class UnsupportedTrace(ValueError):

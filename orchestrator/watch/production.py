@@ -28,7 +28,7 @@ from pathlib import Path
 from orchestrator.errors import OrchestratorError
 from orchestrator.repository import ModelStore
 from orchestrator.shadow.state import active_shadow
-from orchestrator.shadow.traces import TRACING_OFF, TraceSample, TraceTail, tracing_settings
+from orchestrator.shadow.traces import TRACING_OFF, TraceSample, TraceTail, trace_location, tracing_settings
 from orchestrator.shadow.worker import tracing_on
 from orchestrator.triton import Triton
 
@@ -131,20 +131,11 @@ class ProductionSampler:
             return False
         self.located_at = now
         try:
-            trace_file = str(self.triton.trace_settings(self.store.name).get("trace_file") or "")
+            folder, prefix = trace_location(self.triton, self.store.name, self.trace_dir, "drift sampling")
         except OrchestratorError as exc:
-            self.reason = f"cannot read Triton's trace settings: {exc}"
+            self.reason = str(exc)
             return False
-        if not trace_file:
-            self.reason = ("Triton writes no trace files: start it with --trace-config=triton,file=DIR/trace.json "
-                           "and --trace-config=level=OFF")
-            return False
-        folder = self.trace_dir or Path(trace_file).parent
-        if not folder.is_dir():
-            self.reason = (f"Triton writes traces to {Path(trace_file).parent}, not a folder here: mount it and "
-                           f"pass --trace-dir")
-            return False
-        self.tail = TraceTail(folder, Path(trace_file).name, self.store.name, inputs=False)
+        self.tail = TraceTail(folder, prefix, self.store.name, inputs=False)
         return True
 
     def _arm(self, requests_per_s: float | None) -> None:

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
+import subprocess
+import sys
 import threading
 import time
 from dataclasses import dataclass
@@ -83,6 +86,20 @@ def sample_stack(work: Path, **server_options: object) -> tuple[Path, Path, Embe
     shutil.copytree(ROOT / "orchestrator_state", state)
     server = EmbeddedTriton(repository, work / "triton", load_models=(MODEL,), **server_options)  # type: ignore[arg-type]
     return repository, state, server.start()
+
+
+def start_watcher(env: dict[str, str], port: int, log: Path) -> subprocess.Popen[bytes]:
+    """A real ``orchestrate watch`` process, its exporter on loopback, its log appended to ``log``."""
+    return subprocess.Popen([sys.executable, "-m", "orchestrator", "watch", "--metrics-port", str(port),
+                             "--metrics-address", "127.0.0.1"], env=env, stderr=log.open("a"))
+
+
+def stop_watcher(process: subprocess.Popen[bytes]) -> None:
+    process.send_signal(signal.SIGTERM)
+    try:
+        process.wait(15)
+    except subprocess.TimeoutExpired:
+        process.kill()
 
 
 def process_usage(pid: int) -> tuple[float, int]:

@@ -22,10 +22,7 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import signal
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from datetime import datetime
@@ -37,7 +34,7 @@ import requests
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from bench.common import MODEL, Clients, measure, pct, row, sample_stack
+from bench.common import MODEL, Clients, measure, pct, row, sample_stack, start_watcher, stop_watcher
 from orchestrator.embedded import free_ports
 from orchestrator.operations import Orchestrator
 from orchestrator.sample import sample_images, write_faulty_package
@@ -52,19 +49,6 @@ def set_watch(state: Path, watch: dict[str, Any]) -> None:
     policy = yaml.safe_load(path.read_text())
     policy["watch"] = watch
     path.write_text(yaml.safe_dump(policy))
-
-
-def start_watcher(env: dict[str, str], port: int, log: Path) -> subprocess.Popen[bytes]:
-    return subprocess.Popen([sys.executable, "-m", "orchestrator", "watch", "--metrics-port", str(port),
-                             "--metrics-address", "127.0.0.1"], env=env, stderr=log.open("a"))
-
-
-def stop_watcher(process: subprocess.Popen[bytes]) -> None:
-    process.send_signal(signal.SIGTERM)
-    try:
-        process.wait(15)
-    except subprocess.TimeoutExpired:
-        process.kill()
 
 
 def sampled(port: int) -> float:

@@ -20,16 +20,13 @@ import argparse
 import json
 import os
 import shutil
-import signal
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from datetime import datetime
 from pathlib import Path
 
-from bench.common import MODEL, Clients, measure, pct, row, sample_stack
+from bench.common import MODEL, Clients, measure, pct, row, sample_stack, start_watcher, stop_watcher
 from orchestrator.embedded import free_ports
 from orchestrator.operations import Orchestrator
 from orchestrator.sample import write_faulty_package
@@ -54,8 +51,7 @@ def main() -> None:
     env = dict(os.environ, ORCH_REPOSITORY=str(repository), ORCH_STATE_DIR=str(state), ORCH_TRITON_URL=server.url,
                ORCH_TRITON_METRICS_URL=server.metrics_url)
     port = free_ports(1)[0]
-    watcher = subprocess.Popen([sys.executable, "-m", "orchestrator", "watch", "--metrics-port", str(port),
-                                "--metrics-address", "127.0.0.1"], env=env, stderr=(work / "watch.log").open("w"))
+    watcher = start_watcher(env, port, work / "watch.log")
     results: dict[str, dict[str, list[float]]] = {k: {"detection": [], "recovery": [], "failed": []} for k in kinds}
     missed: dict[str, int] = dict.fromkeys(kinds, 0)
     try:
@@ -100,11 +96,7 @@ def main() -> None:
         clients.__exit__()
         total = len(clients.answers)
     finally:
-        watcher.send_signal(signal.SIGTERM)
-        try:
-            watcher.wait(15)
-        except subprocess.TimeoutExpired:
-            watcher.kill()
+        stop_watcher(watcher)
         server.stop()
 
     print(f"\nautomatic rollback on the embedded CPU Triton, {args.threads} client threads, "

@@ -2,7 +2,8 @@
 
 Used by the demo, the tests and the benchmarks. Free loopback ports, readiness polled
 against a deadline, the server's log kept for failures, and the process group stopped
-with SIGINT, then SIGKILL; the server also dies with its parent.
+with SIGINT, then SIGKILL; the server also dies with its parent. A killed server's
+python-backend shared memory is removed with it.
 """
 
 from __future__ import annotations
@@ -91,6 +92,9 @@ class EmbeddedTriton:
         self.http_port, self.grpc_port, self.metrics_port = http, grpc, metrics
         self.process: subprocess.Popen[bytes] | None = None
         self.log_path = workdir / "tritonserver.log"
+        # Each server on a machine needs its own shared-memory names; the dash ends the prefix,
+        # so one server's regions never match another's (port 4000 vs 40001).
+        self.shm_prefix = f"orch{os.getpid()}p{self.http_port}-"
 
     @property
     def url(self) -> str:
@@ -112,8 +116,7 @@ class EmbeddedTriton:
             f"--metrics-port={self.metrics_port}",
             "--http-address=127.0.0.1",
             "--grpc-address=127.0.0.1",
-            # Each server on a machine needs its own shared-memory names.
-            f"--backend-config=python,shm-region-prefix-name=orch{os.getpid()}p{self.http_port}",
+            f"--backend-config=python,shm-region-prefix-name={self.shm_prefix}",
             *server_args(),
             *self.extra_args,
         ]
@@ -170,22 +173,33 @@ class EmbeddedTriton:
             return "(no log)"
 
     def stop(self, grace_s: float = 15.0) -> None:
-        if self.process is None or self.process.poll() is not None:
+        if self.process is None:
             return
-        try:
-            os.killpg(self.process.pid, signal.SIGINT)
-            self.process.wait(grace_s)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait()
-        except ProcessLookupError:
-            pass
+        if self.process.poll() is None:
+            try:
+                os.killpg(self.process.pid, signal.SIGINT)
+                self.process.wait(grace_s)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait()
+            except ProcessLookupError:
+                pass
+        self._remove_shared_memory()  # after a crash or the SIGKILL, nobody else will
 
     def kill(self) -> None:
-        """Like a power cut: no chance to unload anything."""
-        if self.process is not None and self.process.poll() is None:
+        """Like a power cut: no chance to unload anything (a throwaway server needs none)."""
+        if self.process is None:
+            return
+        if self.process.poll() is None:
             os.killpg(self.process.pid, signal.SIGKILL)
             self.process.wait()
+        self._remove_shared_memory()
+
+    def _remove_shared_memory(self) -> None:
+        # A server that did not unload leaves its stubs' regions in /dev/shm (1 MiB and more
+        # each); nobody else uses names with this prefix.
+        for region in Path("/dev/shm").glob(f"{self.shm_prefix}*"):
+            region.unlink(missing_ok=True)
 
     def __enter__(self) -> EmbeddedTriton:
         return self.start()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from orchestrator.sample import Variant
@@ -40,7 +42,10 @@ def test_triton_restarted_without_the_model_is_reconciled(stack: Stack, packages
 
 
 def test_reconcile_with_triton_down_fails_clearly(stack: Stack):
+    regions = f"{stack.server.shm_prefix}*"
+    assert list(Path("/dev/shm").glob(regions)), "the served version's stub has its shared memory"
     stack.server.kill()
+    assert list(Path("/dev/shm").glob(regions)) == [], "a killed server leaves no shared memory behind"
     result = stack.cli("--timeout", "1", "reconcile")
     assert result.returncode == 9
     assert f"Triton at {stack.server.url} is unreachable" in result.stderr

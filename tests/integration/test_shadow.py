@@ -22,7 +22,7 @@ from orchestrator.shadow.gate import META_KEY, ShadowPolicy, require_passed_shad
 from orchestrator.shadow.session import start_shadow, stop_shadow
 from orchestrator.shadow.state import active_shadow, read_state
 from orchestrator.shadow.worker import ShadowWorker
-from tests.integration.conftest import MODEL, ROOT, Stack, Traffic
+from tests.integration.conftest import CRASHED_STUB_WAIT_S, MODEL, ROOT, Stack, Traffic
 
 pytestmark = pytest.mark.triton
 
@@ -115,7 +115,7 @@ def faulty(tmp: Path, build_key, mode: str, after: int) -> Path:  # type: ignore
 @pytest.mark.parametrize(("mode", "timeout_s"), [("crash", 2.0), ("slow", 0.02)])
 def test_broken_candidate_fails_the_run_not_production(stack: Stack, build_key, mode: str,  # type: ignore[no-untyped-def]
                                                        timeout_s: float) -> None:
-    orch = stack.orchestrator()
+    orch = stack.orchestrator(timeout_s=CRASHED_STUB_WAIT_S) if mode == "crash" else stack.orchestrator()
     version = orch.import_package(faulty(stack.tmp, build_key, mode, after=10)).version
     with Traffic(stack.server.url, threads=3) as traffic:
         worker = start_shadow(orch, MODEL, version, sample_rate=0.25, detached=False, replay_timeout_s=timeout_s)

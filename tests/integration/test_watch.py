@@ -15,7 +15,7 @@ from orchestrator.meta import Verification, VersionStatus
 from orchestrator.sample import Variant, write_faulty_package
 from orchestrator.watch.daemon import Watch, serve_metrics
 
-from .conftest import MODEL, Stack, Traffic
+from .conftest import CRASHED_STUB_WAIT_S, MODEL, Stack, Traffic
 from .watchkit import TEST_WATCH, sample_value, set_watch_policy, wait_for, watch_rollbacks, watching
 
 pytestmark = pytest.mark.triton
@@ -33,7 +33,8 @@ pytestmark = pytest.mark.triton
 def test_version_that_turns_bad_is_rolled_back_and_quarantined(stack: Stack, tmp_path: Path, build_key, mode, rules):
     package = build_key.sign(write_faulty_package(tmp_path / f"faulty-{mode}", mode, after_requests=40))
     assert stack.cli("import", str(package)).returncode == 0
-    with watching(stack) as daemon, Traffic(stack.server.url, threads=2):
+    wait = {"unload_wait_s": CRASHED_STUB_WAIT_S} if mode == "crash" else {}
+    with watching(stack, **wait) as daemon, Traffic(stack.server.url, threads=2):
         if mode == "slow":  # the latency rule compares with what v1 did while it served
             assert wait_for(lambda: "1" in daemon.watchers[MODEL].latency_baselines, 15), "no v1 baseline"
         daemon_orch = stack.orchestrator()
@@ -62,9 +63,9 @@ def test_version_that_turns_bad_is_rolled_back_and_quarantined(stack: Stack, tmp
 def test_healthy_version_is_never_rolled_back_through_its_cold_start(stack: Stack, packages):
     assert stack.cli("import", str(packages[Variant.BETTER])).returncode == 0
     with watching(stack) as daemon, Traffic(stack.server.url, threads=2) as traffic:
-        time.sleep(2.0)
+        time.sleep(1.5)
         stack.orchestrator().promote(MODEL, 2)
-        time.sleep(8.0)
+        time.sleep(5.0)  # past the grace period, several metric intervals and probe windows of v2
     assert watch_rollbacks(stack) == []
     assert stack.store().served() == 2
     assert traffic.failures() == []

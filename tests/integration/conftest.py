@@ -121,8 +121,8 @@ class Traffic:
     images: np.ndarray | None = None  # sent one per request, in turn; may be swapped mid-run (default: one image)
     # Each thread sends at most one request per period: dense enough that a gap of a few ms in
     # serving fails a request, without starving the orchestrator under test of the 2 cores, and
-    # fewer traced requests for Triton 2.51's HTTP frontend, which can abort under tracing at
-    # full speed (README, "Shadow traffic").
+    # fewer traced requests in the shadow and drift tests (Triton 2.51 corrupts its heap under
+    # tracing at full speed now and then: README, "Shadow traffic").
     period_s: float = 0.01
     answers: list[tuple[float, int | None, str]] = field(default_factory=list)  # (time, version, error)
     _stop: threading.Event = field(default_factory=threading.Event)

@@ -54,6 +54,15 @@ def test_slow_candidate_fails_on_latency_ratio() -> None:
     assert verdict.outcome is Outcome.FAILED and verdict.metric == "latency_ratio"
 
 
+def test_a_ratio_within_the_slack_passes_and_a_negative_slack_is_refused() -> None:
+    fast = LatencySummary(500, 0.45, 0.4, 1.0)  # sub-millisecond: the ratio is the idle candidate waking up
+    assert shadow_gate(report(served_latency=fast, candidate_server_mean_ms=0.68), POLICY).passed
+    strict = replace(POLICY, latency_slack_ms=0.0)
+    assert shadow_gate(report(served_latency=fast, candidate_server_mean_ms=0.68), strict).metric == "latency_ratio"
+    with pytest.raises(ValueError, match="latency_slack_ms"):
+        ShadowPolicy(latency_slack_ms=-1.0)
+
+
 def test_failed_run_fails() -> None:
     verdict = shadow_gate(report(phase="failed", reason="candidate timed out"), POLICY)
     assert verdict.outcome is Outcome.FAILED and "timed out" in verdict.reason

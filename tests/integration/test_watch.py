@@ -63,9 +63,9 @@ def test_version_that_turns_bad_is_rolled_back_and_quarantined(stack: Stack, tmp
 def test_healthy_version_is_never_rolled_back_through_its_cold_start(stack: Stack, packages):
     assert stack.cli("import", str(packages[Variant.BETTER])).returncode == 0
     with watching(stack) as daemon, Traffic(stack.server.url, threads=2) as traffic:
-        time.sleep(1.5)
+        time.sleep(2.0)
         stack.orchestrator().promote(MODEL, 2)
-        time.sleep(5.0)  # past the grace period, several metric intervals and probe windows of v2
+        time.sleep(8.0)  # a sustained run: many grace periods, metric intervals and probe windows of v2
     assert watch_rollbacks(stack) == []
     assert stack.store().served() == 2
     assert traffic.failures() == []

@@ -16,6 +16,7 @@ import shutil
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -40,17 +41,17 @@ class Leg:
     crash: str = ""
 
 
-def _infer_once(protocol: str, server: EmbeddedTriton) -> tuple[object, object]:
-    """(client, a function sending one request) for ``protocol``."""
+def _connect(protocol: str, server: EmbeddedTriton) -> tuple[Callable[[], object], Callable[[], None]]:
+    """(send one request, close) on a new connection of ``protocol``."""
     image = golden_set()[0][:1]
     if protocol == "grpc":
         grpc = grpcclient.InferenceServerClient(f"127.0.0.1:{server.grpc_port}")
         tensor = grpcclient.InferInput("IMAGE", list(image.shape), "FP32")
         tensor.set_data_from_numpy(image)
         wanted = [grpcclient.InferRequestedOutput("LOGITS")]
-        return grpc, lambda: grpc.infer(MODEL, [tensor], outputs=wanted, client_timeout=10)
+        return lambda: grpc.infer(MODEL, [tensor], outputs=wanted, client_timeout=10), grpc.close
     http = Triton(server.url, timeout_s=10)
-    return http, lambda: http.infer(MODEL, {"IMAGE": image}, ["LOGITS"])
+    return lambda: http.infer(MODEL, {"IMAGE": image}, ["LOGITS"]), http.close
 
 
 def last_words(log: str) -> str:
@@ -69,25 +70,28 @@ def run_leg(leg: Leg, seconds: float, threads: int, rate: int) -> Leg:
     try:
         _, _, server = sample_stack(work)
         if leg.traced:
-            Triton(server.url).update_trace_settings(MODEL, tracing_settings(rate))
+            control = Triton(server.url)
+            control.update_trace_settings(MODEL, tracing_settings(rate))
+            control.close()
         stop, lock = threading.Event(), threading.Lock()
 
         def client() -> None:
-            connection, send = _infer_once(leg.protocol, server)
+            send, close = _connect(leg.protocol, server)
             while not stop.is_set():
                 started = time.perf_counter()
                 try:
-                    send()  # type: ignore[operator]
+                    send()
                     ok = True
                 except Exception:  # every failure is a figure
                     ok = False
                 with lock:
                     leg.requests += 1
                     leg.failures += not ok
-                    leg.latencies_ms.append((time.perf_counter() - started) * 1000.0)
+                    if ok:  # a refused request's time says nothing of serving
+                        leg.latencies_ms.append((time.perf_counter() - started) * 1000.0)
                 if not ok:
                     time.sleep(0.05)
-            connection.close()  # type: ignore[attr-defined]
+            close()
 
         def reader() -> None:
             folder = work / "triton" / "traces"

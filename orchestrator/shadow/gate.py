@@ -105,11 +105,13 @@ def shadow_gate(report: ShadowReport, policy: ShadowPolicy) -> GateVerdict:
             if failed and t.samples + t.shape_mismatches > 0:
                 return GateVerdict(Outcome.FAILED, f"tensor {name}: {metric}: {text}", name, metric)
     ratio = report.latency_ratio()
-    if (ratio is not None and ratio > policy.max_latency_ratio and report.compared >= policy.min_samples
-            and (report.candidate_server_mean_ms or 0.0) - report.served_latency.mean_ms > policy.latency_slack_ms):
+    slower_ms = (report.candidate_server_mean_ms or 0.0) - report.served_latency.mean_ms
+    if (ratio is not None and ratio > policy.max_latency_ratio and slower_ms > policy.latency_slack_ms
+            and report.compared >= policy.min_samples):
         return GateVerdict(Outcome.FAILED, f"latency_ratio: candidate {report.candidate_server_mean_ms:.2f} ms vs "
                                            f"served {report.served_latency.mean_ms:.2f} ms = {ratio:.2f} > "
-                                           f"{policy.max_latency_ratio:g}", None, "latency_ratio")
+                                           f"{policy.max_latency_ratio:g}, {slower_ms:.2f} ms slower (slack "
+                                           f"{policy.latency_slack_ms:g} ms)", None, "latency_ratio")
     if report.compared < policy.min_samples:
         return GateVerdict(Outcome.INCONCLUSIVE, f"{report.compared} requests compared, the policy needs "
                                                  f"{policy.min_samples}", None, "samples")

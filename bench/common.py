@@ -9,10 +9,12 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import tritonclient.grpc as grpcclient
 
 from orchestrator.embedded import EmbeddedTriton
 from orchestrator.sample import golden_set
@@ -35,30 +37,52 @@ class Clients:
     """Client threads inferring continuously, each on its own connection; every answer is kept.
 
     ``images`` (swappable mid-run) are sent one per request in turn; ``window`` tags answers
-    so alternating on/off windows can be compared.
+    so alternating on/off windows can be compared. Over HTTP (``url``) unless a gRPC
+    address (``host:port``) is given; ``failure_pause_s`` spaces a thread's retries after a
+    failed request (a dead server refuses at once).
     """
 
-    def __init__(self, url: str, threads: int, images: np.ndarray | None = None) -> None:
+    def __init__(self, url: str, threads: int, images: np.ndarray | None = None, grpc_address: str | None = None,
+                 failure_pause_s: float = 0.0) -> None:
         self.url, self.images, self.window = url, images, "warmup"
+        self.grpc_address, self.failure_pause_s = grpc_address, failure_pause_s
         self.answers: list[Answer] = []
         self.lock = threading.Lock()
         self.stop = threading.Event()
         self.workers = [threading.Thread(target=self._run, daemon=True) for _ in range(threads)]
 
+    def _connect(self) -> tuple[Callable[[np.ndarray], int], Callable[[], None]]:
+        """(send one image, answering the version that served it; close) on a new connection."""
+        if self.grpc_address is None:
+            http = Triton(self.url, timeout_s=10)
+            return lambda image: http.infer(MODEL, {"IMAGE": image}, ["LOGITS"]).version, http.close
+        grpc = grpcclient.InferenceServerClient(self.grpc_address)
+        wanted = [grpcclient.InferRequestedOutput("LOGITS")]
+
+        def send(image: np.ndarray) -> int:
+            tensor = grpcclient.InferInput("IMAGE", list(image.shape), "FP32")
+            tensor.set_data_from_numpy(image)
+            result = grpc.infer(MODEL, [tensor], outputs=wanted, client_timeout=10)
+            return int(result.get_response().model_version)
+
+        return send, grpc.close
+
     def _run(self) -> None:
-        client = Triton(self.url, timeout_s=10)
+        send, close = self._connect()
         default, turn = golden_set()[0][:1], 0
         while not self.stop.is_set():
             images = default if self.images is None else self.images
             image, turn = images[turn % len(images)][None], turn + 1
             window, sent, started = self.window, time.time(), time.perf_counter()
             try:
-                version: int | None = client.infer(MODEL, {"IMAGE": image}, ["LOGITS"]).version
+                version: int | None = send(image)
             except Exception:  # every failure is a figure
                 version = None
             with self.lock:
                 self.answers.append(Answer(sent, (time.perf_counter() - started) * 1000.0, version, window))
-        client.close()
+            if version is None and self.failure_pause_s:
+                time.sleep(self.failure_pause_s)
+        close()
 
     def since(self, moment: float) -> list[Answer]:
         with self.lock:

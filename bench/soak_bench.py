@@ -16,15 +16,10 @@ import shutil
 import tempfile
 import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import tritonclient.grpc as grpcclient
-
-from bench.common import MODEL, pct, sample_stack
-from orchestrator.embedded import EmbeddedTriton
-from orchestrator.sample import golden_set
+from bench.common import MODEL, Clients, pct, sample_stack
 from orchestrator.shadow.traces import tracing_settings
 from orchestrator.triton import Triton
 
@@ -39,19 +34,6 @@ class Leg:
     deaths: int = 0
     latencies_ms: list[float] = field(default_factory=list)
     crash: str = ""
-
-
-def _connect(protocol: str, server: EmbeddedTriton) -> tuple[Callable[[], object], Callable[[], None]]:
-    """(send one request, close) on a new connection of ``protocol``."""
-    image = golden_set()[0][:1]
-    if protocol == "grpc":
-        grpc = grpcclient.InferenceServerClient(f"127.0.0.1:{server.grpc_port}")
-        tensor = grpcclient.InferInput("IMAGE", list(image.shape), "FP32")
-        tensor.set_data_from_numpy(image)
-        wanted = [grpcclient.InferRequestedOutput("LOGITS")]
-        return lambda: grpc.infer(MODEL, [tensor], outputs=wanted, client_timeout=10), grpc.close
-    http = Triton(server.url, timeout_s=10)
-    return lambda: http.infer(MODEL, {"IMAGE": image}, ["LOGITS"]), http.close
 
 
 def last_words(log: str) -> str:
@@ -73,25 +55,7 @@ def run_leg(leg: Leg, seconds: float, threads: int, rate: int) -> Leg:
             control = Triton(server.url)
             control.update_trace_settings(MODEL, tracing_settings(rate))
             control.close()
-        stop, lock = threading.Event(), threading.Lock()
-
-        def client() -> None:
-            send, close = _connect(leg.protocol, server)
-            while not stop.is_set():
-                started = time.perf_counter()
-                try:
-                    send()
-                    ok = True
-                except Exception:  # every failure is a figure
-                    ok = False
-                with lock:
-                    leg.requests += 1
-                    leg.failures += not ok
-                    if ok:  # a refused request's time says nothing of serving
-                        leg.latencies_ms.append((time.perf_counter() - started) * 1000.0)
-                if not ok:
-                    time.sleep(0.05)
-            close()
+        stop = threading.Event()
 
         def reader() -> None:
             folder = work / "triton" / "traces"
@@ -105,16 +69,18 @@ def run_leg(leg: Leg, seconds: float, threads: int, rate: int) -> Leg:
                         pass
                 time.sleep(0.1)
 
-        workers = [threading.Thread(target=client, daemon=True) for _ in range(threads)]
-        workers.append(threading.Thread(target=reader, daemon=True))
-        for worker in workers:
-            worker.start()
-        deadline = time.monotonic() + seconds
-        while time.monotonic() < deadline and server.process.poll() is None:  # type: ignore[union-attr]
-            time.sleep(0.5)
+        grpc_address = f"127.0.0.1:{server.grpc_port}" if leg.protocol == "grpc" else None
+        tail = threading.Thread(target=reader, daemon=True)
+        tail.start()
+        with Clients(server.url, threads, grpc_address=grpc_address, failure_pause_s=0.05) as clients:
+            deadline = time.monotonic() + seconds
+            while time.monotonic() < deadline and server.process.poll() is None:  # type: ignore[union-attr]
+                time.sleep(0.5)
         stop.set()
-        for worker in workers:
-            worker.join(15)
+        tail.join(15)
+        leg.requests = len(clients.answers)
+        leg.failures = sum(1 for answer in clients.answers if answer.version is None)
+        leg.latencies_ms = [answer.ms for answer in clients.answers if answer.version is not None]
         if server.process.poll() is not None:  # type: ignore[union-attr]
             leg.deaths += 1
             leg.crash = last_words(server.log_tail(80)) or f"exit status {server.process.returncode}"  # type: ignore[union-attr]

@@ -172,8 +172,9 @@ class Traffic:
 
 
 # Triton 2.51 never finishes unloading a version whose python stub crashed (measured: still
-# UNLOADING after 60 s), so a command that waits for it waits its whole timeout. Tests with a
-# crashing stub wait this long instead of the usual 10 s; the product logs the hung unload and goes on.
+# UNLOADING after 60 s), so a command that waits for it waits its whole timeout. A test whose
+# candidate's stub crashes waits this long instead of the usual 10 s; the product logs the hung
+# unload and goes on (the watcher's own rollbacks wait 1 s at most).
 CRASHED_STUB_WAIT_S = 2.0
 
 

@@ -15,7 +15,7 @@ from orchestrator.meta import Verification, VersionStatus
 from orchestrator.sample import Variant, write_faulty_package
 from orchestrator.watch.daemon import Watch, serve_metrics
 
-from .conftest import CRASHED_STUB_WAIT_S, MODEL, Stack, Traffic
+from .conftest import MODEL, Stack, Traffic
 from .watchkit import TEST_WATCH, sample_value, set_watch_policy, wait_for, watch_rollbacks, watching
 
 pytestmark = pytest.mark.triton
@@ -33,8 +33,7 @@ pytestmark = pytest.mark.triton
 def test_version_that_turns_bad_is_rolled_back_and_quarantined(stack: Stack, tmp_path: Path, build_key, mode, rules):
     package = build_key.sign(write_faulty_package(tmp_path / f"faulty-{mode}", mode, after_requests=40))
     assert stack.cli("import", str(package)).returncode == 0
-    wait = {"unload_wait_s": CRASHED_STUB_WAIT_S} if mode == "crash" else {}
-    with watching(stack, **wait) as daemon, Traffic(stack.server.url, threads=2):
+    with watching(stack) as daemon, Traffic(stack.server.url, threads=2):
         if mode == "slow":  # the latency rule compares with what v1 did while it served
             assert wait_for(lambda: "1" in daemon.watchers[MODEL].latency_baselines, 15), "no v1 baseline"
         daemon_orch = stack.orchestrator()

@@ -30,11 +30,9 @@ def set_watch_policy(stack: Stack, watch: dict[str, Any]) -> None:
 
 
 @contextmanager
-def watching(stack: Stack, watch: dict[str, Any] | None = None, trace_dir: Path | None = None,
-             **settings: object) -> Iterator[Watch]:
+def watching(stack: Stack, watch: dict[str, Any] | None = None, trace_dir: Path | None = None) -> Iterator[Watch]:
     set_watch_policy(stack, TEST_WATCH if watch is None else watch)
-    daemon = Watch(stack.settings(**settings), None, stack.server.metrics_url, CollectorRegistry(),
-                   trace_dir=trace_dir)
+    daemon = Watch(stack.settings(), None, stack.server.metrics_url, CollectorRegistry(), trace_dir=trace_dir)
     stop = threading.Event()
     thread = threading.Thread(target=daemon.run, args=(stop,), daemon=True)
     thread.start()

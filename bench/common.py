@@ -16,9 +16,9 @@ from pathlib import Path
 import numpy as np
 import tritonclient.grpc as grpcclient
 
-from orchestrator.embedded import EmbeddedTriton
 from orchestrator.sample import golden_set
-from orchestrator.triton import Triton
+from orchestrator.triton.client import Triton
+from orchestrator.triton.embedded import EmbeddedTriton
 
 ROOT = Path(__file__).resolve().parent.parent
 MODEL = "classifier"

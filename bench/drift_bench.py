@@ -35,11 +35,11 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from bench.common import MODEL, Clients, measure, pct, row, sample_stack, start_watcher, stop_watcher
-from orchestrator.embedded import free_ports
-from orchestrator.operations import Orchestrator
+from orchestrator.delivery.signing import TrustPolicy
 from orchestrator.sample import sample_images, write_faulty_package
 from orchestrator.settings import Settings
-from orchestrator.signing import TrustPolicy
+from orchestrator.triton.embedded import free_ports
+from orchestrator.usecases.operations import Orchestrator
 
 FAST_DRIFT = {"severity": "rollback", "window": 20, "baseline_windows": 5, "for_checks": 2, "samples_per_s": 20}
 

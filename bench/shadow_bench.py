@@ -20,14 +20,14 @@ from pathlib import Path
 import numpy as np
 
 from bench.common import MODEL, Clients, sample_stack
-from orchestrator.operations import Orchestrator
+from orchestrator.daemons.shadow_worker import tracing_on
 from orchestrator.sample import Variant, write_sample_package
 from orchestrator.settings import Settings
-from orchestrator.shadow.session import DEFAULT_SAMPLE_RATE, start_shadow, stop_shadow
-from orchestrator.shadow.state import read_state
-from orchestrator.shadow.traces import TRACING_OFF
-from orchestrator.shadow.worker import tracing_on
-from orchestrator.triton import Triton
+from orchestrator.store.shadow_state import read_state
+from orchestrator.triton.client import Triton
+from orchestrator.triton.traces import TRACING_OFF
+from orchestrator.usecases.operations import Orchestrator
+from orchestrator.usecases.shadow import DEFAULT_SAMPLE_RATE, start_shadow, stop_shadow
 
 
 def main() -> None:

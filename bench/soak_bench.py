@@ -20,8 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from bench.common import MODEL, Clients, pct, sample_stack
-from orchestrator.shadow.traces import tracing_settings
-from orchestrator.triton import Triton
+from orchestrator.triton.client import Triton
+from orchestrator.triton.traces import tracing_settings
 
 
 @dataclass

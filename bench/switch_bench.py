@@ -26,14 +26,14 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from orchestrator.embedded import EmbeddedTriton  # noqa: E402
-from orchestrator.meta import Verification, VersionStatus  # noqa: E402
-from orchestrator.modelconfig import to_json  # noqa: E402
-from orchestrator.operations import Orchestrator  # noqa: E402
+from orchestrator.delivery.signing import TrustPolicy  # noqa: E402
 from orchestrator.sample import Variant, golden_set, write_sample_package  # noqa: E402
 from orchestrator.settings import Settings  # noqa: E402
-from orchestrator.signing import TrustPolicy  # noqa: E402
-from orchestrator.triton import Triton  # noqa: E402
+from orchestrator.store.metafile import Verification, VersionStatus  # noqa: E402
+from orchestrator.store.modelconfig import to_json  # noqa: E402
+from orchestrator.triton.client import Triton  # noqa: E402
+from orchestrator.triton.embedded import EmbeddedTriton  # noqa: E402
+from orchestrator.usecases.operations import Orchestrator  # noqa: E402
 
 MODEL = "classifier"
 

@@ -27,11 +27,11 @@ from datetime import datetime
 from pathlib import Path
 
 from bench.common import MODEL, Clients, measure, pct, row, sample_stack, start_watcher, stop_watcher
-from orchestrator.embedded import free_ports
-from orchestrator.operations import Orchestrator
+from orchestrator.delivery.signing import TrustPolicy
 from orchestrator.sample import write_faulty_package
 from orchestrator.settings import Settings
-from orchestrator.signing import TrustPolicy
+from orchestrator.triton.embedded import free_ports
+from orchestrator.usecases.operations import Orchestrator
 
 
 def wall(iso: str) -> float:

@@ -1,3 +1,3 @@
-from orchestrator.cli import entrypoint
+from orchestrator.cli.main import entrypoint
 
 entrypoint()

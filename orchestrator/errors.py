@@ -1,23 +1,36 @@
-"""Exceptions raised by the orchestrator.
+"""Every error the orchestrator raises on purpose, with the exit code the CLI gives it.
 
-Every error a user can act on derives from ``OrchestratorError``; the CLI turns
-it into one line and the exit code carried by its class.
+The CLI (``orchestrator/cli/main.py``) is the only place that turns these into one line on
+stderr and an exit code; foreign errors are translated where they arise (tritonclient in
+``triton/client.py``, the disk as ``WriteFailed``), so the CLI meets nothing else but a bug.
 
-    OrchestratorError
-    ├── UsageError              bad arguments, unknown model or version  (exit 2)
+    OrchestratorError                                                       (exit 1)
+    ├── UsageError              bad arguments, unknown model or version      (exit 2)
     │   ├── UnknownModel
     │   └── UnknownVersion
-    ├── PackageRejected         an import refused; nothing was filed     (exit 3)
-    ├── PolicyViolation         a rule forbids the requested switch      (exit 4)
-    ├── CandidateRejected       a candidate failed a check; serving kept (exit 5)
-    ├── RepositoryCorrupt       config.pbtxt / meta.yaml unreadable      (exit 6)
-    ├── Busy                    another command holds the model's lock   (exit 7)
-    └── TritonError             Triton answered with an error            (exit 8)
-        ├── TritonUnreachable   no answer from the URL                   (exit 9)
-        └── LoadFailed          Triton could not load a version          (exit 8)
+    ├── PackageRejected         an import refused; nothing was filed         (exit 3)
+    ├── PolicyViolation         a rule forbids the requested switch          (exit 4)
+    ├── CandidateRejected       a candidate failed a check; serving kept     (exit 5)
+    │   └── ShadowFailed        a shadow run failed its gate                 (exit 5)
+    ├── RepositoryCorrupt       config.pbtxt / meta.yaml / policy unreadable (exit 6)
+    ├── Busy                    another command holds the model's lock       (exit 7)
+    ├── TritonError             Triton answered with an error                (exit 8)
+    │   ├── TritonUnreachable   no answer from the URL                       (exit 9)
+    │   ├── TritonForbidden     the locked control API refused our key       (exit 8)
+    │   └── LoadFailed          Triton could not load a version              (exit 8)
+    ├── FetchFailed             a download did not arrive                    (exit 10)
+    ├── WriteFailed             the disk refused a write (full, read-only)   (exit 11)
+    ├── EngineBuildError        a TensorRT engine could not be built         (exit 12)
+    ├── EmbeddedTritonError     the embedded local Triton did not start      (exit 13)
+    └── Interrupted             Ctrl-C / SIGTERM during a command            (exit 130)
+
+An exception outside this tree is a bug: the CLI prints one line naming it and ``--verbose``
+(exit 70, EX_SOFTWARE), never a bare traceback.
 """
 
 from __future__ import annotations
+
+UNEXPECTED_EXIT = 70
 
 
 class OrchestratorError(Exception):
@@ -66,6 +79,16 @@ class CandidateRejected(OrchestratorError):
         self.reason = reason
 
 
+class ShadowFailed(CandidateRejected):
+    """The verdict was recorded; the command still fails so that scripts notice."""
+
+    def __init__(self, model: str, version: int, reason: str) -> None:
+        OrchestratorError.__init__(self, f"{model} v{version} failed its shadow run: {reason}")
+        self.model = model
+        self.version = version
+        self.reason = reason
+
+
 class RepositoryCorrupt(OrchestratorError):
     exit_code = 6
 
@@ -86,8 +109,64 @@ class TritonUnreachable(TritonError):
         self.url = url
 
 
+class TritonForbidden(TritonError):
+    """A locked model-repository API without the right key: a setup error, never the model's fault."""
+
+    def __init__(self, url: str, what: str, key_sent: bool) -> None:
+        have = "the admin key sent was refused" if key_sent else "no admin key was sent"
+        super().__init__(f"{what} refused by Triton at {url} (403): {have}; set ORCH_ADMIN_KEY or "
+                         f"ORCH_ADMIN_KEY_FILE to the key Triton was started with")
+        self.url = url
+
+
 class LoadFailed(TritonError):
     def __init__(self, model: str, reason: str) -> None:
         super().__init__(f"Triton could not load {model}: {reason}")
         self.model = model
         self.reason = reason
+
+
+class FetchFailed(OrchestratorError):
+    """The server could not be reached or did not deliver; what arrived is kept for the next try."""
+
+    exit_code = 10
+
+    def __init__(self, url: str, detail: str) -> None:
+        super().__init__(f"download of {url} failed: {detail}")
+        self.url = url
+        self.detail = detail
+
+
+class WriteFailed(OrchestratorError):
+    """An OSError from the disk, in words; nothing half-written is kept."""
+
+    exit_code = 11
+
+    def __init__(self, error: OSError) -> None:
+        where = f" ({error.filename})" if error.filename else ""
+        super().__init__(f"cannot write{where}: {error.strerror or error}; the next command repairs any "
+                         f"half-done step")
+        self.error = error
+
+
+class EngineBuildError(OrchestratorError):
+    exit_code = 12
+
+
+class EmbeddedTritonError(OrchestratorError):
+    exit_code = 13
+
+
+class Interrupted(OrchestratorError):
+    exit_code = 130
+
+    def __init__(self) -> None:
+        super().__init__("interrupted; the next command repairs any half-done step")
+
+
+# Every class above, for the test that keeps the exit codes distinct.
+ERROR_TYPES: tuple[type[OrchestratorError], ...] = (
+    OrchestratorError, UsageError, UnknownModel, UnknownVersion, PackageRejected, PolicyViolation,
+    CandidateRejected, ShadowFailed, RepositoryCorrupt, Busy, TritonError, TritonUnreachable, TritonForbidden,
+    LoadFailed, FetchFailed, WriteFailed, EngineBuildError, EmbeddedTritonError, Interrupted,
+)

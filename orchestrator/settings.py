@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from orchestrator.errors import UsageError
-from orchestrator.journal import default_actor
+from orchestrator.store.journal import default_actor
 
 ENV_REPOSITORY = "ORCH_REPOSITORY"
 ENV_URL = "ORCH_TRITON_URL"

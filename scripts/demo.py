@@ -20,8 +20,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from orchestrator.embedded import EmbeddedTriton  # noqa: E402
 from orchestrator.sample import Variant, write_sample_package  # noqa: E402
+from orchestrator.triton.embedded import EmbeddedTriton  # noqa: E402
 
 
 def orchestrate(env: dict[str, str], *args: str) -> None:

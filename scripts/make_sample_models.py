@@ -16,7 +16,6 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from orchestrator.meta import META_FILE, Verification, VersionStatus, read_meta, write_meta
 from orchestrator.sample import (
     CONFIG,
     MODEL,
@@ -26,6 +25,7 @@ from orchestrator.sample import (
     save_golden,
     write_sample_package,
 )
+from orchestrator.store.metafile import META_FILE, Verification, VersionStatus, read_meta, write_meta
 
 POLICY = """# Promotion policy for the sample classifier (see orchestrator/policy.py for every field).
 promotion:

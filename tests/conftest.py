@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from orchestrator.delivery.signing import generate_keypair, sign_package
 from orchestrator.sample import Variant, write_sample_package
-from orchestrator.signing import generate_keypair, sign_package
 
 ROOT = Path(__file__).resolve().parent.parent
 

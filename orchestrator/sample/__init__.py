@@ -21,9 +21,9 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from orchestrator.journal import now_iso
-from orchestrator.meta import Contract, TensorSpec, VersionMeta
-from orchestrator.package import write_package
+from orchestrator.delivery.package import write_package
+from orchestrator.store.journal import now_iso
+from orchestrator.store.metafile import Contract, TensorSpec, VersionMeta
 
 MODEL = "classifier"
 CLASSES = 10

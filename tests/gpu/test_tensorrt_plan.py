@@ -15,12 +15,13 @@ from typing import Any
 import numpy as np
 import pytest
 
-from orchestrator.engine import BuildRequest, EngineBuildError, Gpu, build_package, detect_gpu
-from orchestrator.meta import META_FILE, read_meta
-from orchestrator.modelconfig import parse_config
-from orchestrator.package import verify_package
-from orchestrator.plan_compat import PLAN_FILE, check_plan, parse_release, read_plan_header
+from orchestrator.build.engine import BuildRequest, Gpu, build_package, detect_gpu
+from orchestrator.delivery.package import verify_package
+from orchestrator.delivery.plan_compat import PLAN_FILE, check_plan, parse_release, read_plan_header
+from orchestrator.errors import EngineBuildError
 from orchestrator.sample import INPUT, OUTPUT, Variant, build_onnx, golden_set
+from orchestrator.store.metafile import META_FILE, read_meta
+from orchestrator.store.modelconfig import parse_config
 
 ROOT = Path(__file__).resolve().parents[2]
 JETSON_CONFIG = ROOT / "triton_configs" / "jetson" / "classifier" / "config.pbtxt"

@@ -19,12 +19,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from orchestrator.embedded import EmbeddedTriton
-from orchestrator.operations import Orchestrator
-from orchestrator.repository import ModelStore
 from orchestrator.sample import golden_set
 from orchestrator.settings import Settings
-from orchestrator.triton import Triton
+from orchestrator.store.repository import ModelStore
+from orchestrator.triton.client import Triton
+from orchestrator.triton.embedded import EmbeddedTriton
+from orchestrator.usecases.operations import Orchestrator
 
 ROOT = Path(__file__).resolve().parents[2]
 MODEL = "classifier"
@@ -83,7 +83,7 @@ class Stack:
         files = {}
         for base in (self.repository, self.state):
             for path in sorted(base.rglob("*")):
-                if path.is_file() and path.name != ".orchestrator.lock":
+                if path.is_file() and path.name != ".orchestrator.store.lock":
                     files[str(path.relative_to(self.tmp))] = path.read_bytes()
         return files
 

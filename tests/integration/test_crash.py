@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from orchestrator.meta import VersionStatus
-from orchestrator.repository import candidate_name
 from orchestrator.sample import Variant
+from orchestrator.store.metafile import VersionStatus
+from orchestrator.store.repository import candidate_name
 
 from .conftest import MODEL, Stack
 
@@ -85,7 +85,7 @@ def test_rollback_killed_after_the_switch_is_completed(stack: Stack, packages, p
 
 
 def test_second_command_on_a_busy_model_refuses_clearly(stack: Stack):
-    from orchestrator.lock import model_lock  # noqa: PLC0415
+    from orchestrator.store.lock import model_lock  # noqa: PLC0415
 
     with model_lock(stack.store().state, MODEL, timeout_s=1):
         result = stack.cli("--lock-timeout", "0.5", "rollback")

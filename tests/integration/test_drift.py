@@ -14,12 +14,12 @@ from typing import Any
 import numpy as np
 import pytest
 
-from orchestrator.embedded import free_ports
-from orchestrator.meta import VersionStatus
+from orchestrator.daemons.sampler import ProductionSampler
+from orchestrator.daemons.watcher import DRIFT_BASELINE_FILE
 from orchestrator.sample import sample_images, write_faulty_package
-from orchestrator.shadow.session import start_shadow, stop_shadow
-from orchestrator.watch.production import ProductionSampler
-from orchestrator.watch.watcher import DRIFT_BASELINE_FILE
+from orchestrator.store.metafile import VersionStatus
+from orchestrator.triton.embedded import free_ports
+from orchestrator.usecases.shadow import start_shadow, stop_shadow
 
 from .conftest import MODEL, Stack, Traffic
 from .watchkit import TEST_WATCH, sample_value, set_watch_policy, wait_for, watch_rollbacks, watching

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.meta import VersionStatus
-from orchestrator.repository import candidate_name
 from orchestrator.sample import Variant, write_faulty_package
+from orchestrator.store.metafile import VersionStatus
+from orchestrator.store.repository import candidate_name
 
 from .conftest import MODEL, ROOT, Stack
 

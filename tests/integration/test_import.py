@@ -8,15 +8,15 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.meta import META_FILE, VersionStatus, read_meta
-from orchestrator.sample import Variant
-from orchestrator.signing import (
+from orchestrator.delivery.signing import (
     SIGNATURE_FILE,
     _signature_document,
     generate_keypair,
     load_private_key,
     sign_package,
 )
+from orchestrator.sample import Variant
+from orchestrator.store.metafile import META_FILE, VersionStatus, read_meta
 
 from .conftest import Stack, stub_pids
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from orchestrator.meta import VersionStatus
-from orchestrator.repository import candidate_name
 from orchestrator.sample import Variant
+from orchestrator.store.metafile import VersionStatus
+from orchestrator.store.repository import candidate_name
 
 from .conftest import Stack, stub_pids
 
@@ -78,7 +78,7 @@ def test_bad_candidate_is_refused_and_old_version_keeps_serving(stack: Stack, pa
 
 def test_quarantined_version_needs_force(stack: Stack, packages):
     _import(stack, packages[Variant.BETTER])
-    from orchestrator.meta import Verification  # noqa: PLC0415
+    from orchestrator.store.metafile import Verification  # noqa: PLC0415
 
     stack.store().set_verification(2, Verification(status=VersionStatus.QUARANTINED, reason="NaN in production"))
     refused = stack.cli("promote", "v2")

@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from orchestrator.meta import VersionStatus
 from orchestrator.sample import Variant
+from orchestrator.store.metafile import VersionStatus
 
 from .conftest import Stack, stub_pids
 

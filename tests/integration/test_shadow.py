@@ -15,13 +15,13 @@ from pathlib import Path
 import pytest
 from prometheus_client import CollectorRegistry
 
-from orchestrator.embedded import EmbeddedTriton
+from orchestrator.core.shadow_gate import META_KEY, ShadowPolicy, require_passed_shadow
+from orchestrator.daemons.shadow_worker import ShadowWorker
 from orchestrator.errors import PolicyViolation
 from orchestrator.sample import Variant, write_faulty_package
-from orchestrator.shadow.gate import META_KEY, ShadowPolicy, require_passed_shadow
-from orchestrator.shadow.session import start_shadow, stop_shadow
-from orchestrator.shadow.state import active_shadow, read_state
-from orchestrator.shadow.worker import ShadowWorker
+from orchestrator.store.shadow_state import active_shadow, read_state
+from orchestrator.triton.embedded import EmbeddedTriton
+from orchestrator.usecases.shadow import start_shadow, stop_shadow
 from tests.integration.conftest import CRASHED_STUB_WAIT_S, MODEL, ROOT, Stack, Traffic
 
 pytestmark = pytest.mark.triton

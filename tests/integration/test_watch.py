@@ -10,10 +10,10 @@ import requests
 from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
-from orchestrator.embedded import free_ports
-from orchestrator.meta import Verification, VersionStatus
+from orchestrator.daemons.watch import Watch, serve_metrics
 from orchestrator.sample import Variant, write_faulty_package
-from orchestrator.watch.daemon import Watch, serve_metrics
+from orchestrator.store.metafile import Verification, VersionStatus
+from orchestrator.triton.embedded import free_ports
 
 from .conftest import MODEL, Stack, Traffic
 from .watchkit import TEST_WATCH, sample_value, set_watch_policy, wait_for, watch_rollbacks, watching

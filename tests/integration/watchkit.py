@@ -12,8 +12,8 @@ from typing import Any
 import yaml
 from prometheus_client import CollectorRegistry
 
-from orchestrator.journal import Record
-from orchestrator.watch.daemon import Watch
+from orchestrator.daemons.watch import Watch
+from orchestrator.store.journal import Record
 
 from .conftest import MODEL, Stack
 

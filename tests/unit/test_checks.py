@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
-from orchestrator.checks import compare_scores, output_problems, sanity, top1_accuracy
-from orchestrator.policy import PromotionPolicy
+from orchestrator.core.checks import compare_scores, output_problems, sanity, top1_accuracy
+from orchestrator.core.policy import PromotionPolicy
 
 
 def test_healthy_outputs_pass():

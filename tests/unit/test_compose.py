@@ -29,9 +29,9 @@ import yaml
 from prometheus_client import CollectorRegistry
 
 from orchestrator import settings
-from orchestrator.embedded import EmbeddedTriton, free_ports, server_args
-from orchestrator.shadow.metrics import ShadowMetrics
-from orchestrator.watch.exporter import WatchMetrics
+from orchestrator.daemons.exporter import WatchMetrics
+from orchestrator.daemons.shadow_metrics import ShadowMetrics
+from orchestrator.triton.embedded import EmbeddedTriton, free_ports, server_args
 
 
 def exported_metric_names() -> set[str]:

@@ -21,10 +21,10 @@ import requests
 import typer
 from typer.testing import CliRunner
 
-from orchestrator.cli import State
-from orchestrator.cli_trust import register
-from orchestrator.errors import PackageRejected, UsageError
-from orchestrator.fetch import FetchFailed, fetch, scan_inbox, settle
+from orchestrator.cli.main import State
+from orchestrator.cli.trust import register
+from orchestrator.delivery.fetch import fetch, scan_inbox, settle
+from orchestrator.errors import FetchFailed, PackageRejected, UsageError
 from orchestrator.sample import Variant, write_sample_package
 
 PAYLOAD = os.urandom(300_000)

@@ -1,4 +1,4 @@
-from orchestrator.journal import STARTED, SUCCEEDED, Journal, Record
+from orchestrator.store.journal import STARTED, SUCCEEDED, Journal, Record
 
 
 def test_records_round_trip_and_unfinished_operation(tmp_path):

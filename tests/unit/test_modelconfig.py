@@ -1,6 +1,6 @@
 import pytest
 
-from orchestrator.modelconfig import (
+from orchestrator.store.modelconfig import (
     ConfigError,
     VersionPolicy,
     contract,

@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 
+from orchestrator.delivery.package import unpacked, verify_package
 from orchestrator.errors import PackageRejected
-from orchestrator.meta import META_FILE, read_meta
-from orchestrator.modelconfig import parse_config
-from orchestrator.package import unpacked, verify_package
 from orchestrator.sample import CONFIG, Variant, write_sample_package
+from orchestrator.store.metafile import META_FILE, read_meta
+from orchestrator.store.modelconfig import parse_config
 
 MODEL_CONFIG = parse_config(CONFIG)
 

@@ -1,5 +1,5 @@
-from orchestrator.meta import VersionStatus
-from orchestrator.plan import fallback_order, plan_switch
+from orchestrator.core.switch import fallback_order, plan_switch
+from orchestrator.store.metafile import VersionStatus
 
 V, R, F, Q = VersionStatus.VERIFIED, VersionStatus.ROLLED_BACK, VersionStatus.FAILED, VersionStatus.QUARANTINED
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.engine import (
+from orchestrator.build.engine import (
     BuildRequest,
     BuiltPlan,
     EngineBuildError,
@@ -25,10 +25,8 @@ from orchestrator.engine import (
     shape_ranges,
     version_meta,
 )
-from orchestrator.meta import META_FILE, VersionMeta, parse_meta, read_meta, render_meta
-from orchestrator.modelconfig import ModelConfig, parse_config
-from orchestrator.package import verify_package, write_package
-from orchestrator.plan_compat import (
+from orchestrator.delivery.package import verify_package, write_package
+from orchestrator.delivery.plan_compat import (
     PLAN_FILE,
     PlanHeaderError,
     check_plan,
@@ -36,6 +34,8 @@ from orchestrator.plan_compat import (
     read_header,
     same_release,
 )
+from orchestrator.store.metafile import META_FILE, VersionMeta, parse_meta, read_meta, render_meta
+from orchestrator.store.modelconfig import ModelConfig, parse_config
 
 ROOT = Path(__file__).resolve().parents[2]
 JETSON_CONFIG = ROOT / "triton_configs" / "jetson" / "classifier" / "config.pbtxt"
@@ -245,9 +245,9 @@ def test_build_engine_without_tensorrt_fails_in_one_line(tmp_path: Path) -> None
 # --- wired into import and promote (no GPU: the plan is synthetic, Triton is never asked) ----
 
 def _jetson_orchestrator(tmp_path: Path, trt: str, cc: str):  # type: ignore[no-untyped-def]
-    from orchestrator.operations import Orchestrator  # noqa: PLC0415
+    from orchestrator.delivery.signing import TrustPolicy  # noqa: PLC0415
     from orchestrator.settings import Settings  # noqa: PLC0415
-    from orchestrator.signing import TrustPolicy  # noqa: PLC0415
+    from orchestrator.usecases.operations import Orchestrator  # noqa: PLC0415
 
     repository = tmp_path / "model_repository"
     if not repository.exists():

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
+from orchestrator.core.shadow_gate import Outcome, ShadowPolicy, load_shadow_policy, shadow_gate
+from orchestrator.core.shadow_stats import LatencySummary, ShadowReport, TensorSummary
 from orchestrator.errors import RepositoryCorrupt
-from orchestrator.shadow.gate import Outcome, ShadowPolicy, load_shadow_policy, shadow_gate
-from orchestrator.shadow.stats import LatencySummary, ShadowReport, TensorSummary
 
 GOOD = TensorSummary(samples=500, mean_abs_diff=1e-6, max_abs_diff=1e-5, mean_cosine=1.0, min_cosine=1.0,
                      top1_agreement=1.0)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from orchestrator.shadow.stats import LatencyWindow, ShadowReport, TensorAccumulator
+from orchestrator.core.shadow_stats import LatencyWindow, ShadowReport, TensorAccumulator
 
 
 def test_identical_outputs_show_no_divergence() -> None:

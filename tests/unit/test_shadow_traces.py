@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from orchestrator.shadow.state import ShadowConfig, ShadowState, observed
-from orchestrator.shadow.traces import Taken, TraceTail, UnsupportedTrace, model_of, parse_trace, trace_files
+from orchestrator.store.shadow_state import ShadowConfig, ShadowState, observed
+from orchestrator.triton.traces import Taken, TraceTail, UnsupportedTrace, model_of, parse_trace, trace_files
 
 
 def trace(model: str = "classifier", dtype: str = "FP32") -> list[dict[str, object]]:

@@ -14,13 +14,9 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from orchestrator.cli_trust import register
-from orchestrator.errors import PackageRejected, UsageError
-from orchestrator.meta import META_FILE, parse_meta
-from orchestrator.modelconfig import parse_config
-from orchestrator.package import unpacked, verify_package
-from orchestrator.sample import CONFIG, Variant, write_sample_package
-from orchestrator.signing import (
+from orchestrator.cli.trust import register
+from orchestrator.delivery.package import unpacked, verify_package
+from orchestrator.delivery.signing import (
     SIGNATURE_FILE,
     SIGNED_BY,
     TrustPolicy,
@@ -30,6 +26,10 @@ from orchestrator.signing import (
     sign_package,
     verify_signature,
 )
+from orchestrator.errors import PackageRejected, UsageError
+from orchestrator.sample import CONFIG, Variant, write_sample_package
+from orchestrator.store.metafile import META_FILE, parse_meta
+from orchestrator.store.modelconfig import parse_config
 
 MODEL_CONFIG = parse_config(CONFIG)
 
@@ -190,7 +190,7 @@ def test_trust_policy_refuses_unsigned_by_default(package: Path, keys: tuple[Pat
 def test_allow_unsigned_warns_every_time_and_still_refuses_bad_signatures(
         package: Path, keys: tuple[Path, Path, str], tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     policy = TrustPolicy(keys[1], allow_unsigned=True)
-    with caplog.at_level(logging.WARNING, logger="orchestrator.signing"):
+    with caplog.at_level(logging.WARNING, logger="orchestrator.delivery.signing"):
         assert policy.check(package, "pkg-a") is None
         assert policy.check(package, "pkg-b") is None
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]

@@ -2,8 +2,8 @@
 
 from pathlib import Path
 
-from orchestrator.embedded import server_args
-from orchestrator.modelconfig import contract, parse_config, primary_file, version_policy
+from orchestrator.store.modelconfig import contract, parse_config, primary_file, version_policy
+from orchestrator.triton.embedded import server_args
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -1,8 +1,8 @@
 import pytest
 
+from orchestrator.core.versions import is_version_folder, parse_version
 from orchestrator.errors import UsageError
 from orchestrator.settings import Settings
-from orchestrator.versions import is_version_folder, parse_version
 
 
 @pytest.mark.parametrize(("text", "version"), [("v4", 4), ("4", 4), ("V12", 12), (" 7 ", 7)])

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from orchestrator.watch.drift import (
+from orchestrator.core.drift import (
     Baseline,
     WindowAccumulator,
     baseline_key,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from orchestrator.watch.production import MIN_TRACE_RATE, lease_count, needs_rearm, trace_rate
+from orchestrator.daemons.sampler import MIN_TRACE_RATE, lease_count, needs_rearm, trace_rate
 
 
 def test_rate_follows_the_traffic_for_the_sample_budget() -> None:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from orchestrator.watch.drift import Baseline, DriftWindow
-from orchestrator.watch.rules import (
+from orchestrator.core.drift import Baseline, DriftWindow
+from orchestrator.core.rules import (
     Drift,
     Finding,
     Observation,

@@ -1,4 +1,4 @@
-from orchestrator.watch.triton_metrics import delta, parse
+from orchestrator.triton.metrics import delta, parse
 
 BEFORE = """# HELP nv_inference_request_success Number of successful inference requests
 # TYPE nv_inference_request_success counter

@@ -1,0 +1,132 @@
+"""``orchestrate shadow start|status|report|stop``: compare a candidate with production on live traffic.
+
+Added to the main application by ``register(app)`` (``cli.py`` calls it), like ``cli_trust``.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from orchestrator.core.shadow_gate import load_shadow_policy, shadow_gate
+from orchestrator.core.shadow_stats import ShadowReport
+from orchestrator.store.shadow_state import ShadowState
+from orchestrator.usecases.shadow import DEFAULT_SAMPLE_RATE, shadow_status, start_shadow, stop_shadow
+
+shadow_app = typer.Typer(no_args_is_help=True, help="Replay sampled production requests to a candidate version.")
+
+
+def _orch(ctx: typer.Context):  # type: ignore[no-untyped-def]
+    from orchestrator.cli.main import _orch as orch  # noqa: PLC0415 - cli.py imports this module
+
+    return orch(ctx)
+
+
+def _run(fn):  # type: ignore[no-untyped-def]
+    from orchestrator.cli.main import run  # noqa: PLC0415 - cli.py imports this module
+
+    return run(fn)
+
+
+@shadow_app.command("start")
+def start(ctx: typer.Context, model: str, version: str,
+          sample_rate: Annotated[float, typer.Option(help="Share of production requests replayed")]
+          = DEFAULT_SAMPLE_RATE,
+          min_samples: Annotated[int | None, typer.Option(help="Compared requests needed for a verdict "
+                                                          "[default: the policy's shadow.min_samples]")] = None,
+          trace_dir: Annotated[Path | None, typer.Option(help="Where Triton's trace files appear on this machine "
+                                                         "[default: the server's trace file folder]")] = None,
+          replay_timeout: Annotated[float, typer.Option(help="Seconds the candidate may take per request")] = 2.0,
+          queue_size: Annotated[int, typer.Option(help="Samples waiting for the candidate before drops")] = 64,
+          metrics_port: Annotated[int | None, typer.Option(help="Serve the run's Prometheus metrics here")] = None,
+          ) -> None:
+    """Load VERSION as <model>__candidate and start replaying sampled production requests to it."""
+    from orchestrator.core.versions import label, parse_version  # noqa: PLC0415
+
+    number = _run(lambda: parse_version(version))
+    orch = _orch(ctx)
+    _run(lambda: start_shadow(orch, model, number, sample_rate, min_samples, trace_dir,
+                              replay_timeout_s=replay_timeout, queue_size=queue_size, metrics_port=metrics_port))
+    typer.echo(f"{model}: shadowing {label(number)} at sample rate {sample_rate:g}; "
+               f"`orchestrate shadow stop {model}` ends it")
+
+
+@shadow_app.command("status")
+def status(ctx: typer.Context, model: str, as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """Phase of the model's shadow run, and how many requests were compared or dropped."""
+    state = _run(lambda: shadow_status(_orch(ctx), model))
+    report = state.shadow_report()
+    if as_json:
+        typer.echo(json.dumps({"model": model, "version": state.config.version, "phase": state.phase,
+                               "reason": state.reason, "pid": state.pid, "compared": report.compared,
+                               "dropped": report.dropped, "candidate_errors": report.candidate_errors}, indent=2))
+        return
+    line = (f"{model}: shadow of v{state.config.version} {state.phase}; {report.compared} compared, "
+            f"{report.dropped} dropped, {report.candidate_errors} candidate errors")
+    typer.echo(line + (f"; {state.reason}" if state.reason else ""))
+    if state.phase == "failed":
+        raise typer.Exit(5)
+
+
+@shadow_app.command("report")
+def report_(ctx: typer.Context, model: str, as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """Divergence per output tensor, latency side by side, and the gate's verdict under the policy."""
+    orch = _orch(ctx)
+    state = _run(lambda: shadow_status(orch, model))
+    report = state.shadow_report()
+    policy = _run(lambda: load_shadow_policy(orch.repository.model(model).state))
+    if state.config.min_samples is not None:
+        from dataclasses import replace  # noqa: PLC0415
+
+        policy = replace(policy, min_samples=state.config.min_samples)
+    verdict = shadow_gate(report, policy)
+    if as_json:
+        typer.echo(json.dumps({**report.to_dict(), "phase": state.phase, "latency_ratio": report.latency_ratio(),
+                               "verdict": {"outcome": verdict.outcome.value, "reason": verdict.reason,
+                                           "tensor": verdict.tensor, "metric": verdict.metric}}, indent=2))
+        return
+    typer.echo(render_report(state, report))
+    typer.echo(f"verdict: {verdict.outcome.value}: {verdict.reason}")
+
+
+def render_report(state: ShadowState, report: ShadowReport) -> str:
+    lines = [f"{report.model} v{report.version}: {state.phase}; {report.compared} compared of {report.sampled} "
+             f"sampled, {report.dropped} dropped, {report.candidate_errors} candidate errors, queue peak "
+             f"{report.queue_high_water}"]
+    header = f"{'tensor':<16}{'rows':>8}{'mean|d|':>11}{'max|d|':>11}{'rel':>10}{'cosine':>9}{'top1':>7}{'NaN/Inf':>9}"
+    lines.append(header)
+    for name, t in sorted(report.tensors.items()):
+        top1 = "-" if t.top1_agreement is None else f"{t.top1_agreement:.3f}"
+        lines.append(f"{name:<16}{t.samples:>8}{t.mean_abs_diff:>11.3g}{t.max_abs_diff:>11.3g}{t.mean_rel_diff:>10.3g}"
+                     f"{t.mean_cosine:>9.4f}{top1:>7}{t.candidate_nan + t.candidate_inf:>9}")
+    served, cand = report.served_latency, report.candidate_latency
+    ratio = report.latency_ratio()
+    lines.append(f"latency ms   served p50 {served.p50_ms:.2f} p99 {served.p99_ms:.2f} mean {served.mean_ms:.2f} | "
+                 f"candidate replay p50 {cand.p50_ms:.2f} p99 {cand.p99_ms:.2f}, in Triton mean "
+                 f"{report.candidate_server_mean_ms or 0:.2f} | ratio {'-' if ratio is None else f'{ratio:.2f}'}")
+    return "\n".join(lines)
+
+
+@shadow_app.command("stop")
+def stop(ctx: typer.Context, model: str, as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """Stop the worker, turn tracing off, unload the candidate, record the verdict."""
+    result = _run(lambda: stop_shadow(_orch(ctx), model))
+    v = result.verdict
+    if as_json:
+        typer.echo(json.dumps({"model": model, "version": result.state.config.version, "outcome": v.outcome.value,
+                               "reason": v.reason, "tensor": v.tensor, "metric": v.metric,
+                               "meta_written": result.meta_written, "report": result.report.to_dict()}, indent=2))
+    else:
+        typer.echo(render_report(result.state, result.report))
+        typer.echo(f"verdict: {v.outcome.value}: {v.reason}" + ("" if result.meta_written else
+                   " (not written to meta.yaml: the version is loaded in production)"))
+    if not v.passed:
+        raise typer.Exit(5)
+
+
+def register(app: typer.Typer) -> None:
+    """Add the ``shadow`` command group to ``app``."""
+    app.add_typer(shadow_app, name="shadow")

@@ -1,0 +1,106 @@
+"""``orchestrate keygen``, ``sign`` and ``fetch``: the commands around package trust and delivery.
+
+Added to the main application by ``register(app)``; ``orchestrator.cli.main`` is imported only
+when a command runs, because ``cli.py`` is the module that calls ``register``.
+
+``sign`` takes a package folder or a ``.tar.gz``; an archive is rewritten in place with
+``meta.yaml.sig`` added beside its ``meta.yaml`` (the other members unchanged).
+``fetch`` downloads into ``<state_dir>/downloads/`` (a dropped transfer resumes on the next
+``fetch`` of the same URL), imports the file, and deletes it once it is filed or refused.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from orchestrator.delivery.fetch import DEFAULT_TIMEOUT_S, MAX_DOWNLOAD_BYTES, fetch
+from orchestrator.delivery.signing import (
+    ENV_TRUSTED_KEYS,
+    PRIVATE_SUFFIX,
+    PUBLIC_SUFFIX,
+    generate_keypair,
+    sign_archive,
+    sign_package,
+)
+from orchestrator.errors import PackageRejected, UsageError
+from orchestrator.usecases.operations import ImportResult
+
+DOWNLOADS = "downloads"
+
+
+def keygen(out: Annotated[Path, typer.Option("--out", help="Folder for NAME.key and NAME.pub")],
+           name: Annotated[str, typer.Option("--name", help="File name of the key pair")] = "signing") -> None:
+    """Create an Ed25519 signing key pair (NAME.key stays on the build machine, NAME.pub goes to devices)."""
+    from orchestrator.cli.main import run  # noqa: PLC0415 - cli.py imports this module
+
+    def create() -> str:
+        if not name or "/" in name or name.startswith("."):
+            raise UsageError(f"--name {name!r} must be a plain file name")
+        out.mkdir(parents=True, exist_ok=True)
+        return generate_keypair(out / (name + PRIVATE_SUFFIX), out / (name + PUBLIC_SUFFIX))
+
+    key = run(create)
+    typer.echo(f"key {key}: private {out / (name + PRIVATE_SUFFIX)} (keep it secret), public "
+               f"{out / (name + PUBLIC_SUFFIX)}")
+    typer.echo(f"trust it on a device: copy {name + PUBLIC_SUFFIX} into its trusted keys folder "
+               f"({ENV_TRUSTED_KEYS}, default <state_dir>/trusted_keys)", err=True)
+
+
+def sign(package: Annotated[Path, typer.Argument(help="Package folder or .tar.gz")],
+         key: Annotated[Path, typer.Option("--key", help="Private key file written by `orchestrate keygen`")]) -> None:
+    """Sign a package's meta.yaml (writes meta.yaml.sig; an archive is rewritten with it)."""
+    from orchestrator.cli.main import run  # noqa: PLC0415 - cli.py imports this module
+
+    def signed() -> str:
+        if package.is_dir():
+            return sign_package(package, key)
+        if package.is_file():
+            return sign_archive(package, key)
+        raise UsageError(f"{package} is not a package folder or archive")
+
+    typer.echo(f"{package}: signed by key {run(signed)}")
+
+
+def fetch_(ctx: typer.Context, url: Annotated[str, typer.Argument(help="http(s) URL of a package .tar.gz")],
+           sha256: Annotated[str | None, typer.Option("--sha256", help="Expected sha256 of the file "
+                                                      "[default: URL.sha256 when the server has one]")] = None,
+           timeout: Annotated[float, typer.Option(help="Seconds to wait to connect and for each piece of data")]
+           = DEFAULT_TIMEOUT_S,
+           max_bytes: Annotated[int, typer.Option(help="Refuse a file larger than this")] = MAX_DOWNLOAD_BYTES,
+           as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """Download a package (resuming an interrupted download), check its sha256, and import it."""
+    from orchestrator.cli.main import _orch, run  # noqa: PLC0415 - cli.py imports this module
+    from orchestrator.core.versions import label  # noqa: PLC0415 - kept beside its only user
+
+    orch = _orch(ctx)
+    assert orch.settings.state_dir is not None  # Settings fills it in
+    downloads = orch.settings.state_dir / DOWNLOADS
+    path = run(lambda: fetch(url, downloads, sha256, timeout, max_bytes))
+
+    def file_it() -> ImportResult:
+        try:
+            result = orch.import_package(path)
+        except PackageRejected:
+            path.unlink(missing_ok=True)  # refused for good (and journaled): keep no copy around
+            raise
+        path.unlink(missing_ok=True)  # filed: the repository holds the artifacts now
+        return result
+
+    result = run(file_it)
+    if as_json:
+        typer.echo(json.dumps({"model": result.model, "version": result.version, "artifacts": result.artifacts,
+                               "url": url}, indent=2))
+    else:
+        typer.echo(f"{result.model}: filed {label(result.version)} from {url} "
+                   f"({len(result.artifacts)} artifacts verified)")
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``keygen``, ``sign`` and ``fetch`` to ``app``."""
+    app.command("keygen")(keygen)
+    app.command("sign")(sign)
+    app.command("fetch")(fetch_)

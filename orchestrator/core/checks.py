@@ -1,0 +1,69 @@
+"""Pure judgements on a candidate's outputs: no server, no files.
+
+A check returns a ``Verdict``; a failed check is a value, not an exception.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+if TYPE_CHECKING:  # policy.py imports the watch rules, which import this module
+    from orchestrator.core.policy import PromotionPolicy
+
+
+@dataclass(frozen=True)
+class Verdict:
+    passed: bool
+    reason: str = ""
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+def output_problems(name: str, values: np.ndarray, bound: float) -> list[str]:
+    """What is wrong with one output tensor: NaN, Inf, all zeros, values beyond ``bound``."""
+    problems = []
+    if values.dtype.kind not in "fiu":
+        return problems
+    as_float = values.astype(np.float64, copy=False)
+    nan = int(np.isnan(as_float).sum())
+    inf = int(np.isinf(as_float).sum())
+    if nan:
+        problems.append(f"{name} has {nan} NaN of {values.size}")
+    if inf:
+        problems.append(f"{name} has {inf} Inf of {values.size}")
+    finite = as_float[np.isfinite(as_float)]
+    if values.size and not np.any(as_float):
+        problems.append(f"{name} is all zeros")
+    elif finite.size and float(np.abs(finite).max()) > bound:
+        problems.append(f"{name} explodes: max |x| {float(np.abs(finite).max()):.3g} > bound {bound:.3g}")
+    return problems
+
+
+def sanity(outputs: dict[str, np.ndarray], bound: float) -> Verdict:
+    problems = [p for name, values in sorted(outputs.items()) for p in output_problems(name, values, bound)]
+    return Verdict(not problems, "; ".join(problems))
+
+
+def top1_accuracy(logits: np.ndarray, labels: np.ndarray) -> float:
+    if logits.shape[0] != labels.shape[0]:
+        raise ValueError(f"{logits.shape[0]} outputs for {labels.shape[0]} labels")
+    return float((np.argmax(logits.reshape(len(labels), -1), axis=1) == labels).mean())
+
+
+def compare_scores(candidate: float, served: float | None, policy: PromotionPolicy) -> Verdict:
+    """Golden-set accuracy of the candidate against the served version and the policy floor."""
+    metrics = {"accuracy": candidate}
+    if served is not None:
+        metrics["served_accuracy"] = served
+    if candidate < policy.min_score:
+        return Verdict(False, f"golden accuracy {candidate:.3f} below the minimum {policy.min_score:.3f}", metrics)
+    if served is not None and candidate < served - policy.max_score_drop - 1e-9:
+        return Verdict(
+            False,
+            f"golden accuracy {candidate:.3f} is worse than the served version's {served:.3f} "
+            f"(allowed drop {policy.max_score_drop:.3f})",
+            metrics,
+        )
+    return Verdict(True, "", metrics)

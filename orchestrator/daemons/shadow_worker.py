@@ -1,0 +1,268 @@
+"""The shadow worker: tail the production model's trace files, replay to the candidate, compare.
+
+Three threads with one bounded queue between reading and replaying:
+
+    tail     lists new trace files of the model, parses them, deletes them; when the queue
+             is full a sample is dropped (and counted) instead of waiting, so the worker never
+             lets trace files or memory pile up and never slows production
+    replay   sends one sample at a time to ``<model>__candidate`` with a short timeout; a
+             candidate that errs, hangs or crashes ``max_consecutive_errors`` times in a row
+             ends the run as failed
+    beat     publishes metrics and writes the state file about twice a second
+
+Production never waits on any of this: Triton writes the traces after answering.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+
+from prometheus_client import CollectorRegistry
+
+from orchestrator.core.shadow_stats import LatencyWindow, ShadowReport, TensorAccumulator
+from orchestrator.daemons.shadow_metrics import ShadowMetrics
+from orchestrator.errors import OrchestratorError, TritonError
+from orchestrator.store.repository import candidate_name
+from orchestrator.store.shadow_state import ShadowConfig, ShadowState, read_state, write_state
+from orchestrator.triton.client import Triton
+from orchestrator.triton.traces import TRACING_OFF, Taken, TraceSample, TraceTail, tracing_settings
+
+log = logging.getLogger(__name__)
+
+TAIL_INTERVAL_S = 0.02
+BEAT_INTERVAL_S = 0.5
+
+
+def tracing_on(config: ShadowConfig) -> dict[str, object]:
+    """Trace settings for the production model: every 1/rate-th request, one file per request."""
+    return tracing_settings(max(1, round(1 / config.sample_rate)))
+
+
+class ShadowWorker:
+    def __init__(self, config: ShadowConfig, state_folder: Path | None = None,
+                 registry: CollectorRegistry | None = None, admin_key: str | None = None,
+                 triton_factory: Callable[..., Triton] = Triton) -> None:
+        self.config = config
+        self.state_folder = state_folder
+        self.metrics = ShadowMetrics(registry or CollectorRegistry())
+        self._triton = triton_factory
+        self._admin_key = admin_key
+        self.queue: queue.Queue[TraceSample] = queue.Queue(maxsize=config.queue_size)
+        self.stopped = threading.Event()
+        self.finished = threading.Event()
+        self._lock = threading.Lock()
+        self._threads: list[threading.Thread] = []
+        self._tensors: dict[str, TensorAccumulator] = {}
+        self._served = LatencyWindow()
+        self._candidate = LatencyWindow()
+        self._counts = {"sampled": 0, "compared": 0, "dropped": 0, "candidate_errors": 0, "queue_high_water": 0}
+        self._phase, self._reason = "running", ""
+        self._stats_base: tuple[int, int] | None = None
+        self._candidate_server_ms: float | None = None
+
+    # --- lifecycle ----------------------------------------------------------------------
+    def start(self) -> ShadowWorker:
+        control = self._client(10.0)
+        try:
+            self._stats_base = control.inference_stats(candidate_name(self.config.model))
+            control.update_trace_settings(self.config.model, tracing_on(self.config))
+        finally:
+            control.close()
+        for target in (self._tail_loop, self._replay_loop, self._beat_loop):
+            thread = threading.Thread(target=target, name=f"shadow-{target.__name__}", daemon=True)
+            thread.start()
+            self._threads.append(thread)
+        return self
+
+    def stop(self, timeout_s: float = 10.0) -> ShadowReport:
+        """Stop replaying, turn tracing off, write the final state (the candidate stays: ``shadow stop`` drops it)."""
+        if not self.stopped.is_set():
+            self._set_phase("stopped", "")
+        self.stopped.set()
+        for thread in self._threads:
+            thread.join(timeout_s)
+        self._tracing_off()
+        report = self.report()
+        self._persist(report)
+        self.finished.set()
+        return report
+
+    def fail(self, reason: str) -> None:
+        """The candidate broke: stop sampling at once so production stops paying for traces."""
+        log.warning("%s shadow of v%d failed: %s", self.config.model, self.config.version, reason)
+        self._set_phase("failed", reason)
+        self.stopped.set()
+        self._tracing_off()
+
+    def _set_phase(self, phase: str, reason: str) -> None:
+        with self._lock:
+            if self._phase == "running":
+                self._phase, self._reason = phase, reason
+
+    def _tracing_off(self) -> None:
+        client = self._client(10.0)
+        try:
+            client.update_trace_settings(self.config.model, TRACING_OFF)
+        except OrchestratorError as exc:
+            log.warning("could not turn tracing off for %s: %s", self.config.model, exc)
+        finally:
+            client.close()
+
+    def _client(self, timeout_s: float) -> Triton:
+        return self._triton(self.config.triton_url, self._admin_key, timeout_s)
+
+    # --- reading traces -----------------------------------------------------------------
+    def _tail_loop(self) -> None:
+        tail = TraceTail(Path(self.config.trace_dir), self.config.trace_prefix, self.config.model)
+        while not self.stopped.is_set():
+            for path in tail.files():
+                if self.stopped.is_set():
+                    break
+                self._take(tail, path)
+            time.sleep(TAIL_INTERVAL_S)
+
+    def _take(self, tail: TraceTail, path: Path) -> None:
+        taken, samples = tail.take(path, skip=self.queue.full)
+        if taken is Taken.DROPPED:
+            self._count(sampled=1, dropped=1)
+            return
+        for sample in samples:
+            self._count(sampled=1)
+            try:
+                self.queue.put_nowait(sample)
+            except queue.Full:
+                self._count(dropped=1)
+        with self._lock:
+            self._counts["queue_high_water"] = max(self._counts["queue_high_water"], self.queue.qsize())
+
+    def _count(self, **deltas: int) -> None:
+        with self._lock:
+            for key, value in deltas.items():
+                self._counts[key] += value
+        if deltas.get("dropped"):
+            self.metrics.dropped.labels(self.config.model).inc(deltas["dropped"])
+
+    # --- replaying ----------------------------------------------------------------------
+    def _replay_loop(self) -> None:
+        client = self._client(self.config.replay_timeout_s)
+        entry = candidate_name(self.config.model)
+        consecutive = 0
+        try:
+            while not self.stopped.is_set():
+                try:
+                    sample = self.queue.get(timeout=0.1)
+                except queue.Empty:
+                    continue
+                started = time.perf_counter()
+                try:
+                    result = client.infer(entry, sample.inputs, list(sample.outputs))
+                except TritonError as exc:
+                    consecutive += 1
+                    self._count(candidate_errors=1)
+                    self.metrics.errors.labels(self.config.model).inc()
+                    client.close()  # a timed-out connection may still carry the late answer
+                    client = self._client(self.config.replay_timeout_s)
+                    if consecutive >= self.config.max_consecutive_errors:
+                        self.fail(f"the candidate failed {consecutive} replays in a row; last: {exc}")
+                    continue
+                consecutive = 0
+                self._compare(sample, result.outputs, (time.perf_counter() - started) * 1000.0)
+        finally:
+            client.close()
+
+    def _compare(self, sample: TraceSample, outputs: dict[str, object], replay_ms: float) -> None:
+        with self._lock:
+            for name, served in sample.outputs.items():
+                candidate = outputs.get(name)
+                if candidate is not None:
+                    self._tensors.setdefault(name, TensorAccumulator()).add(candidate, served)  # type: ignore[arg-type]
+            if sample.served_ms is not None:
+                self._served.add(sample.served_ms)
+            self._candidate.add(replay_ms)
+            self._counts["compared"] += 1
+        self.metrics.samples.labels(self.config.model).inc()
+
+    # --- reporting ----------------------------------------------------------------------
+    def _beat_loop(self) -> None:
+        client = self._client(5.0)
+        try:
+            while not self.stopped.wait(BEAT_INTERVAL_S):
+                self._poll_candidate_stats(client)
+                report = self.report()
+                self.metrics.publish(report)
+                self._persist(report)
+            self._poll_candidate_stats(client)
+            report = self.report()
+            self.metrics.publish(report)
+            self._persist(report)  # a failure ends the loop: its state must still reach the disk
+        finally:
+            client.close()
+
+    def _poll_candidate_stats(self, client: Triton) -> None:
+        if self._stats_base is None:
+            return
+        try:
+            count, total_ns = client.inference_stats(candidate_name(self.config.model))
+        except OrchestratorError:
+            return  # a crashed candidate keeps its last figure
+        base_count, base_ns = self._stats_base
+        if count > base_count:
+            self._candidate_server_ms = (total_ns - base_ns) / (count - base_count) / 1e6
+
+    def report(self) -> ShadowReport:
+        with self._lock:
+            return ShadowReport(
+                model=self.config.model, version=self.config.version, phase=self._phase, reason=self._reason,
+                tensors={name: acc.summary() for name, acc in self._tensors.items()},
+                served_latency=self._served.summary(), candidate_latency=self._candidate.summary(),
+                candidate_server_mean_ms=self._candidate_server_ms, **self._counts)
+
+    def _persist(self, report: ShadowReport) -> None:
+        self.metrics.queue.labels(self.config.model).set(self.queue.qsize())
+        if self.state_folder is None:
+            return
+        state = read_state(self.state_folder)
+        if state is None or state.phase == "stopped":
+            return  # ``shadow stop`` closed the run: never reopen it
+        phase = report.phase if report.phase != "stopped" else state.phase
+        write_state(self.state_folder, replace(state, phase=phase, reason=report.reason, heartbeat=time.time(),
+                                               report=report.to_dict()))
+
+
+def run_detached(state_folder: Path, admin_key: str | None) -> int:
+    """The body of ``python -m orchestrator.daemons.shadow_main STATE_FOLDER``: run until SIGTERM or failure."""
+    import signal  # noqa: PLC0415 - only the detached process installs handlers
+
+    state = read_state(state_folder)
+    if state is None:
+        return 2
+    registry = CollectorRegistry()
+    if state.config.metrics_port:
+        from prometheus_client import start_http_server  # noqa: PLC0415
+
+        start_http_server(state.config.metrics_port, registry=registry)
+    worker = ShadowWorker(state.config, state_folder, registry, admin_key)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    try:
+        worker.start()
+    except OrchestratorError as exc:
+        write_state(state_folder, replace(state, phase="failed", reason=f"worker could not start: {exc}",
+                                          heartbeat=time.time()))
+        return 1
+    while not stop.wait(0.2) and not worker.stopped.is_set():
+        pass
+    failed = worker.report().phase == "failed"
+    worker.stop()
+    return 1 if failed else 0
+
+
+def initial_state(config: ShadowConfig, started_at: str, op: str) -> ShadowState:
+    return ShadowState(config=config, phase="starting", started_at=started_at, op=op, heartbeat=time.time())

@@ -1,0 +1,120 @@
+"""``orchestrate watch``: every managed model checked on its interval until SIGTERM.
+
+With ``--inbox DIR`` it also files packages dropped into DIR (complete .tar.gz files that
+stopped changing), moving each to ``DIR/done`` or ``DIR/rejected`` with the reason.
+
+Triton down or unreachable is reported (metric, log) and never causes a rollback; when it
+answers again, each model is reconciled to the disk and its watcher starts over with a
+grace period, since a restarted server cold-starts every version.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import replace
+from pathlib import Path
+
+from prometheus_client import CollectorRegistry, start_http_server
+
+from orchestrator.core.policy import load_watch_policy
+from orchestrator.daemons.exporter import WatchMetrics
+from orchestrator.daemons.watcher import ModelWatcher
+from orchestrator.delivery.fetch import DEFAULT_QUIET_S, scan_inbox, settle
+from orchestrator.errors import OrchestratorError
+from orchestrator.settings import Settings
+from orchestrator.usecases.operations import Orchestrator
+
+log = logging.getLogger(__name__)
+
+INBOX_INTERVAL_S = 5.0
+
+
+class Watch:
+    def __init__(self, settings: Settings, models: list[str] | None, metrics_url: str,
+                 registry: CollectorRegistry | None = None, inbox: Path | None = None,
+                 inbox_quiet_s: float = DEFAULT_QUIET_S, trace_dir: Path | None = None) -> None:
+        # The watcher must not queue behind a long operator command; it retries next tick.
+        self.orchestrator = Orchestrator(replace(settings, lock_timeout_s=0.5, actor="watch"))
+        self.registry = registry or CollectorRegistry()
+        self.metrics = WatchMetrics(self.registry)
+        self.metrics_url = metrics_url
+        self.trace_dir = trace_dir
+        names = models or self.orchestrator.repository.models()
+        self.watchers = {name: self._watcher(name) for name in names}
+        self.down_since: float | None = None
+        self.inbox, self.inbox_quiet_s = inbox, inbox_quiet_s
+        self.next_inbox_scan = 0.0
+
+    def _watcher(self, name: str) -> ModelWatcher:
+        store = self.orchestrator.repository.model(name)
+        return ModelWatcher(self.orchestrator, store, load_watch_policy(store.state), self.metrics, self.metrics_url,
+                            trace_dir=self.trace_dir)
+
+    def tick(self) -> None:
+        for name, watcher in self.watchers.items():
+            try:
+                watcher.tick()
+            except OrchestratorError as exc:
+                log.error("%s: check failed: %s", name, exc)
+        # A probe that got any answer (or none from a server that is not live) already told.
+        seen = [w.seen_live for w in self.watchers.values() if w.seen_live is not None]
+        live = all(seen) if seen else self.orchestrator.triton.is_live()
+        if not live and self.down_since is None:
+            self.down_since = time.monotonic()
+            log.warning("Triton at %s is not answering; watching, not rolling back", self.orchestrator.triton.url)
+        elif live and self.down_since is not None:
+            log.warning("Triton is back after %.1f s; reconciling", time.monotonic() - self.down_since)
+            self.down_since = None
+            self._recover()
+
+    def scan_inbox(self) -> list[str]:
+        """File every complete package that landed in the inbox; move it to done/ or rejected/ (with why)."""
+        notes: list[str] = []
+        if self.inbox is None or time.monotonic() < self.next_inbox_scan:
+            return notes
+        self.next_inbox_scan = time.monotonic() + INBOX_INTERVAL_S
+        for package in scan_inbox(self.inbox, quiet_s=self.inbox_quiet_s):
+            try:
+                result = self.orchestrator.import_package(package)
+            except OrchestratorError as exc:
+                settle(package, ok=False, reason=str(exc))
+                notes.append(f"inbox: refused {package.name}: {exc}")
+            except OSError as exc:  # disk full: leave it in the inbox for the next scan
+                notes.append(f"inbox: could not file {package.name}: {exc}")
+            else:
+                settle(package, ok=True)
+                notes.append(f"inbox: filed {package.name} as {result.model} v{result.version}")
+        for note in notes:
+            log.warning("%s", note)
+        return notes
+
+    def _recover(self) -> None:
+        for name in list(self.watchers):
+            try:
+                for note in self.orchestrator.reconcile(name):
+                    log.warning("%s: %s", name, note)
+            except OrchestratorError as exc:
+                log.error("%s: reconcile after Triton came back failed: %s", name, exc)
+            self.watchers[name].close()
+            self.watchers[name] = self._watcher(name)  # fresh baseline, streaks and grace period
+
+    def interval(self) -> float:
+        return min((w.policy.interval_s for w in self.watchers.values()), default=1.0)
+
+    def run(self, stop: threading.Event) -> None:
+        log.warning("watching %s", ", ".join(self.watchers) or "no models")
+        next_tick = time.monotonic()
+        while not stop.is_set():
+            self.tick()
+            self.scan_inbox()
+            next_tick = max(next_tick + self.interval(), time.monotonic())
+            stop.wait(max(0.0, next_tick - time.monotonic()))
+        for watcher in self.watchers.values():
+            watcher.close()
+        log.warning("watch stopped")
+
+
+def serve_metrics(registry: CollectorRegistry, port: int, address: str) -> None:
+    start_http_server(port, addr=address, registry=registry)

@@ -1,0 +1,150 @@
+"""Model packages: a folder (or .tar.gz) with the artifacts and a ``meta.yaml`` naming their sha256.
+
+Building one is the build side's job (``write_package``); the device side reads and
+verifies it (``open_package``) before anything reaches the repository.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tarfile
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import replace
+from pathlib import Path
+
+from orchestrator.delivery.signing import SIGNATURE_FILE
+from orchestrator.errors import PackageRejected
+from orchestrator.store.metafile import (
+    META_FILE,
+    Contract,
+    MetaError,
+    VersionMeta,
+    read_meta,
+    sha256_file,
+    write_meta,
+)
+from orchestrator.store.modelconfig import ModelConfig, contract, primary_file
+
+# Limits for archives fetched over unreliable links; a package bigger than this is not a model.
+MAX_ARCHIVE_FILES = 1000
+MAX_UNPACKED_BYTES = 16 << 30
+# Network weights barely compress (about 1.1x); a far higher ratio is a decompression bomb.
+MAX_COMPRESSION_RATIO = 100
+
+
+def write_package(dest: Path, meta: VersionMeta, files: dict[str, bytes]) -> Path:
+    """Write ``files`` and a ``meta.yaml`` carrying their checksums into ``dest``."""
+    dest.mkdir(parents=True, exist_ok=True)
+    checksums = {}
+    for name, data in files.items():
+        (dest / name).write_bytes(data)
+        checksums[name] = sha256_file(dest / name)
+    write_meta(dest / META_FILE, replace(meta, artifacts=checksums))
+    return dest
+
+
+@contextmanager
+def unpacked(package: Path) -> Iterator[Path]:
+    """A private copy of the package: a folder copied, a .tar.gz unpacked, into a temporary folder.
+
+    Verifying and filing a private copy means nobody can swap a file between the signature
+    and checksum checks and the copy into the repository.
+    """
+    if not package.exists():
+        raise PackageRejected(str(package), "no such file or folder")
+    with tempfile.TemporaryDirectory(prefix="orch-unpack-") as tmp:
+        if package.is_dir():
+            copy = Path(tmp) / "package"
+            try:
+                shutil.copytree(package, copy, symlinks=True)
+            except (OSError, shutil.Error) as exc:
+                raise PackageRejected(str(package), f"cannot read it ({exc})") from exc
+            yield copy
+            return
+        _extract(package, Path(tmp))
+        entries = list(Path(tmp).iterdir())
+        # Accept archives with everything at the top or under one folder.
+        root = entries[0] if len(entries) == 1 and entries[0].is_dir() else Path(tmp)
+        yield root
+
+
+def _extract(archive: Path, dest: Path) -> None:
+    name = str(archive)
+    try:
+        with tarfile.open(archive, "r:*") as tar:
+            members = tar.getmembers()
+            if len(members) > MAX_ARCHIVE_FILES:
+                raise PackageRejected(name, f"archive holds {len(members)} entries (limit {MAX_ARCHIVE_FILES})")
+            total = 0
+            for member in members:
+                if not (member.isfile() or member.isdir()):
+                    raise PackageRejected(name, f"archive entry {member.name!r} is not a plain file or folder")
+                total += member.size
+            if total > MAX_UNPACKED_BYTES:
+                raise PackageRejected(name, "archive unpacks to more than the size limit")
+            ratio = total / max(archive.stat().st_size, 1)
+            if ratio > MAX_COMPRESSION_RATIO:
+                raise PackageRejected(name, f"archive expands {ratio:.0f}x (limit {MAX_COMPRESSION_RATIO}x): "
+                                            f"not a model package")
+            # The 'data' filter refuses absolute paths, '..' and links leaving the folder.
+            tar.extractall(dest, filter="data")
+    except PackageRejected:
+        raise
+    except (tarfile.TarError, EOFError, OSError, ValueError) as exc:
+        raise PackageRejected(name, f"archive is truncated or corrupt ({exc})") from exc
+
+
+def verify_package(folder: Path, label: str, model: str, config: ModelConfig) -> VersionMeta:
+    """The package's meta, once every artifact matches its checksum and the contract fits ``config``."""
+    try:
+        meta = read_meta(folder / META_FILE)
+    except MetaError as exc:
+        raise PackageRejected(label, f"meta.yaml: {exc}") from exc
+    if meta.model != model:
+        raise PackageRejected(label, f"it is for model {meta.model!r}, not {model!r}")
+    present = {p.name for p in folder.iterdir() if p.name not in (META_FILE, SIGNATURE_FILE)}
+    for path in folder.iterdir():
+        if path.is_symlink() or not (path.is_file()):
+            raise PackageRejected(label, f"{path.name!r} is not a plain file")
+    unlisted = sorted(present - set(meta.artifacts))
+    if unlisted:
+        raise PackageRejected(label, f"files not listed in meta.yaml: {', '.join(unlisted)}")
+    for name, expected in sorted(meta.artifacts.items()):
+        path = folder / name
+        if "/" in name or name in (".", "..") or not path.is_file():
+            raise PackageRejected(label, f"artifact {name!r} is missing")
+        actual = sha256_file(path)
+        if actual != expected:
+            raise PackageRejected(
+                label, f"artifact {name!r} sha256 {actual[:12]}… does not match meta {expected[:12]}…")
+    needed = primary_file(config)
+    if needed not in meta.artifacts:
+        raise PackageRejected(label, f"the model's backend needs {needed!r}, which the package lacks")
+    mismatch = contract_mismatch(meta.contract, contract(config))
+    if mismatch:
+        raise PackageRejected(label, f"contract does not match the model's config: {mismatch}")
+    return meta
+
+
+def contract_mismatch(offered: Contract, expected: Contract) -> str | None:
+    """Why ``offered`` cannot stand in for ``expected``, or None when it can."""
+    for kind, have, want in (("input", offered.inputs, expected.inputs), ("output", offered.outputs, expected.outputs)):
+        have_by_name = {t.name: t for t in have}
+        want_by_name = {t.name: t for t in want}
+        missing = sorted(set(want_by_name) - set(have_by_name))
+        if missing:
+            return f"{kind} {', '.join(missing)} missing"
+        extra = sorted(set(have_by_name) - set(want_by_name))
+        if extra:
+            return f"{kind} {', '.join(extra)} not in the config"
+        for name, spec in want_by_name.items():
+            if have_by_name[name] != spec:
+                return f"{kind} {have_by_name[name].describe()} but the config says {spec.describe()}"
+    return None
+
+
+def copy_artifacts(src: Path, dest: Path, meta: VersionMeta) -> None:
+    for name in meta.artifacts:
+        shutil.copyfile(src / name, dest / name)

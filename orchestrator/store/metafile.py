@@ -1,0 +1,213 @@
+"""``meta.yaml``: what a model version is (artifacts, contract, provenance) and how it was verified.
+
+The identity part (artifacts and their sha256, contract, provenance) never changes once a
+version is filed; only the ``verification`` block is updated, atomically.
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from orchestrator.store.atomic import write_atomic
+
+META_FILE = "meta.yaml"
+_CHUNK = 1 << 20
+
+
+class VersionStatus(str, enum.Enum):
+    UNVERIFIED = "unverified"  # filed, never checked
+    VERIFIED = "verified"  # passed the promotion checks
+    FAILED = "failed"  # refused by a promotion check
+    ROLLED_BACK = "rolled_back"  # served, then rolled back by hand; may be promoted again
+    QUARANTINED = "quarantined"  # rolled back by the watcher; promote needs --force
+
+
+class MetaError(ValueError):
+    """meta.yaml is missing, unreadable or incomplete; callers wrap it in their own error."""
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    name: str
+    datatype: str  # Triton's names: FP32, INT64, BYTES, ...
+    dims: tuple[int, ...]
+
+    def describe(self) -> str:
+        return f"{self.name}:{self.datatype}{list(self.dims)}"
+
+
+@dataclass(frozen=True)
+class Contract:
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+
+
+@dataclass(frozen=True)
+class Verification:
+    status: VersionStatus = VersionStatus.UNVERIFIED
+    verified_by: str | None = None
+    verified_at: str | None = None
+    golden: dict[str, float] = field(default_factory=dict)
+    reason: str | None = None
+
+    @property
+    def verified(self) -> bool:
+        return self.status is VersionStatus.VERIFIED
+
+
+@dataclass(frozen=True)
+class VersionMeta:
+    model: str
+    version: int | None  # None in a package that leaves numbering to the repository
+    artifacts: dict[str, str]  # file name -> sha256
+    contract: Contract
+    framework: dict[str, str] = field(default_factory=dict)
+    target_device: str = "cpu"
+    source: str = ""
+    created_at: str = ""  # when the package was built
+    filed_at: str = ""  # when this repository filed it
+    verification: Verification = field(default_factory=Verification)
+    extra: dict[str, Any] = field(default_factory=dict)  # fields we carry but do not interpret
+
+    def with_verification(self, verification: Verification) -> VersionMeta:
+        return replace(self, verification=verification)
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        while chunk := handle.read(_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _tensors(raw: Any, where: str) -> tuple[TensorSpec, ...]:
+    if not isinstance(raw, list) or not raw:
+        raise MetaError(f"contract.{where} must be a non-empty list")
+    specs = []
+    for item in raw:
+        try:
+            specs.append(
+                TensorSpec(str(item["name"]), str(item["datatype"]).upper(), tuple(int(d) for d in item["dims"]))
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise MetaError(f"contract.{where} entry {item!r} needs name, datatype and dims") from exc
+    return tuple(specs)
+
+
+def _verification(raw: Any) -> Verification:
+    if raw is None:
+        return Verification()
+    if not isinstance(raw, dict):
+        raise MetaError("verification must be a mapping")
+    try:
+        status = VersionStatus(raw.get("status", "unverified"))
+    except ValueError as exc:
+        raise MetaError(f"verification.status {raw.get('status')!r} is not one of "
+                        f"{', '.join(s.value for s in VersionStatus)}") from exc
+    golden = raw.get("golden") or {}
+    return Verification(
+        status=status,
+        verified_by=raw.get("verified_by"),
+        verified_at=raw.get("verified_at"),
+        golden={str(k): float(v) for k, v in golden.items()},
+        reason=raw.get("reason"),
+    )
+
+
+_KNOWN = {"model", "version", "artifacts", "contract", "framework", "target_device", "source",
+          "created_at", "filed_at", "verification", "verified", "verified_by", "verified_at"}
+
+
+def parse_meta(text: str) -> VersionMeta:
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise MetaError(f"not valid YAML ({str(exc).splitlines()[0]})") from exc
+    if not isinstance(raw, dict):
+        raise MetaError("must be a YAML mapping")
+    for key in ("model", "artifacts", "contract"):
+        if key not in raw:
+            raise MetaError(f"missing field {key!r}")
+    artifacts = raw["artifacts"]
+    if not isinstance(artifacts, dict) or not artifacts:
+        raise MetaError("artifacts must map each file name to its sha256")
+    checksums: dict[str, str] = {}
+    for name, value in artifacts.items():
+        digest = value.get("sha256") if isinstance(value, dict) else value
+        if not isinstance(digest, str) or len(digest) != 64:
+            raise MetaError(f"artifact {name!r} has no valid sha256")
+        checksums[str(name)] = digest.lower()
+    contract = raw["contract"]
+    if not isinstance(contract, dict):
+        raise MetaError("contract must have inputs and outputs")
+    version = raw.get("version")
+    if version is not None and (not isinstance(version, int) or version < 1):
+        raise MetaError(f"version {version!r} must be a positive integer")
+    return VersionMeta(
+        model=str(raw["model"]),
+        version=version,
+        artifacts=checksums,
+        contract=Contract(_tensors(contract.get("inputs"), "inputs"), _tensors(contract.get("outputs"), "outputs")),
+        framework={str(k): str(v) for k, v in (raw.get("framework") or {}).items()},
+        target_device=str(raw.get("target_device", "cpu")),
+        source=str(raw.get("source", "")),
+        created_at=str(raw.get("created_at", "")),
+        filed_at=str(raw.get("filed_at", "")),
+        verification=_verification(raw.get("verification")),
+        extra={k: v for k, v in raw.items() if k not in _KNOWN},
+    )
+
+
+def read_meta(path: Path) -> VersionMeta:
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise MetaError(f"cannot read {path}: {exc.strerror}") from exc
+    return parse_meta(text)
+
+
+def _tensor_dicts(specs: tuple[TensorSpec, ...]) -> list[dict[str, Any]]:
+    return [{"name": s.name, "datatype": s.datatype, "dims": list(s.dims)} for s in specs]
+
+
+def render_meta(meta: VersionMeta) -> str:
+    v = meta.verification
+    doc: dict[str, Any] = {
+        "model": meta.model,
+        "version": meta.version,
+        "artifacts": {name: {"sha256": digest} for name, digest in sorted(meta.artifacts.items())},
+        "contract": {"inputs": _tensor_dicts(meta.contract.inputs), "outputs": _tensor_dicts(meta.contract.outputs)},
+        "framework": dict(meta.framework),
+        "target_device": meta.target_device,
+        "source": meta.source,
+        "created_at": meta.created_at,
+        "filed_at": meta.filed_at,
+        # Flat fields for readers that expect the seeds' layout; the block below is authoritative.
+        "verified": v.verified,
+        "verified_by": v.verified_by,
+        "verified_at": v.verified_at,
+        "verification": {
+            "status": v.status.value,
+            "verified_by": v.verified_by,
+            "verified_at": v.verified_at,
+            "golden": dict(v.golden),
+            "reason": v.reason,
+        },
+        **meta.extra,
+    }
+    if meta.version is None:
+        del doc["version"]
+    if not meta.filed_at:
+        del doc["filed_at"]
+    return yaml.safe_dump(doc, sort_keys=False)
+
+
+def write_meta(path: Path, meta: VersionMeta) -> None:
+    write_atomic(path, render_meta(meta))

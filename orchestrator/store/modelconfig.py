@@ -1,0 +1,204 @@
+"""``config.pbtxt``: parsed with Triton's own protobuf schema, edited without losing comments.
+
+The schema comes from tritonclient's ``model_config_pb2``; nothing here talks to a server.
+Edits replace one top-level field in the text and then re-parse the result to prove that
+nothing but that field changed; where that proof fails, the whole config is re-serialised.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from google.protobuf import json_format, text_format
+from tritonclient.grpc import model_config_pb2 as mc
+
+from orchestrator.store.metafile import Contract, TensorSpec
+
+CONFIG_FILE = "config.pbtxt"
+
+ModelConfig = mc.ModelConfig
+
+
+class ConfigError(ValueError):
+    """config.pbtxt cannot be parsed; callers wrap it in their own error."""
+
+
+@dataclass(frozen=True)
+class VersionPolicy:
+    kind: str  # "specific", "latest" or "all"
+    versions: tuple[int, ...] = ()  # for "specific"
+    latest: int = 1  # for "latest"
+
+    def resident(self, available: list[int]) -> tuple[int, ...]:
+        """The versions Triton loads from ``available`` folders under this policy."""
+        if self.kind == "all":
+            return tuple(sorted(available))
+        if self.kind == "latest":
+            return tuple(sorted(available)[-self.latest:]) if available else ()
+        return tuple(v for v in sorted(self.versions) if v in available)
+
+
+def parse_config(text: str) -> ModelConfig:
+    config = ModelConfig()
+    try:
+        text_format.Parse(text, config)
+    except text_format.ParseError as exc:
+        raise ConfigError(str(exc)) from exc
+    return config
+
+
+def read_config(path: Path) -> tuple[str, ModelConfig]:
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ConfigError(f"cannot read {path}: {exc.strerror}") from exc
+    return text, parse_config(text)
+
+
+def version_policy(config: ModelConfig) -> VersionPolicy:
+    if not config.HasField("version_policy"):
+        return VersionPolicy("latest", latest=1)  # Triton's default
+    which = config.version_policy.WhichOneof("policy_choice")
+    if which == "specific":
+        return VersionPolicy("specific", tuple(sorted(set(config.version_policy.specific.versions))))
+    if which == "all":
+        return VersionPolicy("all")
+    return VersionPolicy("latest", latest=max(1, config.version_policy.latest.num_versions))
+
+
+def to_json(config: ModelConfig) -> str:
+    """The form ``load_model(config=...)`` takes."""
+    return json_format.MessageToJson(config, preserving_proto_field_name=True, indent=None)
+
+
+_DATATYPE_PREFIX = "TYPE_"
+
+
+def _specs(tensors: object) -> tuple[TensorSpec, ...]:
+    return tuple(
+        TensorSpec(t.name, mc.DataType.Name(t.data_type).removeprefix(_DATATYPE_PREFIX), tuple(t.dims))
+        for t in tensors  # type: ignore[attr-defined]
+    )
+
+
+def contract(config: ModelConfig) -> Contract:
+    return Contract(_specs(config.input), _specs(config.output))
+
+
+def primary_file(config: ModelConfig) -> str:
+    """The file Triton's backend opens in a version folder."""
+    if config.default_model_filename:
+        return config.default_model_filename
+    if config.platform == "tensorrt_plan" or config.backend == "tensorrt":
+        return "model.plan"
+    if config.platform == "onnxruntime_onnx" or config.backend == "onnxruntime":
+        return "model.onnx"
+    if config.backend == "python":
+        return "model.py"
+    return "model"
+
+
+# --- text edits -------------------------------------------------------------------------
+
+def _skip_trivia(text: str, i: int) -> int:
+    while i < len(text):
+        if text[i].isspace():
+            i += 1
+        elif text[i] == "#":
+            while i < len(text) and text[i] != "\n":
+                i += 1
+        else:
+            break
+    return i
+
+
+def _skip_string(text: str, i: int) -> int:
+    quote = text[i]
+    i += 1
+    while i < len(text) and text[i] != quote:
+        i += 2 if text[i] == "\\" else 1
+    return i + 1
+
+
+def _skip_value(text: str, i: int) -> int:
+    """Index just past the value starting at ``i`` (a block, a list, a string or a token)."""
+    if text[i] in "{<[":
+        depth = 0
+        while i < len(text):
+            ch = text[i]
+            if ch in "\"'":
+                i = _skip_string(text, i)
+                continue
+            if ch == "#":
+                i = _skip_trivia(text, i)
+                continue
+            if ch in "{<[":
+                depth += 1
+            elif ch in "}>]":
+                depth -= 1
+                if depth == 0:
+                    return i + 1
+            i += 1
+        raise ConfigError("unbalanced braces")
+    if text[i] in "\"'":
+        return _skip_string(text, i)
+    while i < len(text) and not text[i].isspace() and text[i] not in "#{}<>[],;":
+        i += 1
+    return i
+
+
+def _top_level_field(text: str, field: str) -> tuple[int, int] | None:
+    """Span of the first top-level ``field: value`` in ``text``."""
+    i = _skip_trivia(text, 0)
+    while i < len(text):
+        start = i
+        while i < len(text) and (text[i].isalnum() or text[i] == "_"):
+            i += 1
+        name = text[start:i]
+        if not name:
+            raise ConfigError(f"unexpected {text[i]!r} at offset {i}")
+        i = _skip_trivia(text, i)
+        if i < len(text) and text[i] == ":":
+            i = _skip_trivia(text, i + 1)
+        end = _skip_value(text, i)
+        if name == field:
+            return start, end
+        i = _skip_trivia(text, end)
+        if i < len(text) and text[i] in ",;":
+            i = _skip_trivia(text, i + 1)
+    return None
+
+
+def _replace_field(text: str, field: str, rendered: str) -> str:
+    span = _top_level_field(text, field)
+    if span is None:
+        return text.rstrip("\n") + "\n" + rendered + "\n"
+    return text[: span[0]] + rendered + text[span[1]:]
+
+
+def _edited(text: str, config: ModelConfig, field: str, rendered: str) -> str:
+    """``text`` with ``field`` replaced, proven to parse to exactly ``config``."""
+    try:
+        candidate = _replace_field(text, field, rendered)
+        if parse_config(candidate) == config:
+            return candidate
+    except ConfigError:
+        pass
+    return text_format.MessageToString(config)
+
+
+def with_specific_versions(text: str, versions: list[int] | tuple[int, ...]) -> tuple[str, ModelConfig]:
+    """``text`` serving exactly ``versions``; returns the new text and its parsed config."""
+    config = parse_config(text)
+    config.version_policy.Clear()
+    config.version_policy.specific.versions.extend(sorted(set(versions)))
+    listed = ", ".join(str(v) for v in sorted(set(versions)))
+    rendered = f"version_policy: {{ specific: {{ versions: [{listed}] }} }}"
+    return _edited(text, config, "version_policy", rendered), config
+
+
+def renamed(text: str, name: str) -> tuple[str, ModelConfig]:
+    config = parse_config(text)
+    config.name = name
+    return _edited(text, config, "name", f'name: "{name}"'), config

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from orchestrator.errors import Busy
 
-LOCK_FILE = ".orchestrator.store.lock"
+LOCK_FILE = ".orchestrator.lock"
 
 
 @contextmanager

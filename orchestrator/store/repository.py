@@ -12,7 +12,7 @@ reads, and everything the orchestrator writes often lives in a separate state fo
     <state>/<model>/policy.yaml                promotion policy (optional)
     <state>/<model>/golden/                    golden set
     <state>/<model>/version_history.log        the journal
-    <state>/<model>/.orchestrator.store.lock
+    <state>/<model>/.orchestrator.lock
 
 A candidate under test is loaded as a separate model ``<model>__candidate`` whose only
 version folder is a link to the filed version: it takes no production traffic.

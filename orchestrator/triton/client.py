@@ -1,41 +1,31 @@
 """The only module that knows tritonclient: control API, repository index, inference.
 
-tritonclient's exceptions and socket errors are translated here, once, into ours: an
-unreachable server names its URL, a failed load carries Triton's reason.
+tritonclient's errors are translated here, once, by type and HTTP status (``_translated``),
+never by message text: a socket error or a dropped connection is ``TritonUnreachable``
+naming the URL, 403 is ``TritonForbidden``, a failed load is ``LoadFailed`` with Triton's
+reason, anything else Triton answers is ``TritonError``.
 """
 
 from __future__ import annotations
 
 import http.client
-import socket
 import time
-from dataclasses import dataclass
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import numpy as np
 import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException, np_to_triton_dtype
 
-from orchestrator.errors import LoadFailed, TritonError, TritonUnreachable
+from orchestrator.errors import LoadFailed, TritonError, TritonForbidden, TritonUnreachable
+from orchestrator.triton.protocol import IndexEntry, InferenceResult, TritonState
 
 ADMIN_HEADER = "admin-key"
+FORBIDDEN = "403"
 
-# geventhttpclient raises http.client.HTTPException subclasses when the server drops the connection.
-_NETWORK_ERRORS = (ConnectionError, socket.timeout, TimeoutError, OSError, http.client.HTTPException)
-
-
-@dataclass(frozen=True)
-class IndexEntry:
-    name: str
-    version: int | None
-    state: str  # READY, UNAVAILABLE, LOADING, UNLOADING or "" for never loaded
-    reason: str
-
-
-@dataclass(frozen=True)
-class InferenceResult:
-    model: str
-    version: int
-    outputs: dict[str, np.ndarray]
+# What geventhttpclient raises when nothing answers: refused, reset, timed out (all OSError),
+# or a connection dropped mid-answer (http.client.HTTPException subclasses).
+_NETWORK_ERRORS = (OSError, http.client.HTTPException)
 
 
 def host_port(url: str) -> str:
@@ -59,24 +49,24 @@ class Triton:
         self._client.close()
         self._control.close()
 
-    def _call(self, what: str, fn, *args, **kwargs):  # type: ignore[no-untyped-def]
+    @contextmanager
+    def _translated(self, what: str, loading: str | None = None) -> Iterator[None]:
+        """The one translation of tritonclient's errors; ``loading`` names the model of a load."""
         try:
-            return fn(*args, **kwargs)
+            yield
         except InferenceServerException as exc:
-            self._raise_if_forbidden(exc, what)
             message = one_line(exc.message() or str(exc))
-            if _is_network_failure(message):
-                raise TritonUnreachable(self.url, message) from exc
-            raise TritonError(f"{what} failed: {message}") from exc
+            if str(exc.status()) == FORBIDDEN:
+                raise TritonForbidden(self.url, what, self._headers is not None) from exc
+            if loading is not None:
+                raise LoadFailed(loading, message) from exc
+            raise TritonError(f"{what} failed: {message or f'HTTP {exc.status()}'}") from exc
         except _NETWORK_ERRORS as exc:
             raise TritonUnreachable(self.url, str(exc) or type(exc).__name__) from exc
 
-    def _raise_if_forbidden(self, exc: InferenceServerException, what: str) -> None:
-        """A locked model-repository API without the right key is a setup error, never the model's fault."""
-        if str(exc.status()) == "403":
-            have = "the admin key sent was refused" if self._headers else "no admin key was sent"
-            raise TritonError(f"{what} refused by Triton at {self.url} (403): {have}; set ORCH_ADMIN_KEY or "
-                              f"ORCH_ADMIN_KEY_FILE to the key Triton was started with") from exc
+    def _call(self, what: str, fn, *args, **kwargs):  # type: ignore[no-untyped-def]
+        with self._translated(what):
+            return fn(*args, **kwargs)
 
     # --- health -------------------------------------------------------------------------
     def is_live(self) -> bool:
@@ -101,7 +91,7 @@ class Triton:
             entries.append(IndexEntry(
                 name=str(item.get("name", "")),
                 version=int(version) if version not in (None, "") else None,
-                state=str(item.get("state", "")),
+                state=TritonState.parse(str(item.get("state", ""))),
                 reason=one_line(str(item.get("reason", ""))),
             ))
         return entries
@@ -110,16 +100,8 @@ class Triton:
         return {e.version: e for e in self.index() if e.name == model and e.version is not None}
 
     def load(self, model: str, config_json: str | None = None) -> None:
-        try:
+        with self._translated(f"load of {model}", loading=model):
             self._control.load_model(model, headers=self._headers, config=config_json)
-        except InferenceServerException as exc:
-            self._raise_if_forbidden(exc, f"load of {model}")
-            message = one_line(exc.message() or str(exc))
-            if _is_network_failure(message):
-                raise TritonUnreachable(self.url, message) from exc
-            raise LoadFailed(model, message) from exc
-        except _NETWORK_ERRORS as exc:
-            raise TritonUnreachable(self.url, str(exc) or type(exc).__name__) from exc
 
     def wait_unloaded(self, model: str, versions: set[int] | None, timeout_s: float) -> bool:
         """Poll until ``versions`` of ``model`` (all when None) are neither loaded nor on their way.
@@ -130,7 +112,7 @@ class Triton:
         deadline = time.monotonic() + timeout_s
         while True:
             busy = [v for v, e in self.states(model).items()
-                    if e.state in ("READY", "LOADING", "UNLOADING") and (versions is None or v in versions)]
+                    if e.state.holds_files and (versions is None or v in versions)]
             if not busy:
                 return True
             if time.monotonic() >= deadline:
@@ -146,7 +128,7 @@ class Triton:
         except InferenceServerException:
             return False
         except _NETWORK_ERRORS as exc:
-            raise TritonUnreachable(self.url, str(exc)) from exc
+            raise TritonUnreachable(self.url, str(exc) or type(exc).__name__) from exc
 
     # --- tracing and statistics (shadow traffic) -----------------------------------------
     def trace_settings(self, model: str | None = None) -> dict[str, object]:
@@ -196,9 +178,3 @@ def one_line(message: str) -> str:
     """Triton's reasons carry the backend's Python traceback ("At: ..."); keep the reason itself."""
     head = message.split("\n\nAt:", 1)[0]
     return " ".join(head.split()).rstrip(" ;")
-
-
-def _is_network_failure(message: str) -> bool:
-    lowered = message.lower()
-    return any(s in lowered for s in ("connection refused", "timed out", "timeout", "connection reset",
-                                      "failed to establish", "name or service not known", "broken pipe"))

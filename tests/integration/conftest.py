@@ -83,7 +83,7 @@ class Stack:
         files = {}
         for base in (self.repository, self.state):
             for path in sorted(base.rglob("*")):
-                if path.is_file() and path.name != ".orchestrator.store.lock":
+                if path.is_file() and path.name != ".orchestrator.lock":
                     files[str(path.relative_to(self.tmp))] = path.read_bytes()
         return files
 

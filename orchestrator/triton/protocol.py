@@ -1,0 +1,92 @@
+"""What the use cases and daemons need from Triton: one protocol, two implementations.
+
+``client.Triton`` speaks to a real server over tritonclient; ``twin.TritonTwin`` models the
+same behaviour in memory (tests, simulated fleets). ``tests/contract/`` runs one set of
+assertions against both, so the twin cannot drift from the server.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+
+
+class TritonState(str, enum.Enum):
+    """A version's state in Triton's repository index."""
+
+    READY = "READY"
+    LOADING = "LOADING"
+    UNLOADING = "UNLOADING"
+    UNAVAILABLE = "UNAVAILABLE"  # failed to load, or unloaded
+    UNKNOWN = ""  # listed in the repository but never loaded
+
+    @classmethod
+    def parse(cls, text: str) -> TritonState:
+        try:
+            return cls(text.upper())
+        except ValueError:
+            return cls.UNKNOWN
+
+    @property
+    def holds_files(self) -> bool:
+        """Triton may still read the version's folder: no file under it may change."""
+        return self in (TritonState.READY, TritonState.LOADING, TritonState.UNLOADING)
+
+
+@dataclass(frozen=True)
+class IndexEntry:
+    name: str
+    version: int | None
+    state: TritonState
+    reason: str
+
+
+@dataclass(frozen=True)
+class InferenceResult:
+    model: str
+    version: int
+    outputs: dict[str, np.ndarray]
+
+
+class TritonAPI(Protocol):
+    """One server. Implementations are not thread-safe: give each thread its own."""
+
+    url: str
+
+    def close(self) -> None: ...
+
+    # health
+    def is_live(self) -> bool: ...
+
+    def require_live(self) -> None:
+        """Live, and the model-control API accepts us (a wrong admin key fails here, before any change)."""
+
+    # repository and model control
+    def index(self) -> list[IndexEntry]: ...
+
+    def states(self, model: str) -> dict[int, IndexEntry]: ...
+
+    def load(self, model: str, config_json: str | None = None) -> None:
+        """All or nothing: blocks until the versions of the policy are READY; on failure the old set serves."""
+
+    def unload(self, model: str) -> None: ...
+
+    def wait_unloaded(self, model: str, versions: set[int] | None, timeout_s: float) -> bool:
+        """True once ``versions`` (all when None) neither serve nor are on their way in or out."""
+
+    def model_ready(self, model: str, version: int | None = None) -> bool: ...
+
+    # inference: a request naming no version goes to the highest READY version
+    def infer(self, model: str, inputs: dict[str, np.ndarray], outputs: list[str],
+              version: int | None = None) -> InferenceResult: ...
+
+    # tracing and statistics (shadow traffic, drift sampling)
+    def trace_settings(self, model: str | None = None) -> dict[str, object]: ...
+
+    def update_trace_settings(self, model: str | None, settings: dict[str, object]) -> dict[str, object]: ...
+
+    def inference_stats(self, model: str) -> tuple[int, int]:
+        """Successful requests of ``model`` (all versions) and their total time inside Triton in ns."""

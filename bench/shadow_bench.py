@@ -20,12 +20,11 @@ from pathlib import Path
 import numpy as np
 
 from bench.common import MODEL, Clients, sample_stack
-from orchestrator.daemons.shadow_worker import tracing_on
 from orchestrator.sample import Variant, write_sample_package
 from orchestrator.settings import Settings
 from orchestrator.store.shadow_state import read_state
 from orchestrator.triton.client import Triton
-from orchestrator.triton.traces import TRACING_OFF
+from orchestrator.triton.traces import TRACING_OFF, shadow_tracing
 from orchestrator.usecases.operations import Orchestrator
 from orchestrator.usecases.shadow import DEFAULT_SAMPLE_RATE, start_shadow, stop_shadow
 
@@ -50,7 +49,7 @@ def main() -> None:
             time.sleep(2.0)
             for index in range(2 * args.windows):
                 on = index % 2 == 1
-                control.update_trace_settings(MODEL, tracing_on(config) if on else TRACING_OFF)
+                control.update_trace_settings(MODEL, shadow_tracing(config.sample_rate) if on else TRACING_OFF)
                 time.sleep(0.3)  # settle: requests in flight across the switch are not counted
                 load.window = "on" if on else "off"
                 time.sleep(args.window_s)

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import getpass
 import os
+import socket
 from dataclasses import dataclass
 from pathlib import Path
 
 from orchestrator.errors import UsageError
-from orchestrator.store.journal import default_actor
 
 ENV_REPOSITORY = "ORCH_REPOSITORY"
 ENV_URL = "ORCH_TRITON_URL"
@@ -47,6 +48,17 @@ class Settings:
     def __repr__(self) -> str:  # never print the key
         return (f"Settings(repository={self.repository}, state_dir={self.state_dir}, "
                 f"triton_url={self.triton_url}, admin_key=***)")
+
+
+def default_actor() -> str:
+    actor = os.environ.get("ORCH_ACTOR")
+    if actor:
+        return actor
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):
+        user = str(os.getuid())
+    return f"{user}@{socket.gethostname()}"
 
 
 def read_admin_key(explicit: str | None = None) -> str | None:

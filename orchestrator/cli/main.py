@@ -22,7 +22,7 @@ from orchestrator.cli.trust import register as register_trust_commands
 from orchestrator.core.versions import label, parse_version
 from orchestrator.errors import OrchestratorError, UsageError
 from orchestrator.settings import from_environment, read_admin_key
-from orchestrator.store.journal import Record
+from orchestrator.core.journal import Record
 from orchestrator.usecases.operations import Orchestrator, SwitchResult
 from orchestrator.usecases.status import ModelStatus, model_status
 

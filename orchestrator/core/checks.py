@@ -5,20 +5,10 @@ A check returns a ``Verdict``; a failed check is a value, not an exception.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
-
 import numpy as np
 
-if TYPE_CHECKING:  # policy.py imports the watch rules, which import this module
-    from orchestrator.core.policy import PromotionPolicy
-
-
-@dataclass(frozen=True)
-class Verdict:
-    passed: bool
-    reason: str = ""
-    metrics: dict[str, float] = field(default_factory=dict)
+from orchestrator.core.policy import PromotionPolicy
+from orchestrator.core.verdict import Verdict
 
 
 def output_problems(name: str, values: np.ndarray, bound: float) -> list[str]:
@@ -43,7 +33,7 @@ def output_problems(name: str, values: np.ndarray, bound: float) -> list[str]:
 
 def sanity(outputs: dict[str, np.ndarray], bound: float) -> Verdict:
     problems = [p for name, values in sorted(outputs.items()) for p in output_problems(name, values, bound)]
-    return Verdict(not problems, "; ".join(problems))
+    return Verdict.of(not problems, "; ".join(problems))
 
 
 def top1_accuracy(logits: np.ndarray, labels: np.ndarray) -> float:
@@ -58,12 +48,12 @@ def compare_scores(candidate: float, served: float | None, policy: PromotionPoli
     if served is not None:
         metrics["served_accuracy"] = served
     if candidate < policy.min_score:
-        return Verdict(False, f"golden accuracy {candidate:.3f} below the minimum {policy.min_score:.3f}", metrics)
+        return Verdict.of(False, f"golden accuracy {candidate:.3f} below the minimum {policy.min_score:.3f}", metrics)
     if served is not None and candidate < served - policy.max_score_drop - 1e-9:
-        return Verdict(
+        return Verdict.of(
             False,
             f"golden accuracy {candidate:.3f} is worse than the served version's {served:.3f} "
             f"(allowed drop {policy.max_score_drop:.3f})",
             metrics,
         )
-    return Verdict(True, "", metrics)
+    return Verdict.of(True, "", metrics)

@@ -1,9 +1,7 @@
-"""Per-model policy: ``<state>/<model>/policy.yaml``, every field optional.
+"""Every per-model policy as values, and the one builder that reads them from plain mappings.
 
-The ``watch:`` section is documented in ``orchestrator/watch/rules.py``. The promotion
-section:
-
-Defaults (what an operator gets with no file):
+``<state>/<model>/policy.yaml`` (read by ``store/policyfile.py``) has three sections, every
+field optional; the defaults are what an operator gets with no file.
 
     promotion:
       warmup_requests: 5      # golden batches sent to a candidate before it is judged
@@ -13,21 +11,67 @@ Defaults (what an operator gets with no file):
       keep_resident: 1        # verified fallbacks kept loaded below the served version
       golden: golden          # folder (relative to the model) with inputs.npy and labels.npy
       batch_size: 8           # golden inputs per request
+
+    shadow:                   # the gate of ``orchestrate shadow`` (core/shadow_gate.py)
+      require: false            # promote refuses a version without a passed shadow run
+      min_samples: 200          # fewer compared requests: inconclusive, never a pass
+      max_mean_abs_diff: 1.0e-3 # per output tensor
+      min_cosine: 0.999         # mean per-row cosine similarity, per output tensor
+      min_top1_agreement: 0.99  # classifier-shaped outputs
+      max_latency_ratio: 1.5    # candidate / served mean time inside Triton
+      latency_slack_ms: 0.5     # ...failing only when the candidate is also this much slower
+
+    watch:                    # the watcher's rules (judged in core/rules.py)
+      interval_s: 0.05        # one probe (golden samples to the served version) per interval
+      probe_batch: 4          # golden samples per probe
+      metrics_interval_s: 1.0 # Triton /metrics scrape
+      grace_s: 10             # after a switch, latency/error-rate/resources wait this long
+      webhook: null           # URL notified (POST JSON) on rollbacks and alerts
+      rules:
+        output_sanity: {severity: rollback, for_checks: 1, bound: 1.0e6}
+        divergence:    {severity: rollback, for_checks: 1, window: 20, max_mean_abs: 1.0, min_top1_agreement: 0.3}
+        golden_score:  {severity: rollback, for_checks: 1, max_drop: 0.10}
+        probe_errors:  {severity: rollback, for_checks: 2}
+        error_rate:    {severity: rollback, for_checks: 2, max_rate: 0.05, min_requests: 20}
+        latency:       {severity: rollback, for_checks: 3, max_ratio: 2.0, min_requests: 20}
+        health:        {severity: rollback, for_checks: 3}
+        resources:     {severity: alert, for_checks: 5, max_cpu_utilization: 0.98, max_memory_bytes: 0}
+        drift:         {severity: alert, for_checks: 3, statistic: class_histogram, output: "", threshold: 0.5,
+                        window: 50, sigmas: 3.0, baseline_windows: 20, samples_per_s: 0}
+
+The shadow gate's latency slack is there because a candidate sees only the sampled requests:
+on a sub-millisecond model the ratio then measures how long its idle backend takes to wake
+(measured on the CPU sample: an identical candidate at 1 replay per 20 ms read 0.68 ms against
+production's 0.45 ms, 1.5x), not the model.
+
+Drift judges real production outputs, sampled by Triton's tensor tracing at about
+``samples_per_s`` (``daemons/sampler.py``): one finding per window of ``window`` outputs, so
+``for_checks`` counts windows. A version is judged against the last verified version's
+baseline until it has recorded its own; from then on against its own, and a breach is then an
+alert whatever the severity, since the inputs moved and no other version would help. It alerts
+by default because a legitimate upgrade may move the distribution too. Drift samples nothing
+until ``samples_per_s`` is set (2 is a good start): Triton 2.51 (the pytriton build) segfaulted
+once while tracing production at 20 samples/s through a version switch (1 crash in about 150
+switches measured with tracing on), and a crashed server is worse than a missed drift.
+Re-measure on your Triton build before turning it on.
 """
 
 from __future__ import annotations
 
+import enum
 import math
-from dataclasses import dataclass, fields
-from pathlib import Path
-from typing import Any
+import types
+import typing
+from dataclasses import dataclass, field, fields
+from typing import Any, TypeVar
 
-import yaml
+from orchestrator.core.drift import STATISTICS, baseline_key
 
-from orchestrator.core.rules import WatchPolicy, parse_watch_policy
-from orchestrator.errors import RepositoryCorrupt
+T = TypeVar("T")
 
-POLICY_FILE = "policy.yaml"
+
+class PolicyError(ValueError):
+    """A setting that cannot be used; the message names the section and the setting."""
 
 
 @dataclass(frozen=True)
@@ -58,50 +102,258 @@ class PromotionPolicy:
             raise ValueError("; ".join(problems))
 
 
-def _build(cls: type, raw: Any, where: str) -> Any:
+@dataclass(frozen=True)
+class ShadowPolicy:
+    min_samples: int = 200
+    max_mean_abs_diff: float = 1.0e-3
+    min_cosine: float = 0.999
+    min_top1_agreement: float = 0.99
+    max_latency_ratio: float = 1.5
+    latency_slack_ms: float = 0.5
+    require: bool = False
+
+    def __post_init__(self) -> None:
+        problems = []
+        if self.min_samples < 1:
+            problems.append("min_samples must be >= 1")
+        if self.max_mean_abs_diff < 0:
+            problems.append("max_mean_abs_diff must be >= 0")
+        if not -1 <= self.min_cosine <= 1:
+            problems.append("min_cosine must be within -1..1")
+        if not 0 <= self.min_top1_agreement <= 1:
+            problems.append("min_top1_agreement must be within 0..1")
+        if self.max_latency_ratio <= 0:
+            problems.append("max_latency_ratio must be > 0")
+        if self.latency_slack_ms < 0:
+            problems.append("latency_slack_ms must be >= 0")
+        if problems:
+            raise ValueError("; ".join(problems))
+
+
+class Severity(str, enum.Enum):
+    ROLLBACK = "rollback"
+    ALERT = "alert"
+    OFF = "off"
+
+
+@dataclass(frozen=True)
+class Rule:
+    severity: Severity = Severity.ROLLBACK
+    for_checks: int = 1
+    after_grace: bool = False  # judged only once the grace period after a switch is over
+
+    def __post_init__(self) -> None:
+        if self.for_checks < 1:
+            raise ValueError("for_checks must be >= 1")
+
+
+@dataclass(frozen=True)
+class OutputSanity(Rule):
+    bound: float = 1.0e6
+
+
+@dataclass(frozen=True)
+class Divergence(Rule):
+    window: int = 20  # samples compared at once: one disagreeing sample says little
+    max_mean_abs: float = 1.0
+    min_top1_agreement: float = 0.3
+
+
+@dataclass(frozen=True)
+class GoldenScore(Rule):
+    max_drop: float = 0.10
+
+
+@dataclass(frozen=True)
+class ProbeErrors(Rule):
+    for_checks: int = 2
+
+
+@dataclass(frozen=True)
+class ErrorRate(Rule):
+    for_checks: int = 2
+    after_grace: bool = True
+    max_rate: float = 0.05
+    min_requests: int = 20
+
+
+@dataclass(frozen=True)
+class Latency(Rule):
+    for_checks: int = 3
+    after_grace: bool = True
+    max_ratio: float = 2.0
+    min_requests: int = 20
+
+
+@dataclass(frozen=True)
+class Health(Rule):
+    for_checks: int = 3
+
+
+@dataclass(frozen=True)
+class Resources(Rule):
+    severity: Severity = Severity.ALERT
+    for_checks: int = 5
+    after_grace: bool = True
+    max_cpu_utilization: float = 0.98
+    max_memory_bytes: float = 0.0  # 0: not checked
+
+
+@dataclass(frozen=True)
+class Drift(Rule):
+    severity: Severity = Severity.ALERT
+    for_checks: int = 3  # consecutive windows: a sustained shift, not one odd window
+    statistic: str = "class_histogram"  # or detection_count, mean
+    output: str = ""  # output tensor; "" is the model's first
+    threshold: float = 0.5  # detection_count: an element above it is a detection
+    window: int = 50  # production outputs per window
+    sigmas: float = 3.0
+    baseline_windows: int = 20  # healthy windows recorded before a version's baseline is used
+    samples_per_s: float = 0.0  # tracing budget; 0 (the default) samples nothing: see above
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.statistic not in STATISTICS:
+            raise ValueError(f"drift statistic must be one of {', '.join(STATISTICS)}")
+        if self.window < 2 or self.baseline_windows < 2 or self.sigmas <= 0 or self.samples_per_s < 0:
+            raise ValueError("drift needs window >= 2, baseline_windows >= 2, sigmas > 0, samples_per_s >= 0")
+
+    @property
+    def sampling(self) -> bool:
+        return self.severity is not Severity.OFF and self.samples_per_s > 0
+
+    def output_of(self, outputs: list[str]) -> str:
+        """The output tensor judged: the named one, else the model's first."""
+        return self.output or outputs[0]
+
+    def baseline_key(self, outputs: list[str]) -> str:
+        return baseline_key(self.statistic, self.output_of(outputs), self.window, self.threshold)
+
+
+RULE_TYPES: dict[str, type[Rule]] = {
+    "output_sanity": OutputSanity,
+    "divergence": Divergence,
+    "golden_score": GoldenScore,
+    "probe_errors": ProbeErrors,
+    "error_rate": ErrorRate,
+    "latency": Latency,
+    "health": Health,
+    "resources": Resources,
+    "drift": Drift,
+}
+
+
+@dataclass(frozen=True)
+class WatchPolicy:
+    interval_s: float = 0.05
+    probe_batch: int = 4
+    metrics_interval_s: float = 1.0
+    grace_s: float = 10.0
+    webhook: str | None = None
+    rules: dict[str, Rule] = field(default_factory=lambda: {name: cls() for name, cls in RULE_TYPES.items()})
+
+    def __post_init__(self) -> None:
+        if self.interval_s <= 0 or self.metrics_interval_s <= 0 or self.grace_s < 0 or self.probe_batch < 1:
+            raise ValueError("interval_s, metrics_interval_s and probe_batch must be positive, grace_s >= 0")
+
+
+@dataclass(frozen=True)
+class Policies:
+    """The three sections of one model's policy file."""
+
+    promotion: PromotionPolicy = field(default_factory=PromotionPolicy)
+    watch: WatchPolicy = field(default_factory=WatchPolicy)
+    shadow: ShadowPolicy = field(default_factory=ShadowPolicy)
+
+
+# --- the builder --------------------------------------------------------------------------
+
+def build(cls: type[T], raw: Any, where: str) -> T:
+    """``cls`` from a mapping of its fields (YAML), every value coerced to the field's type.
+
+    PolicyError names ``where`` and the setting: unknown names, values of the wrong type, and
+    whatever the class's own validation refuses.
+    """
     if raw is None:
         return cls()
     if not isinstance(raw, dict):
-        raise RepositoryCorrupt(f"{where} must be a mapping")
-    defaults = {f.name: f.default for f in fields(cls)}
-    unknown = sorted(set(raw) - set(defaults))
+        raise PolicyError(f"{where} must be a mapping")
+    known = {f.name: f for f in fields(cls)}  # type: ignore[arg-type]
+    unknown = sorted(str(k) for k in set(raw) - set(known))
     if unknown:
-        raise RepositoryCorrupt(f"{where}: unknown setting(s) {', '.join(unknown)}")
-    values = {}
-    for name, value in raw.items():
-        kind = type(defaults[name])
-        try:
-            # YAML 1.1 reads "1.0e4" as a string: coerce to the field's type.
-            values[name] = kind(value) if kind is not bool else bool(value)
-        except (TypeError, ValueError):
-            raise RepositoryCorrupt(f"{where}: {name} must be a {kind.__name__}, not {value!r}") from None
+        raise PolicyError(f"{where}: unknown setting(s) {', '.join(unknown)}")
+    hints = typing.get_type_hints(cls)
+    values = {name: _coerce(hints[name], value, name, where) for name, value in raw.items()}
     try:
         return cls(**values)
     except ValueError as exc:
-        raise RepositoryCorrupt(f"{where}: {exc}") from exc
+        raise PolicyError(f"{where}: {exc}") from exc
 
 
-def _read(state_folder: Path) -> tuple[Path, dict[str, Any]]:
-    path = state_folder / POLICY_FILE
-    if not path.exists():
-        return path, {}
+def _coerce(kind: Any, value: Any, name: str, where: str) -> Any:
+    options = typing.get_args(kind) if isinstance(kind, types.UnionType) else ()
+    if options:  # "str | None": None stays None, anything else takes the other type
+        if value is None and type(None) in options:
+            return None
+        kind = next(o for o in options if o is not type(None))
     try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except (OSError, yaml.YAMLError) as exc:
-        raise RepositoryCorrupt(f"{path} is unreadable: {' '.join(str(exc).split())}") from exc
+        if kind is bool:
+            return bool(value)
+        if isinstance(kind, type) and issubclass(kind, enum.Enum):
+            return kind(value)
+        if kind in (int, float, str):
+            # YAML 1.1 reads "1.0e4" as a string: coerce to the field's type.
+            return kind(value)
+    except (TypeError, ValueError):
+        raise PolicyError(f"{where}: {name} must be a {getattr(kind, '__name__', kind)}, not {value!r}") from None
+    return value
+
+
+def build_watch(raw: Any, where: str = "watch") -> WatchPolicy:
+    """The ``watch:`` section: top-level settings through ``build``, each rule through ``build`` too."""
+    if raw is None:
+        return WatchPolicy()
     if not isinstance(raw, dict):
-        raise RepositoryCorrupt(f"{path} must be a mapping")
-    return path, raw
-
-
-def load_promotion_policy(state_folder: Path) -> PromotionPolicy:
-    path, raw = _read(state_folder)
-    return _build(PromotionPolicy, raw.get("promotion"), f"{path} promotion")
-
-
-def load_watch_policy(state_folder: Path) -> WatchPolicy:
-    path, raw = _read(state_folder)
+        raise PolicyError(f"{where} must be a mapping")
+    rules: dict[str, Rule] = dict(WatchPolicy().rules)
+    raw_rules = raw.get("rules") or {}
+    if not isinstance(raw_rules, dict):
+        raise PolicyError(f"{where}: rules must be a mapping")
+    for name, settings in raw_rules.items():
+        if name not in RULE_TYPES:
+            raise PolicyError(f"{where}: unknown watch rule {name!r} (rules: {', '.join(RULE_TYPES)})")
+        rules[name] = build(RULE_TYPES[name], settings or {}, f"{where}: rule {name}")
+    top = {k: v for k, v in raw.items() if k != "rules"}
+    policy = build(_WatchSettings, top, where)
     try:
-        return parse_watch_policy(raw.get("watch"))
-    except (TypeError, ValueError) as exc:
-        raise RepositoryCorrupt(f"{path} watch: {exc}") from exc
+        return WatchPolicy(**{f.name: getattr(policy, f.name) for f in fields(_WatchSettings)}, rules=rules)
+    except ValueError as exc:
+        raise PolicyError(f"{where}: {exc}") from exc
+
+
+@dataclass(frozen=True)
+class _WatchSettings:
+    """WatchPolicy without its rules: what ``build`` checks at the top of ``watch:``."""
+
+    interval_s: float = WatchPolicy.interval_s
+    probe_batch: int = WatchPolicy.probe_batch
+    metrics_interval_s: float = WatchPolicy.metrics_interval_s
+    grace_s: float = WatchPolicy.grace_s
+    webhook: str | None = None
+
+
+def build_policies(raw: Any, where: str) -> Policies:
+    """All three sections of a policy file's mapping."""
+    if raw is None:
+        return Policies()
+    if not isinstance(raw, dict):
+        raise PolicyError(f"{where} must be a mapping")
+    return Policies(promotion=build(PromotionPolicy, raw.get("promotion"), f"{where} promotion"),
+                    watch=build_watch(raw.get("watch"), f"{where} watch"),
+                    shadow=build(ShadowPolicy, raw.get("shadow"), f"{where} shadow"))
+
+
+def parse_watch_policy(raw: Any) -> WatchPolicy:
+    """``watch:`` mapping -> WatchPolicy (PolicyError, a ValueError, names the bad setting)."""
+    return build_watch(raw)
+

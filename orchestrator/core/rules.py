@@ -1,221 +1,36 @@
-"""Watch rules and their verdicts: pure functions of a policy and an observation.
+"""Watch rules and their verdicts: pure functions of a rule and an observation.
 
 A rule breaches, holds, or is inconclusive (no data: never a pass, never a breach). A
 breach becomes an anomaly only after it held for ``for_checks`` consecutive checks
 (debounce), and rules that judge speed or load wait out a grace period after every switch
-(cold start is not an anomaly). An anomaly is a value; the daemon decides what to do.
-
-Defaults (``watch:`` in ``<state>/<model>/policy.yaml``, every field optional):
-
-    watch:
-      interval_s: 0.05        # one probe (golden samples to the served version) per interval
-      probe_batch: 4          # golden samples per probe
-      metrics_interval_s: 1.0 # Triton /metrics scrape
-      grace_s: 10             # after a switch, latency/error-rate/resources wait this long
-      webhook: null           # URL notified (POST JSON) on rollbacks and alerts
-      rules:
-        output_sanity: {severity: rollback, for_checks: 1, bound: 1.0e6}
-        divergence:    {severity: rollback, for_checks: 1, window: 20, max_mean_abs: 1.0, min_top1_agreement: 0.3}
-        golden_score:  {severity: rollback, for_checks: 1, max_drop: 0.10}
-        probe_errors:  {severity: rollback, for_checks: 2}
-        error_rate:    {severity: rollback, for_checks: 2, max_rate: 0.05, min_requests: 20}
-        latency:       {severity: rollback, for_checks: 3, max_ratio: 2.0, min_requests: 20}
-        health:        {severity: rollback, for_checks: 3}
-        resources:     {severity: alert, for_checks: 5, max_cpu_utilization: 0.98, max_memory_bytes: 0}
-        drift:         {severity: alert, for_checks: 3, statistic: class_histogram, output: "", threshold: 0.5,
-                        window: 50, sigmas: 3.0, baseline_windows: 20, samples_per_s: 0}
-
-Drift judges real production outputs, sampled by Triton's tensor tracing at about
-``samples_per_s`` (see ``production.py``): one finding per window of ``window`` outputs,
-so ``for_checks`` counts windows. A version is judged against the last verified version's
-baseline until it has recorded its own; from then on against its own, and a breach is
-then an alert whatever the severity, since the inputs moved and no other version would
-help. It alerts by default because a legitimate upgrade may move the distribution too.
-
-Drift samples nothing until ``samples_per_s`` is set (2 is a good start): Triton 2.51 (the
-pytriton build) segfaulted once while tracing production at 20 samples/s through a version
-switch (1 crash in about 150 switches measured with tracing on), and a crashed server is
-worse than a missed drift. Re-measure on your Triton build before turning it on.
+(cold start is not an anomaly). An anomaly is a value; ``core/watch_decision.py`` decides
+what to do about it. The rules and their defaults are in ``core/policy.py``.
 """
 
 from __future__ import annotations
 
-import enum
 import math
-from dataclasses import dataclass, field, fields, replace
-from typing import Any
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
 from orchestrator.core.checks import sanity
-from orchestrator.core.drift import STATISTICS, DriftWindow, baseline_key, worst_deviation
-
-
-class Severity(str, enum.Enum):
-    ROLLBACK = "rollback"
-    ALERT = "alert"
-    OFF = "off"
-
-
-class Outcome(str, enum.Enum):
-    OK = "ok"
-    BREACH = "breach"
-    INCONCLUSIVE = "inconclusive"
-
-
-@dataclass(frozen=True)
-class Rule:
-    severity: Severity = Severity.ROLLBACK
-    for_checks: int = 1
-    after_grace: bool = False  # judged only once the grace period after a switch is over
-
-    def __post_init__(self) -> None:
-        if self.for_checks < 1:
-            raise ValueError("for_checks must be >= 1")
-
-
-@dataclass(frozen=True)
-class OutputSanity(Rule):
-    bound: float = 1.0e6
-
-
-@dataclass(frozen=True)
-class Divergence(Rule):
-    window: int = 20  # samples compared at once: one disagreeing sample says little
-    max_mean_abs: float = 1.0
-    min_top1_agreement: float = 0.3
-
-
-@dataclass(frozen=True)
-class GoldenScore(Rule):
-    max_drop: float = 0.10
-
-
-@dataclass(frozen=True)
-class ProbeErrors(Rule):
-    for_checks: int = 2
-
-
-@dataclass(frozen=True)
-class ErrorRate(Rule):
-    for_checks: int = 2
-    after_grace: bool = True
-    max_rate: float = 0.05
-    min_requests: int = 20
-
-
-@dataclass(frozen=True)
-class Latency(Rule):
-    for_checks: int = 3
-    after_grace: bool = True
-    max_ratio: float = 2.0
-    min_requests: int = 20
-
-
-@dataclass(frozen=True)
-class Health(Rule):
-    for_checks: int = 3
-
-
-@dataclass(frozen=True)
-class Resources(Rule):
-    severity: Severity = Severity.ALERT
-    for_checks: int = 5
-    after_grace: bool = True
-    max_cpu_utilization: float = 0.98
-    max_memory_bytes: float = 0.0  # 0: not checked
-
-
-@dataclass(frozen=True)
-class Drift(Rule):
-    severity: Severity = Severity.ALERT
-    for_checks: int = 3  # consecutive windows: a sustained shift, not one odd window
-    statistic: str = "class_histogram"  # or detection_count, mean
-    output: str = ""  # output tensor; "" is the model's first
-    threshold: float = 0.5  # detection_count: an element above it is a detection
-    window: int = 50  # production outputs per window
-    sigmas: float = 3.0
-    baseline_windows: int = 20  # healthy windows recorded before a version's baseline is used
-    samples_per_s: float = 0.0  # tracing budget; 0 (the default) samples nothing: see above
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        if self.statistic not in STATISTICS:
-            raise ValueError(f"drift statistic must be one of {', '.join(STATISTICS)}")
-        if self.window < 2 or self.baseline_windows < 2 or self.sigmas <= 0 or self.samples_per_s < 0:
-            raise ValueError("drift needs window >= 2, baseline_windows >= 2, sigmas > 0, samples_per_s >= 0")
-
-    @property
-    def sampling(self) -> bool:
-        return self.severity is not Severity.OFF and self.samples_per_s > 0
-
-    def output_of(self, outputs: list[str]) -> str:
-        """The output tensor judged: the named one, else the model's first."""
-        return self.output or outputs[0]
-
-    def baseline_key(self, outputs: list[str]) -> str:
-        return baseline_key(self.statistic, self.output_of(outputs), self.window, self.threshold)
-
-
-RULE_TYPES: dict[str, type[Rule]] = {
-    "output_sanity": OutputSanity,
-    "divergence": Divergence,
-    "golden_score": GoldenScore,
-    "probe_errors": ProbeErrors,
-    "error_rate": ErrorRate,
-    "latency": Latency,
-    "health": Health,
-    "resources": Resources,
-    "drift": Drift,
-}
-
-
-@dataclass(frozen=True)
-class WatchPolicy:
-    interval_s: float = 0.05
-    probe_batch: int = 4
-    metrics_interval_s: float = 1.0
-    grace_s: float = 10.0
-    webhook: str | None = None
-    rules: dict[str, Rule] = field(default_factory=lambda: {name: cls() for name, cls in RULE_TYPES.items()})
-
-    def __post_init__(self) -> None:
-        if self.interval_s <= 0 or self.metrics_interval_s <= 0 or self.grace_s < 0 or self.probe_batch < 1:
-            raise ValueError("interval_s, metrics_interval_s and probe_batch must be positive, grace_s >= 0")
-
-
-def parse_watch_policy(raw: Any) -> WatchPolicy:
-    """``watch:`` mapping -> WatchPolicy; ValueError names the bad setting."""
-    if raw is None:
-        return WatchPolicy()
-    if not isinstance(raw, dict):
-        raise ValueError("watch must be a mapping")
-    unknown = set(raw) - {"interval_s", "probe_batch", "metrics_interval_s", "grace_s", "webhook", "rules"}
-    if unknown:
-        raise ValueError(f"unknown watch setting(s) {', '.join(sorted(unknown))}")
-    rules = dict(WatchPolicy().rules)
-    for name, settings in (raw.get("rules") or {}).items():
-        if name not in RULE_TYPES:
-            raise ValueError(f"unknown watch rule {name!r} (rules: {', '.join(RULE_TYPES)})")
-        rules[name] = _rule(RULE_TYPES[name], settings or {}, name)
-    top: dict[str, Any] = {k: float(raw[k]) for k in ("interval_s", "metrics_interval_s", "grace_s") if k in raw}
-    if "probe_batch" in raw:
-        top["probe_batch"] = int(raw["probe_batch"])
-    return WatchPolicy(**top, webhook=raw.get("webhook"), rules=rules)
-
-
-def _rule(cls: type[Rule], settings: dict[str, Any], name: str) -> Rule:
-    defaults = {f.name: f.default for f in fields(cls)}
-    values: dict[str, Any] = {}
-    for key, value in settings.items():
-        if key not in defaults:
-            raise ValueError(f"rule {name}: unknown setting {key!r}")
-        if key == "severity":
-            values[key] = Severity(value)
-        else:
-            values[key] = type(defaults[key])(value)
-    return cls(**values)
-
+from orchestrator.core.drift import DriftWindow, worst_deviation
+from orchestrator.core.policy import (
+    Divergence,
+    Drift,
+    ErrorRate,
+    GoldenScore,
+    Health,
+    Latency,
+    OutputSanity,
+    ProbeErrors,
+    Resources,
+    Rule,
+    Severity,
+    WatchPolicy,
+)
+from orchestrator.core.verdict import Outcome
 
 # --- observations and verdicts ----------------------------------------------------------
 

@@ -11,7 +11,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
-from orchestrator.store.metafile import VersionStatus
+from orchestrator.core.journal import Action, History, Result
+from orchestrator.core.model import VersionStatus
 
 
 @dataclass(frozen=True)
@@ -23,6 +24,19 @@ class SwitchPlan:
     @property
     def final(self) -> tuple[int, ...]:
         return self.steps[-1]
+
+
+def served_history(history: History) -> list[int]:
+    """Versions in the order they started serving, from the journal's completed switches."""
+    served: list[int] = []
+    for record in history.records:
+        if (record.action.switches or record.action is Action.RECONCILE) \
+                and record.result in (Result.SUCCEEDED, Result.REPAIRED):
+            if record.from_version is not None and not served:
+                served.append(record.from_version)
+            if record.to_version is not None:
+                served.append(record.to_version)
+    return served
 
 
 def fallback_order(served_history: Iterable[int], statuses: Mapping[int, VersionStatus], exclude: int,

@@ -25,12 +25,18 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from orchestrator.daemons.shadow_worker import tracing_on
 from orchestrator.errors import OrchestratorError
 from orchestrator.store.repository import ModelStore
 from orchestrator.store.shadow_state import active_shadow
 from orchestrator.triton.client import Triton
-from orchestrator.triton.traces import TRACING_OFF, TraceSample, TraceTail, trace_location, tracing_settings
+from orchestrator.triton.traces import (
+    TRACING_OFF,
+    TraceSample,
+    TraceTail,
+    shadow_tracing,
+    trace_location,
+    tracing_settings,
+)
 
 log = logging.getLogger(__name__)
 
@@ -113,7 +119,7 @@ class ProductionSampler:
             return False
         if shadow.phase == "running" and not self.standing_aside:
             try:  # our lease may have landed after the worker's settings a moment ago
-                self.triton.update_trace_settings(self.store.name, tracing_on(shadow.config))
+                self.triton.update_trace_settings(self.store.name, shadow_tracing(shadow.config.sample_rate))
             except OrchestratorError as exc:
                 log.warning("%s: could not hand tracing back to the shadow run: %s", self.store.name, exc)
                 return True  # try again next poll

@@ -31,17 +31,12 @@ from orchestrator.errors import OrchestratorError, TritonError
 from orchestrator.store.repository import candidate_name
 from orchestrator.store.shadow_state import ShadowConfig, ShadowState, read_state, write_state
 from orchestrator.triton.client import Triton
-from orchestrator.triton.traces import TRACING_OFF, Taken, TraceSample, TraceTail, tracing_settings
+from orchestrator.triton.traces import TRACING_OFF, Taken, TraceSample, TraceTail, shadow_tracing
 
 log = logging.getLogger(__name__)
 
 TAIL_INTERVAL_S = 0.02
 BEAT_INTERVAL_S = 0.5
-
-
-def tracing_on(config: ShadowConfig) -> dict[str, object]:
-    """Trace settings for the production model: every 1/rate-th request, one file per request."""
-    return tracing_settings(max(1, round(1 / config.sample_rate)))
 
 
 class ShadowWorker:
@@ -71,7 +66,7 @@ class ShadowWorker:
         control = self._client(10.0)
         try:
             self._stats_base = control.inference_stats(candidate_name(self.config.model))
-            control.update_trace_settings(self.config.model, tracing_on(self.config))
+            control.update_trace_settings(self.config.model, shadow_tracing(self.config.sample_rate))
         finally:
             control.close()
         for target in (self._tail_loop, self._replay_loop, self._beat_loop):
@@ -262,7 +257,3 @@ def run_detached(state_folder: Path, admin_key: str | None) -> int:
     failed = worker.report().phase == "failed"
     worker.stop()
     return 1 if failed else 0
-
-
-def initial_state(config: ShadowConfig, started_at: str, op: str) -> ShadowState:
-    return ShadowState(config=config, phase="starting", started_at=started_at, op=op, heartbeat=time.time())

@@ -50,7 +50,7 @@ from orchestrator.errors import (
     TritonUnreachable,
 )
 from orchestrator.store.atomic import write_atomic
-from orchestrator.store.journal import SUCCEEDED, Record, new_op_id
+from orchestrator.core.journal import SUCCEEDED, Record, new_op_id
 from orchestrator.store.metafile import VersionStatus
 from orchestrator.store.modelconfig import contract
 from orchestrator.store.repository import ModelStore

@@ -30,7 +30,7 @@ import requests
 
 from orchestrator.errors import FetchFailed, PackageRejected, UsageError
 from orchestrator.store.atomic import fsync_dir, write_atomic
-from orchestrator.store.journal import now_iso
+from orchestrator.core.journal import now_iso
 from orchestrator.store.metafile import sha256_file
 
 log = logging.getLogger(__name__)

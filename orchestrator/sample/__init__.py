@@ -22,7 +22,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from orchestrator.delivery.package import write_package
-from orchestrator.store.journal import now_iso
+from orchestrator.core.journal import now_iso
 from orchestrator.store.metafile import Contract, TensorSpec, VersionMeta
 
 MODEL = "classifier"

@@ -1,113 +1,18 @@
-"""The per-model history: an append-only JSON-lines file, one record per event.
+"""The per-model journal file: append-only JSON lines, one ``core.journal.Record`` per line.
 
-Each operation writes a ``started`` record before it acts and a final record when it
-ends, under one operation id; an operation with no final record was interrupted and is
-repaired by the next command. Appends are fsynced; a torn last line (power cut mid-write)
-is skipped on read and fenced off by a newline on the next append.
+Appends are fsynced; a torn last line (power cut mid-write) is skipped on read and fenced off
+by a newline on the next append.
 """
 
 from __future__ import annotations
 
-import getpass
-import json
 import os
-import socket
-import uuid
-from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
 
 from orchestrator import faults
+from orchestrator.core.journal import History, Record
 
 JOURNAL_FILE = "version_history.log"
-
-STARTED = "started"
-SUCCEEDED = "succeeded"
-FAILED = "failed"
-REFUSED = "refused"
-REPAIRED = "repaired"  # an interrupted operation finished by a later command
-ABORTED = "aborted"  # an interrupted operation undone by a later command
-STEP = "step"
-FINAL_RESULTS = frozenset({SUCCEEDED, FAILED, REFUSED, REPAIRED, ABORTED})
-
-
-def now_iso() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
-
-
-def default_actor() -> str:
-    actor = os.environ.get("ORCH_ACTOR")
-    if actor:
-        return actor
-    try:
-        user = getpass.getuser()
-    except (KeyError, OSError):
-        user = str(os.getuid())
-    return f"{user}@{socket.gethostname()}"
-
-
-def new_op_id() -> str:
-    return uuid.uuid4().hex[:12]
-
-
-@dataclass(frozen=True)
-class Record:
-    action: str  # import, promote, rollback, reconcile, ...
-    result: str  # started, step, succeeded, failed, refused, repaired, aborted
-    op: str
-    time: str = field(default_factory=now_iso)
-    actor: str = field(default_factory=default_actor)
-    from_version: int | None = None
-    to_version: int | None = None
-    reason: str = ""
-    duration_ms: float | None = None
-    details: dict[str, Any] = field(default_factory=dict)
-
-    def to_json(self) -> str:
-        doc = asdict(self)
-        doc["from"] = doc.pop("from_version")
-        doc["to"] = doc.pop("to_version")
-        return json.dumps(doc, sort_keys=True, separators=(",", ":"))
-
-    @classmethod
-    def from_json(cls, line: str) -> Record:
-        doc = json.loads(line)
-        if not isinstance(doc, dict):
-            raise ValueError("record is not an object")
-        return cls(
-            action=str(doc["action"]),
-            result=str(doc["result"]),
-            op=str(doc["op"]),
-            time=str(doc["time"]),
-            actor=str(doc.get("actor", "")),
-            from_version=doc.get("from"),
-            to_version=doc.get("to"),
-            reason=str(doc.get("reason", "")),
-            duration_ms=doc.get("duration_ms"),
-            details=dict(doc.get("details") or {}),
-        )
-
-    @property
-    def is_final(self) -> bool:
-        return self.result in FINAL_RESULTS
-
-
-@dataclass(frozen=True)
-class History:
-    records: tuple[Record, ...]
-    skipped_lines: int  # torn or unreadable lines, reported rather than fatal
-
-    def unfinished(self) -> Record | None:
-        """The ``started`` record of the last operation that never got a final record."""
-        finished = {r.op for r in self.records if r.is_final}
-        for record in reversed(self.records):
-            if record.result == STARTED and record.op not in finished:
-                return record
-        return None
-
-    def steps(self, op: str) -> list[str]:
-        return [str(r.details.get("step")) for r in self.records if r.op == op and r.result == STEP]
 
 
 class Journal:

@@ -6,77 +6,21 @@ version is filed; only the ``verification`` block is updated, atomically.
 
 from __future__ import annotations
 
-import enum
 import hashlib
-from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from orchestrator.core.model import Contract, TensorSpec, Verification, VersionMeta, VersionStatus
 from orchestrator.store.atomic import write_atomic
 
 META_FILE = "meta.yaml"
 _CHUNK = 1 << 20
 
 
-class VersionStatus(str, enum.Enum):
-    UNVERIFIED = "unverified"  # filed, never checked
-    VERIFIED = "verified"  # passed the promotion checks
-    FAILED = "failed"  # refused by a promotion check
-    ROLLED_BACK = "rolled_back"  # served, then rolled back by hand; may be promoted again
-    QUARANTINED = "quarantined"  # rolled back by the watcher; promote needs --force
-
-
 class MetaError(ValueError):
     """meta.yaml is missing, unreadable or incomplete; callers wrap it in their own error."""
-
-
-@dataclass(frozen=True)
-class TensorSpec:
-    name: str
-    datatype: str  # Triton's names: FP32, INT64, BYTES, ...
-    dims: tuple[int, ...]
-
-    def describe(self) -> str:
-        return f"{self.name}:{self.datatype}{list(self.dims)}"
-
-
-@dataclass(frozen=True)
-class Contract:
-    inputs: tuple[TensorSpec, ...]
-    outputs: tuple[TensorSpec, ...]
-
-
-@dataclass(frozen=True)
-class Verification:
-    status: VersionStatus = VersionStatus.UNVERIFIED
-    verified_by: str | None = None
-    verified_at: str | None = None
-    golden: dict[str, float] = field(default_factory=dict)
-    reason: str | None = None
-
-    @property
-    def verified(self) -> bool:
-        return self.status is VersionStatus.VERIFIED
-
-
-@dataclass(frozen=True)
-class VersionMeta:
-    model: str
-    version: int | None  # None in a package that leaves numbering to the repository
-    artifacts: dict[str, str]  # file name -> sha256
-    contract: Contract
-    framework: dict[str, str] = field(default_factory=dict)
-    target_device: str = "cpu"
-    source: str = ""
-    created_at: str = ""  # when the package was built
-    filed_at: str = ""  # when this repository filed it
-    verification: Verification = field(default_factory=Verification)
-    extra: dict[str, Any] = field(default_factory=dict)  # fields we carry but do not interpret
-
-    def with_verification(self, verification: Verification) -> VersionMeta:
-        return replace(self, verification=verification)
 
 
 def sha256_file(path: Path) -> str:
@@ -211,3 +155,7 @@ def render_meta(meta: VersionMeta) -> str:
 
 def write_meta(path: Path, meta: VersionMeta) -> None:
     write_atomic(path, render_meta(meta))
+
+
+__all__ = ["META_FILE", "Contract", "MetaError", "TensorSpec", "Verification", "VersionMeta", "VersionStatus",
+           "parse_meta", "read_meta", "render_meta", "sha256_file", "write_meta"]

@@ -7,13 +7,12 @@ nothing but that field changed; where that proof fails, the whole config is re-s
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
 from google.protobuf import json_format, text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
-from orchestrator.store.metafile import Contract, TensorSpec
+from orchestrator.core.model import Contract, TensorSpec, VersionPolicy
 
 CONFIG_FILE = "config.pbtxt"
 
@@ -22,21 +21,6 @@ ModelConfig = mc.ModelConfig
 
 class ConfigError(ValueError):
     """config.pbtxt cannot be parsed; callers wrap it in their own error."""
-
-
-@dataclass(frozen=True)
-class VersionPolicy:
-    kind: str  # "specific", "latest" or "all"
-    versions: tuple[int, ...] = ()  # for "specific"
-    latest: int = 1  # for "latest"
-
-    def resident(self, available: list[int]) -> tuple[int, ...]:
-        """The versions Triton loads from ``available`` folders under this policy."""
-        if self.kind == "all":
-            return tuple(sorted(available))
-        if self.kind == "latest":
-            return tuple(sorted(available)[-self.latest:]) if available else ()
-        return tuple(v for v in sorted(self.versions) if v in available)
 
 
 def parse_config(text: str) -> ModelConfig:

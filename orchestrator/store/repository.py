@@ -32,7 +32,8 @@ from orchestrator.core.versions import is_version_folder
 from orchestrator.delivery.package import copy_artifacts
 from orchestrator.errors import RepositoryCorrupt, UnknownModel, UnknownVersion
 from orchestrator.store.atomic import fsync_dir, write_atomic
-from orchestrator.store.journal import JOURNAL_FILE, Journal, now_iso
+from orchestrator.core.journal import now_iso
+from orchestrator.store.journal import JOURNAL_FILE, Journal
 from orchestrator.store.metafile import (
     META_FILE,
     MetaError,

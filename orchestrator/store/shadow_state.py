@@ -71,6 +71,10 @@ class ShadowState:
         return ShadowReport(self.config.model, self.config.version, phase=self.phase, reason=self.reason)
 
 
+def initial_state(config: ShadowConfig, started_at: str, op: str) -> ShadowState:
+    return ShadowState(config=config, phase="starting", started_at=started_at, op=op, heartbeat=time.time())
+
+
 def shadow_dir(state_folder: Path) -> Path:
     return state_folder / SHADOW_DIR
 

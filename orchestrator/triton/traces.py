@@ -48,6 +48,11 @@ def tracing_settings(rate: int, count: int = -1) -> dict[str, object]:
             "log_frequency": "1"}
 
 
+def shadow_tracing(sample_rate: float) -> dict[str, object]:
+    """Trace settings for the production model under shadow: every 1/rate-th request, one file per request."""
+    return tracing_settings(max(1, round(1 / sample_rate)))
+
+
 def trace_location(triton: Triton, model: str, trace_dir: Path | None, purpose: str) -> tuple[Path, str]:
     """(folder on this machine, file prefix) of the trace files Triton writes for ``model``.
 

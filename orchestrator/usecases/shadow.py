@@ -25,7 +25,7 @@ from orchestrator.core.shadow_gate import META_KEY, GateVerdict, load_shadow_pol
 from orchestrator.core.shadow_stats import ShadowReport
 from orchestrator.daemons.shadow_worker import ShadowWorker, initial_state
 from orchestrator.errors import LoadFailed, TritonError, UsageError
-from orchestrator.store.journal import FAILED, STEP, SUCCEEDED, Record, new_op_id, now_iso
+from orchestrator.core.journal import FAILED, STEP, SUCCEEDED, Record, new_op_id, now_iso
 from orchestrator.store.lock import model_lock
 from orchestrator.store.metafile import META_FILE, write_meta
 from orchestrator.store.modelconfig import to_json

@@ -13,7 +13,7 @@ import yaml
 from prometheus_client import CollectorRegistry
 
 from orchestrator.daemons.watch import Watch
-from orchestrator.store.journal import Record
+from orchestrator.core.journal import Record
 
 from .conftest import MODEL, Stack
 

@@ -1,4 +1,5 @@
-from orchestrator.store.journal import STARTED, SUCCEEDED, Journal, Record
+from orchestrator.core.journal import STARTED, SUCCEEDED, Record
+from orchestrator.store.journal import Journal
 
 
 def test_records_round_trip_and_unfinished_operation(tmp_path):

@@ -1,0 +1,30 @@
+"""The golden set on disk: ``<state>/<model>/<golden>/inputs.npy`` (or ``<INPUT>.npy``) and ``labels.npy``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from orchestrator.core.golden import GoldenSet
+from orchestrator.core.model import Contract
+from orchestrator.errors import RepositoryCorrupt
+
+
+def load_golden(folder: Path, contract: Contract) -> GoldenSet | None:
+    """``inputs.npy`` (single-input models) or ``<INPUT>.npy`` per input, and optional ``labels.npy``."""
+    if not folder.is_dir():
+        return None
+    names = [t.name for t in contract.inputs]
+    files = {n: folder / f"{n}.npy" for n in names}
+    if len(names) == 1 and not files[names[0]].exists():
+        files = {names[0]: folder / "inputs.npy"}
+    try:
+        inputs = {name: np.load(path, allow_pickle=False) for name, path in files.items()}
+        labels = np.load(folder / "labels.npy", allow_pickle=False) if (folder / "labels.npy").exists() else None
+    except (OSError, ValueError) as exc:
+        raise RepositoryCorrupt(f"golden set in {folder} is unreadable: {exc}") from exc
+    sizes = {len(a) for a in inputs.values()} | ({len(labels)} if labels is not None else set())
+    if len(sizes) != 1 or 0 in sizes:
+        raise RepositoryCorrupt(f"golden set in {folder}: inputs and labels differ in length or are empty")
+    return GoldenSet(inputs, labels)

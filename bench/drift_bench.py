@@ -39,7 +39,7 @@ from orchestrator.delivery.signing import TrustPolicy
 from orchestrator.sample import sample_images, write_faulty_package
 from orchestrator.settings import Settings
 from orchestrator.triton.embedded import free_ports
-from orchestrator.usecases.operations import Orchestrator
+from orchestrator.usecases.orchestrator import Orchestrator
 
 FAST_DRIFT = {"severity": "rollback", "window": 20, "baseline_windows": 5, "for_checks": 2, "samples_per_s": 20}
 

@@ -25,7 +25,7 @@ from orchestrator.settings import Settings
 from orchestrator.store.shadow_state import read_state
 from orchestrator.triton.client import Triton
 from orchestrator.triton.traces import TRACING_OFF, shadow_tracing
-from orchestrator.usecases.operations import Orchestrator
+from orchestrator.usecases.orchestrator import Orchestrator
 from orchestrator.usecases.shadow import DEFAULT_SAMPLE_RATE, start_shadow, stop_shadow
 
 

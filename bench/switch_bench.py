@@ -33,7 +33,7 @@ from orchestrator.store.metafile import Verification, VersionStatus  # noqa: E40
 from orchestrator.store.modelconfig import to_json  # noqa: E402
 from orchestrator.triton.client import Triton  # noqa: E402
 from orchestrator.triton.embedded import EmbeddedTriton  # noqa: E402
-from orchestrator.usecases.operations import Orchestrator  # noqa: E402
+from orchestrator.usecases.orchestrator import Orchestrator  # noqa: E402
 
 MODEL = "classifier"
 
@@ -104,9 +104,9 @@ def main() -> None:
         for run in range(args.runs):
             # Baseline: the same version made to serve by a bare load_model, no checks.
             started = time.monotonic()
-            control.load(MODEL, to_json(store.write_resident((1, 2))))
+            control.load(MODEL, to_json(store.write_resident(store.snapshot(), (1, 2)).config))
             bare.append(time.monotonic() - started)
-            control.load(MODEL, to_json(store.write_resident((1,))))
+            control.load(MODEL, to_json(store.write_resident(store.snapshot(), (1,)).config))
             control.wait_unloaded(MODEL, {2}, 30)
             store.set_verification(2, Verification(status=VersionStatus.UNVERIFIED))
 

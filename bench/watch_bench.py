@@ -31,7 +31,7 @@ from orchestrator.delivery.signing import TrustPolicy
 from orchestrator.sample import write_faulty_package
 from orchestrator.settings import Settings
 from orchestrator.triton.embedded import free_ports
-from orchestrator.usecases.operations import Orchestrator
+from orchestrator.usecases.orchestrator import Orchestrator
 
 
 def wall(iso: str) -> float:

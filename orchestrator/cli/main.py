@@ -8,51 +8,30 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import signal
 import sys
 import tempfile
-from collections.abc import Callable
+import threading
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Annotated
 
 import typer
 
+from orchestrator.cli.common import State, orchestrator_of, run
 from orchestrator.cli.shadow import register as register_shadow_commands
 from orchestrator.cli.trust import register as register_trust_commands
+from orchestrator.core.journal import Record, Result
 from orchestrator.core.versions import label, parse_version
-from orchestrator.errors import OrchestratorError, UsageError
-from orchestrator.settings import from_environment, read_admin_key
-from orchestrator.core.journal import Record
-from orchestrator.usecases.operations import Orchestrator, SwitchResult
-from orchestrator.usecases.status import ModelStatus, model_status
+from orchestrator.errors import UsageError
+from orchestrator.settings import read_admin_key
+from orchestrator.store.repository import ModelRepository
+from orchestrator.usecases.context import SwitchResult
+from orchestrator.usecases.orchestrator import Orchestrator
+from orchestrator.usecases.status import ModelStatus
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Ship model versions to a running Triton and get the last verified one back.")
-T = TypeVar("T")
-
-
-class State:
-    def __init__(self) -> None:
-        self.options: dict[str, Any] = {}
-
-    def orchestrator(self) -> Orchestrator:
-        return Orchestrator(from_environment(**self.options))
-
-
-def run(fn: Callable[[], T]) -> T:
-    try:
-        return fn()
-    except OrchestratorError as exc:
-        typer.echo("error: " + " ".join(str(exc).split()), err=True)
-        raise typer.Exit(exc.exit_code) from None
-    except OSError as exc:  # disk full, read-only file system, I/O error: nothing half-written is kept
-        where = f" ({exc.filename})" if exc.filename else ""
-        typer.echo(f"error: cannot write{where}: {exc.strerror or exc}; the next command repairs any half-done step",
-                   err=True)
-        raise typer.Exit(11) from None
-    except KeyboardInterrupt:
-        typer.echo("error: interrupted; the next command repairs any half-done step", err=True)
-        raise typer.Exit(130) from None
 
 
 @app.callback()
@@ -73,13 +52,14 @@ def main(
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, stream=sys.stderr,
                         format="%(levelname)s %(name)s: %(message)s")
     state = State()
+    state.verbose = verbose
     state.options = {"repository": repository, "state_dir": state_dir, "url": url, "default_model": model,
                      "timeout_s": timeout, "lock_timeout_s": lock_timeout}
     ctx.obj = state
 
 
 def _orch(ctx: typer.Context) -> Orchestrator:
-    return run(ctx.obj.orchestrator)
+    return orchestrator_of(ctx)
 
 
 def _print_json(data: object) -> None:
@@ -169,12 +149,7 @@ def _status_table(status: ModelStatus) -> str:
 def status(ctx: typer.Context, model: Annotated[str | None, typer.Argument()] = None,
            as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
     """Served version, resident versions and their Triton state, verified/failed versions."""
-    def collect() -> list[ModelStatus]:
-        orch = _orch(ctx)
-        names = [model] if model else orch.repository.models()
-        return [model_status(orch, orch.repository.model(name)) for name in names]
-
-    statuses = run(collect)
+    statuses = run(lambda: _orch(ctx).status(model))
     if as_json:
         _print_json([s.as_dict() for s in statuses])
     else:
@@ -184,7 +159,8 @@ def status(ctx: typer.Context, model: Annotated[str | None, typer.Argument()] = 
 def _history_line(record: Record) -> str:
     span = f"{label(record.from_version)} -> {label(record.to_version)}"
     duration = f"{record.duration_ms:.0f} ms" if record.duration_ms is not None else ""
-    return (f"{record.time[:23]:<24} {record.action:<10} {record.result:<10} {span:<12} {duration:>8}  "
+    return (f"{record.time[:23]:<24} {record.action.value:<10} {record.result.value:<10} {span:<12} "
+            f"{duration:>8}  "
             f"{record.actor}  {record.reason}").rstrip()
 
 
@@ -196,7 +172,7 @@ def history(ctx: typer.Context, model: Annotated[str | None, typer.Argument()] =
     journal = run(lambda: _orch(ctx).history(model))
     finished = {r.op for r in journal.records if r.is_final}
     # One line per operation: its outcome, or its start when it never finished.
-    records = [r for r in journal.records if r.is_final or (r.result == "started" and r.op not in finished)]
+    records = [r for r in journal.records if r.is_final or (r.result is Result.STARTED and r.op not in finished)]
     records = records[-limit:] if limit else records
     if as_json:
         _print_json([json.loads(r.to_json()) for r in records])
@@ -227,9 +203,6 @@ def watch(ctx: typer.Context,
                                                          "drift [default: the server's trace file folder]")]
           = None) -> None:
     """Watch the served versions and roll back to the last verified one on anomalies (until SIGTERM)."""
-    import os  # noqa: PLC0415
-    import threading  # noqa: PLC0415
-
     from orchestrator.daemons.watch import Watch, serve_metrics  # noqa: PLC0415
 
     def start() -> Watch:
@@ -260,8 +233,6 @@ def local_triton(ctx: typer.Context,
         repo = Path(ctx.obj.options["repository"] or "model_repository")
         if not repo.is_dir():
             raise UsageError(f"model repository {repo} is not a folder")
-        from orchestrator.store.repository import ModelRepository  # noqa: PLC0415
-
         models = tuple(load or ModelRepository(repo, repo.parent / "orchestrator_state").models())
         workdir = Path(tempfile.mkdtemp(prefix="orch-triton-"))
         # With ORCH_ADMIN_KEY(_FILE) set, the control API is locked as on a device.

@@ -6,29 +6,30 @@ Added to the main application by ``register(app)`` (``cli.py`` calls it), like `
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from orchestrator.core.shadow_gate import load_shadow_policy, shadow_gate
+from orchestrator.cli.common import orchestrator_of, run
+from orchestrator.core.shadow_gate import shadow_gate
 from orchestrator.core.shadow_stats import ShadowReport
+from orchestrator.core.versions import label, parse_version
+from orchestrator.errors import ShadowFailed
+from orchestrator.store.policyfile import read_policies
 from orchestrator.store.shadow_state import ShadowState
+from orchestrator.usecases.orchestrator import Orchestrator
 from orchestrator.usecases.shadow import DEFAULT_SAMPLE_RATE, shadow_status, start_shadow, stop_shadow
 
 shadow_app = typer.Typer(no_args_is_help=True, help="Replay sampled production requests to a candidate version.")
 
 
-def _orch(ctx: typer.Context):  # type: ignore[no-untyped-def]
-    from orchestrator.cli.main import _orch as orch  # noqa: PLC0415 - cli.py imports this module
-
-    return orch(ctx)
+def _orch(ctx: typer.Context) -> Orchestrator:
+    return orchestrator_of(ctx)
 
 
-def _run(fn):  # type: ignore[no-untyped-def]
-    from orchestrator.cli.main import run  # noqa: PLC0415 - cli.py imports this module
-
-    return run(fn)
+_run = run
 
 
 @shadow_app.command("start")
@@ -44,8 +45,6 @@ def start(ctx: typer.Context, model: str, version: str,
           metrics_port: Annotated[int | None, typer.Option(help="Serve the run's Prometheus metrics here")] = None,
           ) -> None:
     """Load VERSION as <model>__candidate and start replaying sampled production requests to it."""
-    from orchestrator.core.versions import label, parse_version  # noqa: PLC0415
-
     number = _run(lambda: parse_version(version))
     orch = _orch(ctx)
     _run(lambda: start_shadow(orch, model, number, sample_rate, min_samples, trace_dir,
@@ -68,7 +67,7 @@ def status(ctx: typer.Context, model: str, as_json: Annotated[bool, typer.Option
             f"{report.dropped} dropped, {report.candidate_errors} candidate errors")
     typer.echo(line + (f"; {state.reason}" if state.reason else ""))
     if state.phase == "failed":
-        raise typer.Exit(5)
+        _run(lambda: _fail(model, state.config.version, state.reason))
 
 
 @shadow_app.command("report")
@@ -77,10 +76,8 @@ def report_(ctx: typer.Context, model: str, as_json: Annotated[bool, typer.Optio
     orch = _orch(ctx)
     state = _run(lambda: shadow_status(orch, model))
     report = state.shadow_report()
-    policy = _run(lambda: load_shadow_policy(orch.repository.model(model).state))
+    policy = _run(lambda: read_policies(orch.repository.model(model).state).shadow)
     if state.config.min_samples is not None:
-        from dataclasses import replace  # noqa: PLC0415
-
         policy = replace(policy, min_samples=state.config.min_samples)
     verdict = shadow_gate(report, policy)
     if as_json:
@@ -124,7 +121,11 @@ def stop(ctx: typer.Context, model: str, as_json: Annotated[bool, typer.Option("
         typer.echo(f"verdict: {v.outcome.value}: {v.reason}" + ("" if result.meta_written else
                    " (not written to meta.yaml: the version is loaded in production)"))
     if not v.passed:
-        raise typer.Exit(5)
+        _run(lambda: _fail(model, result.state.config.version, v.reason))
+
+
+def _fail(model: str, version: int, reason: str) -> None:
+    raise ShadowFailed(model, version, reason)
 
 
 def register(app: typer.Typer) -> None:

@@ -17,6 +17,8 @@ from typing import Annotated
 
 import typer
 
+from orchestrator.cli.common import orchestrator_of, run
+from orchestrator.core.versions import label
 from orchestrator.delivery.fetch import DEFAULT_TIMEOUT_S, MAX_DOWNLOAD_BYTES, fetch
 from orchestrator.delivery.signing import (
     ENV_TRUSTED_KEYS,
@@ -27,7 +29,7 @@ from orchestrator.delivery.signing import (
     sign_package,
 )
 from orchestrator.errors import PackageRejected, UsageError
-from orchestrator.usecases.operations import ImportResult
+from orchestrator.usecases.context import ImportResult
 
 DOWNLOADS = "downloads"
 
@@ -35,8 +37,6 @@ DOWNLOADS = "downloads"
 def keygen(out: Annotated[Path, typer.Option("--out", help="Folder for NAME.key and NAME.pub")],
            name: Annotated[str, typer.Option("--name", help="File name of the key pair")] = "signing") -> None:
     """Create an Ed25519 signing key pair (NAME.key stays on the build machine, NAME.pub goes to devices)."""
-    from orchestrator.cli.main import run  # noqa: PLC0415 - cli.py imports this module
-
     def create() -> str:
         if not name or "/" in name or name.startswith("."):
             raise UsageError(f"--name {name!r} must be a plain file name")
@@ -53,8 +53,6 @@ def keygen(out: Annotated[Path, typer.Option("--out", help="Folder for NAME.key 
 def sign(package: Annotated[Path, typer.Argument(help="Package folder or .tar.gz")],
          key: Annotated[Path, typer.Option("--key", help="Private key file written by `orchestrate keygen`")]) -> None:
     """Sign a package's meta.yaml (writes meta.yaml.sig; an archive is rewritten with it)."""
-    from orchestrator.cli.main import run  # noqa: PLC0415 - cli.py imports this module
-
     def signed() -> str:
         if package.is_dir():
             return sign_package(package, key)
@@ -73,10 +71,7 @@ def fetch_(ctx: typer.Context, url: Annotated[str, typer.Argument(help="http(s) 
            max_bytes: Annotated[int, typer.Option(help="Refuse a file larger than this")] = MAX_DOWNLOAD_BYTES,
            as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
     """Download a package (resuming an interrupted download), check its sha256, and import it."""
-    from orchestrator.cli.main import _orch, run  # noqa: PLC0415 - cli.py imports this module
-    from orchestrator.core.versions import label  # noqa: PLC0415 - kept beside its only user
-
-    orch = _orch(ctx)
+    orch = orchestrator_of(ctx)
     assert orch.settings.state_dir is not None  # Settings fills it in
     downloads = orch.settings.state_dir / DOWNLOADS
     path = run(lambda: fetch(url, downloads, sha256, timeout, max_bytes))

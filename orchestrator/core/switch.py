@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 from orchestrator.core.journal import Action, History, Result
 from orchestrator.core.model import VersionStatus
+from orchestrator.errors import PolicyViolation
 
 
 @dataclass(frozen=True)
@@ -76,3 +77,31 @@ def plan_switch(current: Iterable[int], target: int, fallbacks: Iterable[int], k
         deduped.pop(0)  # already there
     switch_step = next(i for i, step in enumerate(deduped) if max(step) == target)
     return SwitchPlan(target, tuple(deduped), switch_step)
+
+
+def rollback_target(name: str, served: int | None, requested: int | None, fallbacks: list[int],
+                    requested_status: VersionStatus | None, force: bool) -> int:
+    """The version a rollback serves: ``requested`` (verified unless forced), else the best fallback.
+
+    PolicyViolation says why there is none.
+    """
+    if served is None:
+        raise PolicyViolation(f"{name} serves nothing: there is nothing to roll back")
+    if requested is None:
+        if not fallbacks:
+            raise PolicyViolation(f"{name} has no verified version other than v{served} to roll back to")
+        return fallbacks[0]
+    if requested != served and requested_status is not VersionStatus.VERIFIED and not force:
+        status = requested_status.value if requested_status is not None else "unreadable"
+        raise PolicyViolation(f"{name} v{requested} is {status}, not verified: roll back to it only with --force")
+    return requested
+
+
+def status_after_rollback(status: VersionStatus, quarantine: bool) -> VersionStatus | None:
+    """What the version rolled back from becomes (None: it keeps its status).
+
+    A failed or unverified version keeps its status; quarantine is never lifted here.
+    """
+    if status is VersionStatus.QUARANTINED or (status is not VersionStatus.VERIFIED and not quarantine):
+        return None
+    return VersionStatus.QUARANTINED if quarantine else VersionStatus.ROLLED_BACK

@@ -1,4 +1,4 @@
-"""``python -m orchestrator.daemons.shadow_main STATE_FOLDER``: the detached worker ``orchestrate shadow start`` spawns."""
+"""``python -m orchestrator.daemons.shadow_main STATE_FOLDER``: the worker ``orchestrate shadow start`` spawns."""
 
 from __future__ import annotations
 

@@ -29,7 +29,7 @@ from orchestrator.core.shadow_stats import LatencyWindow, ShadowReport, TensorAc
 from orchestrator.daemons.shadow_metrics import ShadowMetrics
 from orchestrator.errors import OrchestratorError, TritonError
 from orchestrator.store.repository import candidate_name
-from orchestrator.store.shadow_state import ShadowConfig, ShadowState, read_state, write_state
+from orchestrator.store.shadow_state import ShadowConfig, read_state, write_state
 from orchestrator.triton.client import Triton
 from orchestrator.triton.traces import TRACING_OFF, Taken, TraceSample, TraceTail, shadow_tracing
 
@@ -257,3 +257,11 @@ def run_detached(state_folder: Path, admin_key: str | None) -> int:
     failed = worker.report().phase == "failed"
     worker.stop()
     return 1 if failed else 0
+
+
+def in_process(registry: CollectorRegistry | None = None) -> Callable[[ShadowConfig, Path, str | None], ShadowWorker]:
+    """``start_shadow(run_worker=...)`` for a worker in this process (tests, benchmarks)."""
+    def run(config: ShadowConfig, state_folder: Path, admin_key: str | None) -> ShadowWorker:
+        return ShadowWorker(config, state_folder, registry, admin_key).start()
+
+    return run

@@ -18,13 +18,13 @@ from pathlib import Path
 
 from prometheus_client import CollectorRegistry, start_http_server
 
-from orchestrator.core.policy import load_watch_policy
 from orchestrator.daemons.exporter import WatchMetrics
 from orchestrator.daemons.watcher import ModelWatcher
 from orchestrator.delivery.fetch import DEFAULT_QUIET_S, scan_inbox, settle
 from orchestrator.errors import OrchestratorError
 from orchestrator.settings import Settings
-from orchestrator.usecases.operations import Orchestrator
+from orchestrator.store.policyfile import read_policies
+from orchestrator.usecases.orchestrator import Orchestrator
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +49,7 @@ class Watch:
 
     def _watcher(self, name: str) -> ModelWatcher:
         store = self.orchestrator.repository.model(name)
-        return ModelWatcher(self.orchestrator, store, load_watch_policy(store.state), self.metrics, self.metrics_url,
+        return ModelWatcher(self.orchestrator, store, read_policies(store.state).watch, self.metrics, self.metrics_url,
                             trace_dir=self.trace_dir)
 
     def tick(self) -> None:

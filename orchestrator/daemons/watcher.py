@@ -12,12 +12,12 @@ own once it serves verified and healthy (``drift_baseline.json``, journaled when
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -25,20 +25,12 @@ import numpy as np
 import requests
 
 from orchestrator.core.drift import Baseline, DriftWindow, WindowAccumulator, row_features
-from orchestrator.core.policy import load_watch_policy
-from orchestrator.core.rules import (
-    Anomaly,
-    Divergence,
-    Drift,
-    Finding,
-    Observation,
-    Outcome,
-    Severity,
-    Streak,
-    WatchPolicy,
-    assess,
-    step,
-)
+from orchestrator.core.golden import GoldenSet
+from orchestrator.core.journal import Action, Record, Result, new_op_id
+from orchestrator.core.model import VersionStatus
+from orchestrator.core.policy import Divergence, Drift, Severity, WatchPolicy
+from orchestrator.core.rules import Anomaly, Finding, Observation, Outcome, Streak, assess, step
+from orchestrator.core.watch_decision import Response, WatchAction, decide
 from orchestrator.daemons.exporter import WatchMetrics
 from orchestrator.daemons.sampler import ProductionSampler
 from orchestrator.errors import (
@@ -49,20 +41,23 @@ from orchestrator.errors import (
     TritonError,
     TritonUnreachable,
 )
-from orchestrator.store.atomic import write_atomic
-from orchestrator.core.journal import SUCCEEDED, Record, new_op_id
-from orchestrator.store.metafile import VersionStatus
+from orchestrator.store.baselines import (
+    read_drift_baselines,
+    read_latency_baselines,
+    write_drift_baselines,
+    write_latency_baselines,
+)
+from orchestrator.store.golden import load_golden
 from orchestrator.store.modelconfig import contract
 from orchestrator.store.repository import ModelStore
 from orchestrator.triton import metrics as triton_metrics
-from orchestrator.triton.client import Triton
-from orchestrator.triton.golden import GoldenSet, load_golden, run_golden
-from orchestrator.usecases.operations import Orchestrator
+from orchestrator.triton.golden import run_golden
+from orchestrator.triton.protocol import TritonAPI, TritonState
+from orchestrator.usecases.context import Context
+from orchestrator.usecases.rollback import rollback
 
 log = logging.getLogger(__name__)
 
-BASELINE_FILE = "latency_baseline.json"
-DRIFT_BASELINE_FILE = "drift_baseline.json"
 WATCH_ACTOR = "watch"
 
 
@@ -85,21 +80,25 @@ class PassTracker:
 
 
 class ModelWatcher:
-    def __init__(self, orchestrator: Orchestrator, store: ModelStore, policy: WatchPolicy, metrics: WatchMetrics,
-                 metrics_url: str, clock=time.monotonic,  # type: ignore[no-untyped-def]
-                 trace_dir: Path | None = None) -> None:
+    """Injected: the context rollbacks run in, the Triton this watcher probes (its own connection,
+    short deadlines), the clock, and where Triton's trace files appear (drift sampling)."""
+
+    def __init__(self, ctx: Context, store: ModelStore, policy: WatchPolicy, metrics: WatchMetrics,
+                 metrics_url: str, clock: Callable[[], float] = time.monotonic, trace_dir: Path | None = None,
+                 triton: TritonAPI | None = None) -> None:
         # A dead backend can take long to unload; the watcher never waits on it for long.
-        self.orchestrator = Orchestrator(replace(orchestrator.settings, unload_wait_s=1.0), orchestrator.triton.client)
+        self.ctx = ctx.with_settings(unload_wait_s=1.0)
         self.store = store
         self.policy = policy
         self.metrics = metrics
         self.metrics_url = metrics_url
         self.clock = clock
-        self.triton = Triton(orchestrator.settings.triton_url, orchestrator.settings.admin_key,
-                             timeout_s=min(2.0, orchestrator.settings.timeout_s))
-        config = store.config()
-        self.outputs = [t.name for t in config.output]
-        self.golden: GoldenSet | None = load_golden(store.state / store.promotion_policy().golden, contract(config))
+        self.triton = triton if triton is not None else _own_client(ctx)
+        snap = store.snapshot()
+        config = snap.config
+        self.outputs = snap.outputs
+        self.golden: GoldenSet | None = load_golden(store.state / snap.policies.promotion.golden, contract(config))
+        self.served_verified = False  # the served version's status, read at each switch
         self.cursor = 0
         self.streaks: dict[str, Streak] = {}
         self.served: int | None = None
@@ -111,7 +110,7 @@ class ModelWatcher:
         self.window: deque[tuple[dict[str, np.ndarray], dict[str, np.ndarray]]] = deque(maxlen=self._window_size())
         self.last_scrape: triton_metrics.Snapshot | None = None
         self.last_scrape_at = 0.0
-        self.latency_baselines = self._load_latency_baselines()
+        self.latency_baselines = read_latency_baselines(store.state)
         self.gave_up_on: int | None = None  # served version with no verified fallback: alert once, no retries
         self.journal_offset = store.journal.size()
         self.seen_live: bool | None = None  # what this tick's probe showed of the server; None: no probe
@@ -181,10 +180,13 @@ class ModelWatcher:
         self.window = deque(maxlen=self._window_size())
         self.last_scrape = None
         self.gave_up_on = None
-        resident = set(self.store.resident())
+        snap = self.store.snapshot()
+        resident = set(snap.resident)
+        self.served_verified = served is not None and served in snap.versions \
+            and snap.status(served) is VersionStatus.VERIFIED
         # Only a resident verified version can be queried for a baseline.
-        fallbacks = self.orchestrator.fallbacks(self.store, exclude=(set(self.store.versions()) - resident) |
-                                                ({served} if served is not None else set()), limit=1)
+        fallbacks = snap.fallbacks(exclude=(set(snap.versions) - resident) |
+                                   ({served} if served is not None else set()), limit=1)
         self.fallback = fallbacks[0] if fallbacks else None
         self.baseline_outputs, self.baseline_accuracy = None, None
         if self.golden is not None and self.fallback is not None:
@@ -196,11 +198,11 @@ class ModelWatcher:
                     self.baseline_accuracy = float((logits.argmax(1) == self.golden.labels).mean())
             except TritonError as exc:
                 log.warning("%s: no baseline from v%s: %s", self.store.name, self.fallback, exc)
-        self.metrics.set_residency(self.store.name, served, tuple(resident), self.store.versions())
+        self.metrics.set_residency(self.store.name, served, tuple(resident), list(snap.versions))
         if self.drift is not None:
             # Outputs of the previous version, sampled before the switch, belong to no window of this one.
             self.accumulator = WindowAccumulator(self.drift.statistic, self.drift.window, self.drift_row_size)
-            refs = self.orchestrator.fallbacks(self.store, exclude={served} if served is not None else set(), limit=1)
+            refs = snap.fallbacks(exclude={served} if served is not None else set(), limit=1)
             self.drift_reference = refs[0] if refs else None
 
     def _observe(self, now: float) -> Observation:
@@ -266,7 +268,7 @@ class ModelWatcher:
         try:
             states = self.triton.states(self.store.name)
             entry = states.get(self.served) if self.served is not None else None
-            observed["served_ready"] = entry is not None and entry.state == "READY"
+            observed["served_ready"] = entry is not None and entry.state is TritonState.READY
         except TritonError:
             pass
         snapshot = triton_metrics.scrape(self.metrics_url, timeout_s=2.0)
@@ -343,16 +345,15 @@ class ModelWatcher:
             return
         if any(f.rule == "drift" and f.outcome is Outcome.BREACH for f in findings):
             return
-        if self.store.status(self.served) is not VersionStatus.VERIFIED:
+        if not self.served_verified:
             return
         baseline = (self._drift_baseline(self.served) or Baseline(self.drift_key)).add(window.value)
         self.drift_baselines[str(self.served)] = baseline
-        known = {str(v) for v in self.store.versions()}
-        write_atomic(self.store.state / DRIFT_BASELINE_FILE, json.dumps(
-            {k: b.to_dict() for k, b in self.drift_baselines.items() if k in known}, sort_keys=True))
+        write_drift_baselines(self.store.state, self.drift_baselines, self.store.versions())
         if baseline.windows == self.drift.baseline_windows:
             self.store.journal.append(Record(
-                action="baseline", result=SUCCEEDED, op=new_op_id(), actor=WATCH_ACTOR, to_version=self.served,
+                action=Action.BASELINE, result=Result.SUCCEEDED, op=new_op_id(), actor=WATCH_ACTOR,
+                to_version=self.served,
                 reason=f"drift baseline of v{self.served} recorded over {baseline.windows} windows",
                 details={"rule": "drift", "key": baseline.key, "windows": baseline.windows,
                          "mean": [round(m, 6) for m in baseline.mean],
@@ -368,57 +369,53 @@ class ModelWatcher:
         """Record the served version's latency while it is verified, healthy and past its grace period."""
         if self.served is None or now - self.switched_at < self.policy.grace_s or diff.success < 20:
             return
-        if self._breaching() or self.store.status(self.served) is not VersionStatus.VERIFIED:
+        if self._breaching() or not self.served_verified:
             return
         average = diff.duration_us / diff.success
         key = str(self.served)
         previous = self.latency_baselines.get(key)
         self.latency_baselines[key] = average if previous is None else 0.8 * previous + 0.2 * average
-        write_atomic(self.store.state / BASELINE_FILE, json.dumps(self.latency_baselines, sort_keys=True))
-
-    def _load_latency_baselines(self) -> dict[str, float]:
-        try:
-            raw = json.loads((self.store.state / BASELINE_FILE).read_text())
-            return {str(k): float(v) for k, v in raw.items()}
-        except (OSError, ValueError, AttributeError):
-            return {}
+        write_latency_baselines(self.store.state, self.latency_baselines)
 
     # --- acting ---------------------------------------------------------------------------
     def _act(self, anomaly: Anomaly) -> None:
         name = self.store.name
         self.metrics.anomalies.labels(name, anomaly.rule, anomaly.severity.value).inc()
-        evidence = {"rule": anomaly.rule, "detail": anomaly.finding.detail, "values": anomaly.finding.values,
-                    "served": self.served, "detection_latency_ms": round(anomaly.detection_latency_s * 1000, 1)}
-        if anomaly.severity is Severity.ALERT or self.gave_up_on == self.served:
-            self._alert(anomaly, evidence)
+        action = decide(anomaly, self.served, self.gave_up_on)
+        if action.response is Response.ALERT:
+            self._alert(anomaly, action.evidence)
             return
-        reason = f"watch: {anomaly.rule}: {anomaly.finding.detail}"
+        self._roll_back(anomaly, action)
+
+    def _roll_back(self, anomaly: Anomaly, action: WatchAction) -> None:
+        name = self.store.name
         started = time.monotonic()
         try:
-            result = self.orchestrator.rollback(name, reason=reason, quarantine=True, evidence=evidence)
+            result = rollback(self.ctx, name, reason=action.reason, quarantine=True, evidence=action.evidence)
         except Busy:
             # Another command holds the model (an operator's promote): judge again next tick.
             self.streaks[anomaly.rule] = Streak(self.streaks[anomaly.rule].count, anomaly.first_breach, False)
             return
         except PolicyViolation as exc:
             self.gave_up_on = self.served
-            self._alert(anomaly, evidence | {"rollback_refused": str(exc)})
+            self._alert(anomaly, action.evidence | {"rollback_refused": str(exc)})
             return
         except OrchestratorError as exc:
             log.error("%s: automatic rollback failed: %s", name, exc)
-            self._alert(anomaly, evidence | {"rollback_failed": str(exc)})
+            self._alert(anomaly, action.evidence | {"rollback_failed": str(exc)})
             return
         self.metrics.rollbacks.labels(name, anomaly.rule).inc()
         self.metrics.detection_latency.labels(name, anomaly.rule).observe(anomaly.detection_latency_s)
         self.metrics.switch_duration.labels(name, "rollback").observe(result.switch_ms / 1000.0)
         log.warning("%s: rolled back v%s -> v%s (%s) in %.0f ms", name, result.from_version, result.to_version,
-                    reason, (time.monotonic() - started) * 1000)
+                    action.reason, (time.monotonic() - started) * 1000)
         notify(self.policy.webhook, {"event": "rollback", "model": name, "from": result.from_version,
-                                     "to": result.to_version, "evidence": evidence})
+                                     "to": result.to_version, "evidence": action.evidence})
 
     def _alert(self, anomaly: Anomaly, evidence: dict[str, object]) -> None:
-        self.store.journal.append(Record(action="anomaly", result="alert", op=new_op_id(), actor=WATCH_ACTOR,
-                                         from_version=self.served, reason=f"{anomaly.rule}: {anomaly.finding.detail}",
+        self.store.journal.append(Record(action=Action.ANOMALY, result=Result.ALERT, op=new_op_id(),
+                                         actor=WATCH_ACTOR, from_version=self.served,
+                                         reason=f"{anomaly.rule}: {anomaly.finding.detail}",
                                          details={"evidence": evidence, "severity": anomaly.severity.value}))
         log.warning("%s: %s anomaly: %s", self.store.name, anomaly.rule, anomaly.finding.detail)
         notify(self.policy.webhook, {"event": "alert", "model": self.store.name, "evidence": evidence})
@@ -427,11 +424,11 @@ class ModelWatcher:
         """Count promote outcomes written by other processes (the CLI) since the last look."""
         records, self.journal_offset = self.store.journal.read_since(self.journal_offset)
         for record in records:
-            if record.action == "promote" and record.is_final:
-                self.metrics.promotions.labels(self.store.name, record.result).inc()
-            if record.action in ("promote", "rollback") and record.is_final and record.actor != WATCH_ACTOR \
+            if record.action is Action.PROMOTE and record.is_final:
+                self.metrics.promotions.labels(self.store.name, record.result.value).inc()
+            if record.action.switches and record.is_final and record.actor != WATCH_ACTOR \
                     and record.details.get("switch_ms") is not None:
-                self.metrics.switch_duration.labels(self.store.name, record.action).observe(
+                self.metrics.switch_duration.labels(self.store.name, record.action.value).observe(
                     float(record.details["switch_ms"]) / 1000.0)
 
     def close(self) -> None:
@@ -440,27 +437,10 @@ class ModelWatcher:
         self.triton.close()
 
 
-def read_drift_baselines(state_folder: Path) -> dict[str, Baseline]:
-    """Version (as text) -> its drift baseline, from ``drift_baseline.json``."""
-    try:
-        raw = json.loads((state_folder / DRIFT_BASELINE_FILE).read_text())
-        return {str(k): Baseline.from_dict(v) for k, v in raw.items()}
-    except (OSError, ValueError, AttributeError, KeyError, TypeError):
-        return {}  # a lost or damaged file: baselines are recorded again
+def _own_client(ctx: Context) -> TritonAPI:
+    from orchestrator.triton.client import Triton  # noqa: PLC0415 - tests inject a twin instead
 
-
-def drift_progress(store: ModelStore) -> dict[int, str]:
-    """Version -> "recorded/needed" windows of its drift baseline under the current policy ({} when drift is off)."""
-    try:
-        rule = load_watch_policy(store.state).rules.get("drift")
-        outputs = [t.name for t in store.config().output]
-    except RepositoryCorrupt:
-        return {}
-    if not isinstance(rule, Drift) or not rule.sampling or not outputs:
-        return {}
-    key = rule.baseline_key(outputs)
-    return {int(v): f"{min(b.windows, rule.baseline_windows)}/{rule.baseline_windows}"
-            for v, b in read_drift_baselines(store.state).items() if v.isdigit() and b.key == key}
+    return Triton(ctx.settings.triton_url, ctx.settings.admin_key, timeout_s=min(2.0, ctx.settings.timeout_s))
 
 
 def notify(url: str | None, payload: dict[str, object]) -> None:

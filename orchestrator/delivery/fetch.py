@@ -28,9 +28,9 @@ from urllib.parse import unquote, urlsplit
 
 import requests
 
+from orchestrator.core.journal import now_iso
 from orchestrator.errors import FetchFailed, PackageRejected, UsageError
 from orchestrator.store.atomic import fsync_dir, write_atomic
-from orchestrator.core.journal import now_iso
 from orchestrator.store.metafile import sha256_file
 
 log = logging.getLogger(__name__)

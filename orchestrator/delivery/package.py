@@ -14,7 +14,7 @@ from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 
-from orchestrator.delivery.signing import SIGNATURE_FILE
+from orchestrator.delivery.archive import MAX_ARCHIVE_FILES, MAX_COMPRESSION_RATIO, MAX_UNPACKED_BYTES, SIGNATURE_FILE
 from orchestrator.errors import PackageRejected
 from orchestrator.store.metafile import (
     META_FILE,
@@ -26,12 +26,6 @@ from orchestrator.store.metafile import (
     write_meta,
 )
 from orchestrator.store.modelconfig import ModelConfig, contract, primary_file
-
-# Limits for archives fetched over unreliable links; a package bigger than this is not a model.
-MAX_ARCHIVE_FILES = 1000
-MAX_UNPACKED_BYTES = 16 << 30
-# Network weights barely compress (about 1.1x); a far higher ratio is a decompression bomb.
-MAX_COMPRESSION_RATIO = 100
 
 
 def write_package(dest: Path, meta: VersionMeta, files: dict[str, bytes]) -> Path:
@@ -143,8 +137,3 @@ def contract_mismatch(offered: Contract, expected: Contract) -> str | None:
             if have_by_name[name] != spec:
                 return f"{kind} {have_by_name[name].describe()} but the config says {spec.describe()}"
     return None
-
-
-def copy_artifacts(src: Path, dest: Path, meta: VersionMeta) -> None:
-    for name in meta.artifacts:
-        shutil.copyfile(src / name, dest / name)

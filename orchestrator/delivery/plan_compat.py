@@ -25,7 +25,9 @@ import struct
 from dataclasses import dataclass
 from pathlib import Path
 
-from orchestrator.store.metafile import VersionMeta
+from orchestrator.core.model import VersionMeta
+from orchestrator.settings import Settings
+from orchestrator.store.modelconfig import ModelConfig, primary_file
 
 PLAN_FILE = "model.plan"
 PLAN_TAG = b"ftrt"
@@ -136,3 +138,10 @@ def check_plan(meta: VersionMeta, plan_path: Path, runtime_trt_version: str | No
         return (f"{plan_path.name} was built for compute capability {meta_cc}{built_on} but the server's GPU "
                 f"is {runtime_cc}: rebuild it on the device with scripts/build_engine")
     return None
+
+
+def plan_incompatibility(config: ModelConfig, meta: VersionMeta, folder: Path, settings: Settings) -> str | None:
+    """For TensorRT models: why the plan in ``folder`` cannot load on this server (Triton must not find out)."""
+    if primary_file(config) != PLAN_FILE:
+        return None
+    return check_plan(meta, folder / PLAN_FILE, settings.tensorrt_version, settings.compute_capability)

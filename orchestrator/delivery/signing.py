@@ -40,13 +40,13 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from orchestrator.delivery.archive import MAX_ARCHIVE_FILES, SIGNATURE_FILE
 from orchestrator.errors import PackageRejected, UsageError
 from orchestrator.store.atomic import fsync_dir, write_atomic
 from orchestrator.store.metafile import META_FILE, MetaError, VersionMeta, parse_meta, sha256_file
 
 log = logging.getLogger(__name__)
 
-SIGNATURE_FILE = META_FILE + ".sig"
 ALGORITHM = "ed25519"
 SIGNED_BY = "signed_by"  # the VersionMeta.extra key that records the signer of a filed version
 ENV_TRUSTED_KEYS = "ORCH_TRUSTED_KEYS"
@@ -158,7 +158,6 @@ def sign_archive(archive: Path, private_key_path: Path) -> str:
 
     Members are copied from archive to archive, never extracted, so no path in the archive touches the disk.
     """
-    from orchestrator.delivery.package import MAX_ARCHIVE_FILES  # noqa: PLC0415 - package.py imports this module
 
     private = load_private_key(private_key_path)
     try:

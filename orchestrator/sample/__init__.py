@@ -21,8 +21,8 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from orchestrator.delivery.package import write_package
 from orchestrator.core.journal import now_iso
+from orchestrator.delivery.package import write_package
 from orchestrator.store.metafile import Contract, TensorSpec, VersionMeta
 
 MODEL = "classifier"

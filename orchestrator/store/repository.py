@@ -14,6 +14,9 @@ reads, and everything the orchestrator writes often lives in a separate state fo
     <state>/<model>/version_history.log        the journal
     <state>/<model>/.orchestrator.lock
 
+A command reads what it needs once, as a ``ModelSnapshot`` (``ModelStore.snapshot()``), and
+passes it down; a write returns the snapshot it leaves behind instead of asking the disk again.
+
 A candidate under test is loaded as a separate model ``<model>__candidate`` whose only
 version folder is a link to the filed version: it takes no production traffic.
 """
@@ -23,16 +26,17 @@ from __future__ import annotations
 import os
 import shutil
 from collections.abc import Iterator, Mapping
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
+from functools import cached_property
 from pathlib import Path
 
 from orchestrator import faults
-from orchestrator.core.policy import PromotionPolicy, load_promotion_policy
+from orchestrator.core.journal import History, Record, now_iso
+from orchestrator.core.policy import Policies
+from orchestrator.core.switch import fallback_order, served_history
 from orchestrator.core.versions import is_version_folder
-from orchestrator.delivery.package import copy_artifacts
 from orchestrator.errors import RepositoryCorrupt, UnknownModel, UnknownVersion
 from orchestrator.store.atomic import fsync_dir, write_atomic
-from orchestrator.core.journal import now_iso
 from orchestrator.store.journal import JOURNAL_FILE, Journal
 from orchestrator.store.metafile import (
     META_FILE,
@@ -47,12 +51,12 @@ from orchestrator.store.modelconfig import (
     CONFIG_FILE,
     ConfigError,
     ModelConfig,
-    VersionPolicy,
     parse_config,
     renamed,
     version_policy,
     with_specific_versions,
 )
+from orchestrator.store.policyfile import read_policies
 
 CANDIDATE_SUFFIX = "__candidate"
 STAGING_PREFIX = ".staging-"
@@ -62,8 +66,119 @@ def candidate_name(model: str) -> str:
     return model + CANDIDATE_SUFFIX
 
 
+class _Metas(Mapping[int, VersionMeta | RepositoryCorrupt]):
+    """Each version's meta.yaml, read on first use and then remembered (a rollback over hundreds of
+    versions reads only the few it looks at)."""
+
+    def __init__(self, folder: Path, versions: tuple[int, ...]) -> None:
+        self._folder, self._versions = folder, versions
+        self._known: dict[int, VersionMeta | RepositoryCorrupt] = {}
+
+    def __getitem__(self, version: int) -> VersionMeta | RepositoryCorrupt:
+        if version not in self._versions:
+            raise KeyError(version)
+        if version not in self._known:
+            path = self._folder / str(version) / META_FILE
+            try:
+                self._known[version] = read_meta(path)
+            except MetaError as exc:
+                self._known[version] = RepositoryCorrupt(f"{path}: {exc}")
+        return self._known[version]
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self._versions)
+
+    def __len__(self) -> int:
+        return len(self._versions)
+
+
+class _Statuses(Mapping[int, VersionStatus]):
+    def __init__(self, metas: _Metas, versions: tuple[int, ...]) -> None:
+        self._metas, self._versions = metas, versions
+
+    def __getitem__(self, version: int) -> VersionStatus:
+        if version not in self._versions:
+            raise KeyError(version)
+        meta = self._metas[version]
+        # An unreadable meta is never a rollback target.
+        return VersionStatus.FAILED if isinstance(meta, RepositoryCorrupt) else meta.verification.status
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self._versions)
+
+    def __len__(self) -> int:
+        return len(self._versions)
+
+    def __contains__(self, version: object) -> bool:
+        return version in self._versions
+
+
+@dataclass(frozen=True)
+class ModelSnapshot:
+    """What one command knows of a model: read once, passed down, replaced after its own writes."""
+
+    name: str
+    folder: Path
+    state: Path
+    config_text: str
+    config: ModelConfig
+    versions: tuple[int, ...]
+    history: History
+    metas: Mapping[int, VersionMeta | RepositoryCorrupt] = field(repr=False)
+
+    @property
+    def resident(self) -> tuple[int, ...]:
+        """Versions the config on disk tells Triton to load."""
+        return version_policy(self.config).resident(list(self.versions))
+
+    @property
+    def served(self) -> int | None:
+        resident = self.resident
+        return max(resident) if resident else None
+
+    @property
+    def outputs(self) -> list[str]:
+        return [t.name for t in self.config.output]
+
+    @cached_property
+    def policies(self) -> Policies:
+        """policy.yaml, parsed when first needed (a broken file must not stop a rollback that ignores it)."""
+        return read_policies(self.state)
+
+    def statuses(self, exclude: set[int] | None = None) -> Mapping[int, VersionStatus]:
+        versions = tuple(v for v in self.versions if v not in (exclude or set()))
+        return _Statuses(self.metas, versions)  # type: ignore[arg-type]
+
+    def require(self, version: int) -> Path:
+        if version not in self.versions:
+            raise UnknownVersion(self.name, version, list(self.versions))
+        return self.folder / str(version)
+
+    def meta(self, version: int) -> VersionMeta:
+        self.require(version)
+        meta = self.metas[version]
+        if isinstance(meta, RepositoryCorrupt):
+            raise meta
+        return meta
+
+    def status(self, version: int) -> VersionStatus:
+        return self.statuses()[version]
+
+    def fallbacks(self, exclude: set[int], limit: int | None = None) -> list[int]:
+        """Verified versions to fall back to, best first (core.switch.fallback_order)."""
+        return fallback_order(served_history(self.history), self.statuses(exclude), exclude=-1, limit=limit)
+
+    def last_verified(self) -> int | None:
+        """The rollback target: the best verified version other than the served one."""
+        order = self.fallbacks(exclude={self.served} if self.served is not None else set(), limit=1)
+        return order[0] if order else None
+
+    def recorded(self, *records: Record) -> ModelSnapshot:
+        return replace(self, history=self.history.with_records(*records))
+
+
 class ModelStore:
-    """One model's folder."""
+    """One model's folder and its state folder: every read and write of them."""
 
     def __init__(self, folder: Path, state: Path) -> None:
         self.folder = folder
@@ -72,80 +187,86 @@ class ModelStore:
         state.mkdir(parents=True, exist_ok=True)
         self.journal = Journal(state / JOURNAL_FILE)
 
-    # --- config -------------------------------------------------------------------------
+    # --- reading --------------------------------------------------------------------------
+    def snapshot(self) -> ModelSnapshot:
+        text = self.config_text()
+        versions = tuple(self.versions())
+        return ModelSnapshot(self.name, self.folder, self.state, text, self._parse(text), versions,
+                             self.journal.read(), _Metas(self.folder, versions))
+
     def config_text(self) -> str:
         try:
             return (self.folder / CONFIG_FILE).read_text()
         except OSError as exc:
             raise RepositoryCorrupt(f"{self.folder / CONFIG_FILE}: {exc.strerror}") from exc
 
-    def config(self) -> ModelConfig:
+    def _parse(self, text: str) -> ModelConfig:
         try:
-            config = parse_config(self.config_text())
+            config = parse_config(text)
         except ConfigError as exc:
             raise RepositoryCorrupt(f"{self.folder / CONFIG_FILE} is invalid: {exc}") from exc
         if config.name and config.name != self.name:
             raise RepositoryCorrupt(f"{self.folder / CONFIG_FILE} names model {config.name!r}, not {self.name!r}")
         return config
 
-    def version_policy(self) -> VersionPolicy:
-        return version_policy(self.config())
+    def config(self) -> ModelConfig:
+        return self._parse(self.config_text())
+
+    def versions(self) -> list[int]:
+        return sorted(int(p.name) for p in self.folder.iterdir() if p.is_dir() and is_version_folder(p.name))
 
     def resident(self) -> tuple[int, ...]:
-        """Versions the config on disk tells Triton to load."""
-        return self.version_policy().resident(self.versions())
+        """For daemons that look every tick: config and folders only, no meta or journal."""
+        return version_policy(self.config()).resident(self.versions())
 
     def served(self) -> int | None:
         resident = self.resident()
         return max(resident) if resident else None
 
-    def write_resident(self, versions: tuple[int, ...]) -> ModelConfig:
-        text, config = with_specific_versions(self.config_text(), versions)
-        write_atomic(self.folder / CONFIG_FILE, text)
-        return config
-
-    def promotion_policy(self) -> PromotionPolicy:
-        return load_promotion_policy(self.state)
-
-    # --- versions -----------------------------------------------------------------------
-    def versions(self) -> list[int]:
-        return sorted(int(p.name) for p in self.folder.iterdir() if p.is_dir() and is_version_folder(p.name))
-
-    def require(self, version: int) -> Path:
-        path = self.folder / str(version)
-        if not path.is_dir():
-            raise UnknownVersion(self.name, version, self.versions())
-        return path
-
+    # One-off reads and writes outside a command (tests, benchmarks, tools): a fresh snapshot each.
     def meta(self, version: int) -> VersionMeta:
-        path = self.require(version) / META_FILE
-        try:
-            return read_meta(path)
-        except MetaError as exc:
-            raise RepositoryCorrupt(f"{path}: {exc}") from exc
+        return self.snapshot().meta(version)
 
     def status(self, version: int) -> VersionStatus:
-        try:
-            return self.meta(version).verification.status
-        except RepositoryCorrupt:
-            return VersionStatus.FAILED  # unreadable meta: never a rollback target
-
-    def statuses(self) -> dict[int, VersionStatus]:
-        return {v: self.status(v) for v in self.versions()}
-
-    def lazy_statuses(self, exclude: set[int] | None = None) -> LazyStatuses:
-        """Statuses read from meta.yaml only when asked for (and then remembered)."""
-        return LazyStatuses(self, [v for v in self.versions() if v not in (exclude or set())])
+        return self.snapshot().status(version)
 
     def set_verification(self, version: int, verification: Verification) -> None:
-        """Only the verification block changes; the identity of a filed version never does."""
-        meta = self.meta(version)
-        write_meta(self.require(version) / META_FILE, meta.with_verification(verification))
+        self.record_verification(self.snapshot(), version, verification)
 
-    # --- filing -------------------------------------------------------------------------
-    def next_version(self) -> int:
-        versions = self.versions()
-        return (max(versions) if versions else 0) + 1
+    def staging_leftovers(self) -> list[Path]:
+        return sorted(p for p in self.folder.iterdir() if p.name.startswith(STAGING_PREFIX))
+
+    def has_candidate_entry(self) -> bool:
+        return (self.folder.parent / candidate_name(self.name)).exists()
+
+    # --- writing --------------------------------------------------------------------------
+    def record(self, snapshot: ModelSnapshot, record: Record) -> ModelSnapshot:
+        """Append to the journal; the snapshot that knows it."""
+        self.journal.append(record)
+        return snapshot.recorded(record)
+
+    def write_resident(self, snapshot: ModelSnapshot, versions: tuple[int, ...]) -> ModelSnapshot:
+        text, config = with_specific_versions(snapshot.config_text, versions)
+        write_atomic(self.folder / CONFIG_FILE, text)
+        return replace(snapshot, config_text=text, config=config)
+
+    def record_verification(self, snapshot: ModelSnapshot, version: int, verification: Verification
+                            ) -> ModelSnapshot:
+        """Only the verification block changes; the identity of a filed version never does."""
+        meta = snapshot.meta(version)
+        write_meta(snapshot.require(version) / META_FILE, meta.with_verification(verification))
+        return self._reread_metas(snapshot)
+
+    def set_extra(self, snapshot: ModelSnapshot, version: int, key: str, value: object) -> ModelSnapshot:
+        meta = snapshot.meta(version)
+        write_meta(snapshot.require(version) / META_FILE, replace(meta, extra={**meta.extra, key: value}))
+        return self._reread_metas(snapshot)
+
+    def _reread_metas(self, snapshot: ModelSnapshot) -> ModelSnapshot:
+        return replace(snapshot, metas=_Metas(self.folder, snapshot.versions))
+
+    def next_version(self, snapshot: ModelSnapshot) -> int:
+        return (max(snapshot.versions) if snapshot.versions else 0) + 1
 
     def file_version(self, source: Path, meta: VersionMeta, version: int, op: str) -> Path:
         """Copy a verified package in as ``version``: staged under a name Triton ignores, then renamed."""
@@ -153,8 +274,8 @@ class ModelStore:
         staging.mkdir()
         try:
             faults.before_write("artifact")
-            copy_artifacts(source, staging, meta)
             for name in meta.artifacts:
+                shutil.copyfile(source / name, staging / name)
                 _fsync_file(staging / name)
             filed = replace(meta, version=version, filed_at=now_iso(), verification=Verification())
             write_meta(staging / META_FILE, filed)
@@ -169,16 +290,12 @@ class ModelStore:
             raise
         return final
 
-    def staging_leftovers(self) -> list[Path]:
-        return sorted(p for p in self.folder.iterdir() if p.name.startswith(STAGING_PREFIX))
-
-    # --- candidate entry ----------------------------------------------------------------
-    def write_candidate_entry(self, version: int) -> tuple[str, ModelConfig]:
+    def write_candidate_entry(self, snapshot: ModelSnapshot, version: int) -> tuple[str, ModelConfig]:
         """A sibling model serving only ``version``, through a link to the filed folder."""
         entry = self.folder.parent / candidate_name(self.name)
         remove_tree(entry)  # a leftover from an interrupted command is rebuilt, never reused
         entry.mkdir()
-        text, _ = renamed(self.config_text(), candidate_name(self.name))
+        text, _ = renamed(snapshot.config_text, candidate_name(self.name))
         text, config = with_specific_versions(text, (version,))
         write_atomic(entry / CONFIG_FILE, text)
         os.symlink(os.path.join("..", self.name, str(version)), entry / str(version))
@@ -187,31 +304,6 @@ class ModelStore:
 
     def remove_candidate_entry(self) -> None:
         remove_tree(self.folder.parent / candidate_name(self.name))
-
-    def has_candidate_entry(self) -> bool:
-        return (self.folder.parent / candidate_name(self.name)).exists()
-
-
-class LazyStatuses(Mapping[int, VersionStatus]):
-    def __init__(self, store: ModelStore, versions: list[int]) -> None:
-        self._store, self._versions = store, versions
-        self._known: dict[int, VersionStatus] = {}
-
-    def __getitem__(self, version: int) -> VersionStatus:
-        if version not in self._versions:
-            raise KeyError(version)
-        if version not in self._known:
-            self._known[version] = self._store.status(version)
-        return self._known[version]
-
-    def __iter__(self) -> Iterator[int]:
-        return iter(self._versions)
-
-    def __len__(self) -> int:
-        return len(self._versions)
-
-    def __contains__(self, version: object) -> bool:
-        return version in self._versions
 
 
 class ModelRepository:
@@ -232,8 +324,9 @@ class ModelRepository:
         )
 
     def model(self, name: str) -> ModelStore:
-        if name not in self.models():
-            raise UnknownModel(name, self.models())
+        models = self.models()
+        if name not in models:
+            raise UnknownModel(name, models)
         return ModelStore(self.root / name, self.state_root / name)
 
 

@@ -1,11 +1,14 @@
 """Use cases: start, observe and stop a shadow run of one version of one model.
 
 A shadow run and a promote both use the ``<model>__candidate`` entry, so they exclude each
-other: ``start`` runs under the model's lock and refuses while a run is active; promote is
-expected to call ``refuse_while_shadowing`` (and repair must not drop the entry of an active
-run: ``active_shadow``). The run itself holds no lock; ``stop`` takes it again to unload the
+other: ``start`` runs under the model's lock and refuses while a run is active; promote calls
+``refuse_while_shadowing`` (and repair must not drop the entry of an active run:
+``active_shadow``). The run itself holds no lock; ``stop`` takes it again to unload the
 candidate, record the verdict in the journal and, once Triton has let go of the version's
 folder, in the version's ``meta.yaml``.
+
+The worker is a detached process (``daemons/shadow_main.py``) unless the caller hands in a
+way to run it (``run_worker``: tests run it in their own process).
 """
 
 from __future__ import annotations
@@ -16,24 +19,24 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Protocol, TypeVar
 
-from prometheus_client import CollectorRegistry
-
-from orchestrator.core.shadow_gate import META_KEY, GateVerdict, load_shadow_policy, shadow_gate, shadow_record
+from orchestrator.core.journal import Action, Result, new_op_id, now_iso
+from orchestrator.core.shadow_gate import META_KEY, shadow_gate, shadow_record
 from orchestrator.core.shadow_stats import ShadowReport
-from orchestrator.daemons.shadow_worker import ShadowWorker, initial_state
+from orchestrator.core.verdict import Verdict
 from orchestrator.errors import LoadFailed, TritonError, UsageError
-from orchestrator.core.journal import FAILED, STEP, SUCCEEDED, Record, new_op_id, now_iso
-from orchestrator.store.lock import model_lock
-from orchestrator.store.metafile import META_FILE, write_meta
 from orchestrator.store.modelconfig import to_json
+from orchestrator.store.policyfile import read_policies
 from orchestrator.store.repository import ModelStore, candidate_name
 from orchestrator.store.shadow_state import (
     WORKER_LOG,
     ShadowConfig,
     ShadowState,
+    initial_state,
     observed,
     pid_alive,
     read_state,
@@ -42,7 +45,9 @@ from orchestrator.store.shadow_state import (
     write_state,
 )
 from orchestrator.triton.traces import TRACING_OFF, TraceTail, trace_location
-from orchestrator.usecases.operations import Orchestrator
+from orchestrator.usecases.candidate import drop_candidate
+from orchestrator.usecases.context import Context
+from orchestrator.usecases.repair import repair
 
 log = logging.getLogger(__name__)
 
@@ -51,51 +56,57 @@ DEFAULT_SAMPLE_RATE = 0.001  # measured: 0.01 cost +28% production p99 on 2 core
 WORKER_START_S = 15.0
 WORKER_STOP_S = 10.0
 
+W = TypeVar("W")
+
+
+class RunningWorker(Protocol):
+    def stop(self, timeout_s: float = ...) -> ShadowReport: ...
+
 
 @dataclass(frozen=True)
 class StopResult:
     state: ShadowState
     report: ShadowReport
-    verdict: GateVerdict
+    verdict: Verdict
     meta_written: bool  # False when the version is resident in production (its folder must not change)
 
 
-def start_shadow(orch: Orchestrator, model: str | None, version: int, sample_rate: float = DEFAULT_SAMPLE_RATE,
-                 min_samples: int | None = None, trace_dir: Path | None = None, detached: bool = True,
-                 registry: CollectorRegistry | None = None, **tuning: float | int | None) -> ShadowWorker | None:
-    """Load the candidate, then start the worker (a detached process, or in this process for tests)."""
+def start_shadow(ctx: Context, model: str | None, version: int, sample_rate: float = DEFAULT_SAMPLE_RATE,
+                 min_samples: int | None = None, trace_dir: Path | None = None,
+                 run_worker: Callable[[ShadowConfig, Path, str | None], W] | None = None,
+                 **tuning: float | int | None) -> W | None:
+    """Load the candidate, then start the worker; returns what ``run_worker`` returned (None: detached)."""
     if not 0 < sample_rate <= MAX_SAMPLE_RATE:
         # Measured: Triton 2.51 tracing TENSORS on every request under 4-thread load segfaulted
         # (signal 11 in TRITONBACKEND_ResponseSend); production must never pay that.
         raise UsageError(f"--sample-rate must be within (0, {MAX_SAMPLE_RATE}], not {sample_rate}")
     if min_samples is not None and min_samples < 1:
         raise UsageError("--min-samples must be >= 1")
-    store = orch.repository.model(orch.resolve_model(model))
-    with model_lock(store.state, store.name, orch.settings.lock_timeout_s):
+    store = ctx.store(model)
+    with ctx.locked(store):
         refuse_while_shadowing(store)
-        orch._repair(store)  # an interrupted promote's candidate entry goes before ours is written
-        store.require(version)
-        if version == store.served():
+        snap = repair(ctx, store).snapshot  # an interrupted promote's candidate entry goes before ours is written
+        snap.require(version)
+        if version == snap.served:
             raise UsageError(f"{store.name} v{version} already serves: there is nothing to compare it with")
-        orch.triton.require_live()
-        folder, prefix = trace_location(orch.triton, store.name, trace_dir, "shadow traffic")
-        config = ShadowConfig(model=store.name, version=version, triton_url=orch.triton.url, trace_dir=str(folder),
+        ctx.triton.require_live()
+        folder, prefix = trace_location(ctx.triton, store.name, trace_dir, "shadow traffic")
+        config = ShadowConfig(model=store.name, version=version, triton_url=ctx.triton.url, trace_dir=str(folder),
                               trace_prefix=prefix, sample_rate=sample_rate, min_samples=min_samples,
                               **{k: v for k, v in tuning.items() if v is not None})  # type: ignore[arg-type]
         op = new_op_id()
-        _, candidate_config = store.write_candidate_entry(version)
+        _, candidate_config = store.write_candidate_entry(snap, version)
         try:
-            orch.triton.load(candidate_name(store.name), to_json(candidate_config))
+            ctx.triton.load(candidate_name(store.name), to_json(candidate_config))
         except LoadFailed:
-            orch._drop_candidate(store, quiet=True)
+            drop_candidate(ctx, store, quiet=True)
             raise
         state = initial_state(config, now_iso(), op)
         write_state(store.state, state)
-        store.journal.append(Record(action="shadow", result=STEP, op=op, actor=orch.settings.actor,
-                                    from_version=store.served(), to_version=version,
-                                    details={"step": "started", "sample_rate": sample_rate}))
-        if not detached:
-            return ShadowWorker(config, store.state, registry, orch.settings.admin_key).start()
+        ctx.record(store, snap, Action.SHADOW, Result.STEP, op, from_version=snap.served, to_version=version,
+                   details={"step": "started", "sample_rate": sample_rate})
+        if run_worker is not None:
+            return run_worker(config, store.state, ctx.settings.admin_key)
         _spawn(store, state)
         return None
 
@@ -120,18 +131,18 @@ def _spawn(store: ModelStore, state: ShadowState) -> None:
         raise TritonError(f"the shadow worker did not start: {current.reason or 'see ' + str(log_path)}")
 
 
-def shadow_status(orch: Orchestrator, model: str | None) -> ShadowState:
-    store = orch.repository.model(orch.resolve_model(model))
+def shadow_status(ctx: Context, model: str | None) -> ShadowState:
+    store = ctx.store(model)
     state = read_state(store.state)
     if state is None:
         raise UsageError(f"{store.name} has never been shadowed")
     return observed(state)
 
 
-def stop_shadow(orch: Orchestrator, model: str | None, worker: ShadowWorker | None = None) -> StopResult:
+def stop_shadow(ctx: Context, model: str | None, worker: RunningWorker | None = None) -> StopResult:
     """End the run: worker, tracing, candidate; then judge it and record the verdict."""
-    store = orch.repository.model(orch.resolve_model(model))
-    with model_lock(store.state, store.name, orch.settings.lock_timeout_s):
+    store = ctx.store(model)
+    with ctx.locked(store):
         state = read_state(store.state)
         if state is None or state.phase == "stopped":
             raise UsageError(f"{store.name} has no shadow run to stop")
@@ -141,30 +152,28 @@ def stop_shadow(orch: Orchestrator, model: str | None, worker: ShadowWorker | No
             _terminate(state.pid)
         state = observed(read_state(store.state) or state)
         try:
-            orch.triton.update_trace_settings(store.name, TRACING_OFF)  # also when the worker died
+            ctx.triton.update_trace_settings(store.name, TRACING_OFF)  # also when the worker died
         except TritonError as exc:
             log.warning("could not turn tracing off for %s: %s", store.name, exc)
-        orch._drop_candidate(store)  # waits until Triton has let go of the linked version folder
+        drop_candidate(ctx, store)  # waits until Triton has let go of the linked version folder
         TraceTail(Path(state.config.trace_dir), state.config.trace_prefix, store.name).remove_all()
         report = replace(state.shadow_report(), phase="failed" if state.phase == "failed" else "stopped",
                          reason=state.reason)
-        policy = load_shadow_policy(store.state)
+        policy = read_policies(store.state).shadow
         if state.config.min_samples is not None:
             policy = replace(policy, min_samples=state.config.min_samples)
         verdict = shadow_gate(report, policy)
         version = state.config.version
         finished = now_iso()
-        meta_written = version not in store.resident()
+        snap = store.snapshot()
+        meta_written = version not in snap.resident
         if meta_written:
-            meta = store.meta(version)
-            record = shadow_record(report, verdict, finished)
-            write_meta(store.require(version) / META_FILE, replace(meta, extra={**meta.extra, META_KEY: record}))
-        store.journal.append(Record(
-            action="shadow", result=SUCCEEDED if verdict.passed else FAILED, op=state.op or new_op_id(),
-            actor=orch.settings.actor, from_version=store.served(), to_version=version, reason=verdict.reason,
-            details={"outcome": verdict.outcome.value, "tensor": verdict.tensor, "metric": verdict.metric,
-                     "compared": report.compared, "dropped": report.dropped,
-                     "candidate_errors": report.candidate_errors, "meta_written": meta_written}))
+            snap = store.set_extra(snap, version, META_KEY, shadow_record(report, verdict, finished))
+        ctx.record(store, snap, Action.SHADOW, Result.SUCCEEDED if verdict.passed else Result.FAILED,
+                   state.op or new_op_id(), from_version=snap.served, to_version=version, reason=verdict.reason,
+                   details={"outcome": verdict.outcome.value, "tensor": verdict.tensor, "metric": verdict.metric,
+                            "compared": report.compared, "dropped": report.dropped,
+                            "candidate_errors": report.candidate_errors, "meta_written": meta_written})
         final = replace(state, phase="stopped", report=report.to_dict(),
                         verdict={"outcome": verdict.outcome.value, "reason": verdict.reason,
                                  "tensor": verdict.tensor, "metric": verdict.metric, "finished_at": finished})

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-from orchestrator.core.switch import fallback_order
-from orchestrator.daemons.watcher import drift_progress
 from orchestrator.errors import RepositoryCorrupt, TritonError
+from orchestrator.store.baselines import drift_progress
 from orchestrator.store.repository import ModelStore
-from orchestrator.usecases.operations import Orchestrator, served_history
+from orchestrator.triton.protocol import TritonState
+from orchestrator.usecases.context import Context
 
 
 @dataclass(frozen=True)
@@ -38,39 +38,41 @@ class ModelStatus:
         return asdict(self)
 
 
-def model_status(orchestrator: Orchestrator, store: ModelStore) -> ModelStatus:
-    resident = list(store.resident())
-    served = max(resident) if resident else None
-    history = store.journal.read()
+def model_status(ctx: Context, store: ModelStore) -> ModelStatus:
+    snap = store.snapshot()
+    resident = list(snap.resident)
     triton_error = ""
     try:
-        states = {v: e.state for v, e in orchestrator.triton.states(store.name).items()}
+        states = {v: e.state.value for v, e in ctx.triton.states(store.name).items()}
         reachable = True
     except TritonError as exc:  # unreachable, or a locked API refusing us: disk still answers
         states, reachable, triton_error = {}, False, str(exc)
     rows = []
     drift = drift_progress(store)
-    for version in store.versions():
+    for version in snap.versions:
         try:
-            meta = store.meta(version)
+            meta = snap.meta(version)
             status, created, reason = meta.verification.status.value, meta.created_at, meta.verification.reason or ""
         except RepositoryCorrupt as exc:
             status, created, reason = "corrupt", "", str(exc)
         rows.append(VersionRow(version, status, version in resident, states.get(version, "") if reachable else "?",
                                created, reason, drift.get(version, "")))
-    fallbacks = fallback_order(served_history(history), store.lazy_statuses(), exclude=served if served is not None
-                               else -1, limit=1)
-    ready = {v for v, s in states.items() if s == "READY"}
-    unfinished = history.unfinished()
+    ready = {v for v, s in states.items() if s == TritonState.READY.value}
+    unfinished = snap.history.unfinished()
     return ModelStatus(
         model=store.name,
-        served=served,
-        last_verified=fallbacks[0] if fallbacks else None,
+        served=snap.served,
+        last_verified=snap.last_verified(),
         resident=resident,
         versions=rows,
         triton_reachable=reachable,
         in_sync=reachable and ready == set(resident),
-        interrupted=f"{unfinished.action} to v{unfinished.to_version} (op {unfinished.op})" if unfinished else None,
+        interrupted=f"{unfinished.action.value} to v{unfinished.to_version} (op {unfinished.op})" if unfinished
+        else None,
         triton_error=triton_error,
     )
 
+
+def statuses(ctx: Context, model: str | None) -> list[ModelStatus]:
+    names = [model] if model else ctx.repository.models()
+    return [model_status(ctx, ctx.repository.model(name)) for name in names]

@@ -24,7 +24,7 @@ from orchestrator.settings import Settings
 from orchestrator.store.repository import ModelStore
 from orchestrator.triton.client import Triton
 from orchestrator.triton.embedded import EmbeddedTriton
-from orchestrator.usecases.operations import Orchestrator
+from orchestrator.usecases.orchestrator import Orchestrator
 
 ROOT = Path(__file__).resolve().parents[2]
 MODEL = "classifier"

@@ -15,8 +15,9 @@ import numpy as np
 import pytest
 
 from orchestrator.daemons.sampler import ProductionSampler
-from orchestrator.daemons.watcher import DRIFT_BASELINE_FILE
+from orchestrator.daemons.shadow_worker import in_process
 from orchestrator.sample import sample_images, write_faulty_package
+from orchestrator.store.baselines import DRIFT_BASELINE_FILE
 from orchestrator.store.metafile import VersionStatus
 from orchestrator.triton.embedded import free_ports
 from orchestrator.usecases.shadow import start_shadow, stop_shadow
@@ -109,7 +110,7 @@ def test_a_shadow_run_takes_over_the_traces_and_drift_sampling_resumes_after(sta
     samples = lambda: sample_value(daemon, "orchestrator_watch_production_samples_total", model=MODEL)  # noqa: E731
     with watching(stack, _policy()) as daemon, Traffic(stack.server.url, threads=2, images=_images(24)):
         assert wait_for(lambda: samples() > 20, 30), "the watcher sampled nothing"
-        worker = start_shadow(orch, MODEL, 2, sample_rate=0.25, min_samples=5, detached=False)
+        worker = start_shadow(orch, MODEL, 2, sample_rate=0.25, min_samples=5, run_worker=in_process())
         assert worker is not None
         sampler = daemon.watchers[MODEL].sampler
         assert sampler is not None

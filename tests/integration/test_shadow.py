@@ -15,12 +15,14 @@ from pathlib import Path
 import pytest
 from prometheus_client import CollectorRegistry
 
-from orchestrator.core.shadow_gate import META_KEY, ShadowPolicy, require_passed_shadow
-from orchestrator.daemons.shadow_worker import ShadowWorker
+from orchestrator.core.policy import ShadowPolicy
+from orchestrator.core.shadow_gate import META_KEY
+from orchestrator.daemons.shadow_worker import ShadowWorker, in_process
 from orchestrator.errors import PolicyViolation
 from orchestrator.sample import Variant, write_faulty_package
 from orchestrator.store.shadow_state import active_shadow, read_state
 from orchestrator.triton.embedded import EmbeddedTriton
+from orchestrator.usecases.promote import require_passed_shadow
 from orchestrator.usecases.shadow import start_shadow, stop_shadow
 from tests.integration.conftest import CRASHED_STUB_WAIT_S, MODEL, ROOT, Stack, Traffic
 
@@ -67,8 +69,7 @@ def test_identical_candidate_passes_and_samples_at_the_rate(stack: Stack, packag
     version = orch.import_package(packages[Variant.BASELINE]).version  # the served network, filed again
     registry = CollectorRegistry()
     with Traffic(stack.server.url, threads=2) as traffic:
-        worker = start_shadow(orch, MODEL, version, sample_rate=0.25, min_samples=50, detached=False,
-                              registry=registry)
+        worker = start_shadow(orch, MODEL, version, sample_rate=0.25, min_samples=50, run_worker=in_process(registry))
         assert worker is not None and active_shadow(stack.store()) is not None
         tracing_on = time.monotonic()  # the candidate's load is over, tracing is on
         wait_for(worker, 120)
@@ -90,7 +91,7 @@ def test_identical_candidate_passes_and_samples_at_the_rate(stack: Stack, packag
     assert meta.extra[META_KEY]["outcome"] == "passed"
     assert stack.store().journal.read().records[-1].action == "shadow"
     assert not stack.store().has_candidate_entry() and active_shadow(stack.store()) is None
-    require_passed_shadow(stack.store(), version, ShadowPolicy(require=True, min_samples=50))
+    require_passed_shadow(stack.store().snapshot(), version, ShadowPolicy(require=True, min_samples=50))
     assert not list((stack.tmp / "traces").iterdir())
 
 
@@ -98,14 +99,14 @@ def test_divergent_candidate_fails_naming_tensor_and_metric(stack: Stack, packag
     orch = stack.orchestrator()
     version = orch.import_package(packages[Variant.WORSE]).version
     with Traffic(stack.server.url, threads=2):
-        worker = start_shadow(orch, MODEL, version, sample_rate=0.25, min_samples=30, detached=False)
+        worker = start_shadow(orch, MODEL, version, sample_rate=0.25, min_samples=30, run_worker=in_process())
         assert worker is not None
         wait_for(worker, 40)
         result = stop_shadow(orch, MODEL, worker)
     assert not result.verdict.passed
     assert result.verdict.tensor == "LOGITS" and result.verdict.metric in ("mean_abs_diff", "cosine", "top1_agreement")
     with pytest.raises(PolicyViolation, match="LOGITS"):
-        require_passed_shadow(stack.store(), version, ShadowPolicy(require=True, min_samples=30))
+        require_passed_shadow(stack.store().snapshot(), version, ShadowPolicy(require=True, min_samples=30))
 
 
 def faulty(tmp: Path, build_key, mode: str, after: int) -> Path:  # type: ignore[no-untyped-def]
@@ -118,7 +119,7 @@ def test_broken_candidate_fails_the_run_not_production(stack: Stack, build_key, 
     orch = stack.orchestrator(timeout_s=CRASHED_STUB_WAIT_S) if mode == "crash" else stack.orchestrator()
     version = orch.import_package(faulty(stack.tmp, build_key, mode, after=10)).version
     with Traffic(stack.server.url, threads=3) as traffic:
-        worker = start_shadow(orch, MODEL, version, sample_rate=0.25, detached=False, replay_timeout_s=timeout_s)
+        worker = start_shadow(orch, MODEL, version, sample_rate=0.25, run_worker=in_process(), replay_timeout_s=timeout_s)
         assert worker is not None
         assert worker.stopped.wait(20), "the worker should give up on a broken candidate"
         time.sleep(0.5)  # production keeps going after the candidate broke
@@ -133,7 +134,7 @@ def test_queue_stays_bounded_when_the_candidate_is_slower(stack: Stack, build_ke
     orch = stack.orchestrator()
     version = orch.import_package(faulty(stack.tmp, build_key, "slow", after=0)).version
     with Traffic(stack.server.url, threads=2) as traffic:
-        worker = start_shadow(orch, MODEL, version, sample_rate=0.25, detached=False, queue_size=8)
+        worker = start_shadow(orch, MODEL, version, sample_rate=0.25, run_worker=in_process(), queue_size=8)
         assert worker is not None
         time.sleep(3)
         report = worker.report()

@@ -12,8 +12,8 @@ from typing import Any
 import yaml
 from prometheus_client import CollectorRegistry
 
-from orchestrator.daemons.watch import Watch
 from orchestrator.core.journal import Record
+from orchestrator.daemons.watch import Watch
 
 from .conftest import MODEL, Stack
 

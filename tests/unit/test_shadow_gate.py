@@ -7,9 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.core.shadow_gate import Outcome, ShadowPolicy, load_shadow_policy, shadow_gate
+from orchestrator.core.policy import ShadowPolicy
+from orchestrator.core.shadow_gate import Outcome, shadow_gate
 from orchestrator.core.shadow_stats import LatencySummary, ShadowReport, TensorSummary
 from orchestrator.errors import RepositoryCorrupt
+from orchestrator.store.policyfile import read_policies
 
 GOOD = TensorSummary(samples=500, mean_abs_diff=1e-6, max_abs_diff=1e-5, mean_cosine=1.0, min_cosine=1.0,
                      top1_agreement=1.0)
@@ -69,9 +71,9 @@ def test_failed_run_fails() -> None:
 
 
 def test_policy_loads_from_the_shadow_section(tmp_path: Path) -> None:
-    assert load_shadow_policy(tmp_path) == ShadowPolicy()
+    assert read_policies(tmp_path).shadow == ShadowPolicy()
     (tmp_path / "policy.yaml").write_text("promotion: {}\nshadow:\n  require: true\n  min_cosine: 0.99\n")
-    assert load_shadow_policy(tmp_path) == ShadowPolicy(require=True, min_cosine=0.99)
+    assert read_policies(tmp_path).shadow == ShadowPolicy(require=True, min_cosine=0.99)
     (tmp_path / "policy.yaml").write_text("shadow:\n  min_cosin: 0.99\n")
     with pytest.raises(RepositoryCorrupt, match="min_cosin"):
-        load_shadow_policy(tmp_path)
+        read_policies(tmp_path)

@@ -1,0 +1,53 @@
+"""What every command shares: the one place errors become one line and an exit code, and the
+orchestrator built from the global options."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import typer
+
+from orchestrator.errors import UNEXPECTED_EXIT, Interrupted, OrchestratorError, WriteFailed
+from orchestrator.settings import from_environment
+from orchestrator.usecases.orchestrator import Orchestrator
+
+T = TypeVar("T")
+log = logging.getLogger("orchestrator")
+
+
+class State:
+    """The global options, kept on typer's context for the command that runs."""
+
+    def __init__(self) -> None:
+        self.options: dict[str, Any] = {}
+        self.verbose = False
+
+    def orchestrator(self) -> Orchestrator:
+        return Orchestrator(from_environment(**self.options))
+
+
+def run(fn: Callable[[], T]) -> T:
+    """Call ``fn``; any error ends the command with one line on stderr and its exit code."""
+    try:
+        try:
+            return fn()
+        except OSError as exc:  # disk full, read-only file system, I/O error: nothing half-written is kept
+            raise WriteFailed(exc) from exc
+        except KeyboardInterrupt:
+            raise Interrupted() from None
+    except OrchestratorError as exc:
+        typer.echo("error: " + " ".join(str(exc).split()), err=True)
+        raise typer.Exit(exc.exit_code) from None
+    except (typer.Exit, typer.Abort):
+        raise
+    except Exception as exc:  # a bug: say so in one line; --verbose shows where
+        log.debug("unexpected error", exc_info=True)
+        typer.echo(f"error: unexpected {type(exc).__name__}: {' '.join(str(exc).split())} (a bug; rerun with "
+                   f"--verbose for the traceback)", err=True)
+        raise typer.Exit(UNEXPECTED_EXIT) from None
+
+
+def orchestrator_of(ctx: typer.Context) -> Orchestrator:
+    return run(ctx.obj.orchestrator)

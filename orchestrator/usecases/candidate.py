@@ -1,0 +1,87 @@
+"""A candidate under test: loaded as ``<model>__candidate`` (no production traffic), warmed up,
+judged on the golden set against the served version, then unloaded either way."""
+
+from __future__ import annotations
+
+import logging
+
+from orchestrator import faults
+from orchestrator.core.checks import compare_scores, sanity, top1_accuracy
+from orchestrator.core.golden import GoldenSet
+from orchestrator.core.journal import Action, Result, now_iso
+from orchestrator.core.model import Verification, VersionStatus
+from orchestrator.core.policy import PromotionPolicy
+from orchestrator.core.verdict import Verdict
+from orchestrator.errors import CandidateRejected, LoadFailed, TritonError
+from orchestrator.store.modelconfig import to_json
+from orchestrator.store.repository import ModelSnapshot, ModelStore, candidate_name
+from orchestrator.triton.golden import run_golden
+from orchestrator.usecases.context import Context
+
+log = logging.getLogger(__name__)
+
+
+def check_candidate(ctx: Context, store: ModelStore, snap: ModelSnapshot, version: int, op: str,
+                    policy: PromotionPolicy, golden: GoldenSet) -> Verdict:
+    """The candidate's verdict; a failed check raises CandidateRejected after marking it failed."""
+    config = snap.config
+    outputs = snap.outputs
+    batch = min(policy.batch_size, config.max_batch_size) if config.max_batch_size else policy.batch_size
+    entry = candidate_name(store.name)
+    try:
+        _, candidate_config = store.write_candidate_entry(snap, version)
+        faults.checkpoint("promote:candidate_entry")
+        try:
+            ctx.triton.load(entry, to_json(candidate_config))
+        except LoadFailed as exc:
+            reject(ctx, store, snap, version, op, f"load failed: {exc.reason}")
+        snap = ctx.record(store, snap, Action.PROMOTE, Result.STEP, op, to_version=version,
+                          details={"step": "candidate_loaded"})
+        faults.checkpoint("promote:candidate_loaded")
+        for warm in golden.batches(batch)[: policy.warmup_requests]:
+            ctx.triton.infer(entry, warm, outputs)
+        try:
+            results = run_golden(ctx.triton, entry, None, golden, outputs, batch)
+        except TritonError as exc:
+            reject(ctx, store, snap, version, op, f"inference failed: {exc}")
+        verdict = sanity(results, policy.output_bound)
+        if not verdict.passed:
+            reject(ctx, store, snap, version, op, f"bad outputs on the golden set: {verdict.reason}")
+        if golden.labels is None:
+            return Verdict.of(True)
+        score = top1_accuracy(results[outputs[0]], golden.labels)
+        served_score = None
+        if snap.served is not None:
+            served_results = run_golden(ctx.triton, store.name, snap.served, golden, outputs, batch)
+            served_score = top1_accuracy(served_results[outputs[0]], golden.labels)
+        verdict = compare_scores(score, served_score, policy)
+        if not verdict.passed:
+            reject(ctx, store, snap, version, op, verdict.reason, verdict.metrics)
+        return verdict
+    finally:
+        drop_candidate(ctx, store)
+
+
+def drop_candidate(ctx: Context, store: ModelStore, quiet: bool = False) -> None:
+    """Unload the candidate entry, wait until Triton has let go of it, remove its folder."""
+    entry = candidate_name(store.name)
+    try:
+        ctx.triton.unload(entry)
+        if not ctx.triton.wait_unloaded(entry, None, ctx.settings.timeout_s):
+            log.warning("%s still unloading after %.0fs", entry, ctx.settings.timeout_s)
+    except TritonError as exc:
+        if not quiet:
+            log.warning("could not unload %s: %s", entry, exc)
+    store.remove_candidate_entry()
+
+
+def reject(ctx: Context, store: ModelStore, snap: ModelSnapshot, version: int, op: str, reason: str,
+           metrics: dict[str, float] | None = None) -> None:
+    """Mark ``version`` failed, journal why, and raise CandidateRejected: serving was never touched."""
+    drop_candidate(ctx, store)
+    snap = store.record_verification(snap, version, Verification(
+        status=VersionStatus.FAILED, verified_by=ctx.settings.actor, verified_at=now_iso(), golden=metrics or {},
+        reason=reason))
+    ctx.record(store, snap, Action.PROMOTE, Result.FAILED, op, from_version=snap.served, to_version=version,
+               reason=reason, details={"metrics": metrics or {}})
+    raise CandidateRejected(store.name, version, reason)

@@ -1,0 +1,90 @@
+"""What every use case works with: settings, the model store, a Triton, the trust policy.
+
+Built once per command (``Context.from_settings``) or handed in by a test (a ``TritonTwin``
+instead of a server). The use cases are plain functions of a context, one module each.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from orchestrator.core.journal import Action, Record, Result
+from orchestrator.delivery.signing import TrustPolicy
+from orchestrator.errors import UsageError
+from orchestrator.settings import Settings
+from orchestrator.store.lock import model_lock
+from orchestrator.store.repository import ModelRepository, ModelSnapshot, ModelStore
+from orchestrator.triton.protocol import TritonAPI
+
+
+@dataclass(frozen=True)
+class SwitchResult:
+    model: str
+    action: str
+    from_version: int | None
+    to_version: int
+    resident: tuple[int, ...]
+    duration_ms: float  # the whole command
+    changed: bool
+    metrics: dict[str, float] = field(default_factory=dict)
+    switch_ms: float = 0.0  # command start until the target served
+
+
+@dataclass(frozen=True)
+class ImportResult:
+    model: str
+    version: int
+    artifacts: dict[str, str]
+
+
+@dataclass
+class Context:
+    settings: Settings
+    triton: TritonAPI
+    trust: TrustPolicy
+    repository: ModelRepository
+    clock: Callable[[], float] = time.monotonic
+
+    @classmethod
+    def from_settings(cls, settings: Settings, triton: TritonAPI | None = None,
+                      trust: TrustPolicy | None = None) -> Context:
+        assert settings.state_dir is not None  # Settings fills it in
+        if triton is None:
+            from orchestrator.triton.client import Triton  # noqa: PLC0415 - tritonclient only when a server is used
+
+            triton = Triton(settings.triton_url, settings.admin_key, settings.timeout_s, settings.load_timeout_s)
+        return cls(settings, triton, trust or TrustPolicy.from_environment(settings.state_dir),
+                   ModelRepository(settings.repository, settings.state_dir))
+
+    def with_settings(self, **changes: Any) -> Context:
+        return replace(self, settings=replace(self.settings, **changes))
+
+    def resolve_model(self, model: str | None) -> str:
+        if model:
+            return model
+        if self.settings.default_model:
+            return self.settings.default_model
+        models = self.repository.models()
+        if len(models) == 1:
+            return models[0]
+        raise UsageError(f"name the model: the repository holds {', '.join(models) or 'no models'}")
+
+    def store(self, model: str | None) -> ModelStore:
+        return self.repository.model(self.resolve_model(model))
+
+    @contextmanager
+    def locked(self, store: ModelStore) -> Iterator[None]:
+        with model_lock(store.state, store.name, self.settings.lock_timeout_s):
+            yield
+
+    def record(self, store: ModelStore, snapshot: ModelSnapshot, action: Action, result: Result, op: str,
+               **fields: Any) -> ModelSnapshot:
+        return store.record(snapshot, Record(action=action, result=result, op=op, actor=self.settings.actor,
+                                             **fields))
+
+    def ms_since(self, started: float) -> float:
+        return round((self.clock() - started) * 1000.0, 2)

@@ -1,0 +1,44 @@
+"""``Orchestrator``: the use cases behind one object, for the CLI, the daemons and tests.
+
+Each method is one use case module's function applied to this context; nothing is decided here.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from orchestrator.core.journal import History
+from orchestrator.delivery.signing import TrustPolicy
+from orchestrator.settings import Settings
+from orchestrator.triton.protocol import TritonAPI
+from orchestrator.usecases import importing, promote, reconcile, rollback, status
+from orchestrator.usecases.context import Context, ImportResult, SwitchResult
+
+
+class Orchestrator(Context):
+    def __init__(self, settings: Settings, triton: TritonAPI | None = None, trust: TrustPolicy | None = None) -> None:
+        built = Context.from_settings(settings, triton, trust)
+        super().__init__(built.settings, built.triton, built.trust, built.repository, built.clock)
+
+    def import_package(self, package: Path) -> ImportResult:
+        return importing.import_package(self, package)
+
+    def promote(self, model: str | None, version: int, force: bool = False) -> SwitchResult:
+        return promote.promote(self, model, version, force)
+
+    def rollback(self, model: str | None, to: int | None = None, force: bool = False,
+                 reason: str = "requested by operator", quarantine: bool = False,
+                 evidence: dict[str, object] | None = None) -> SwitchResult:
+        return rollback.rollback(self, model, to, force, reason, quarantine, evidence)
+
+    def reconcile(self, model: str | None = None) -> list[str]:
+        return reconcile.reconcile(self, model)
+
+    def history(self, model: str | None) -> History:
+        return reconcile.history(self, model)
+
+    def status(self, model: str | None) -> list[status.ModelStatus]:
+        return status.statuses(self, model)
+
+
+__all__ = ["ImportResult", "Orchestrator", "SwitchResult"]

@@ -1,0 +1,117 @@
+"""Promote: verify a version beside production, then make it the served version.
+
+Under the model's lock: repair, refuse what policy forbids before anything is touched, check
+the candidate where it takes no traffic, mark it verified, then switch (``executor``).
+"""
+
+from __future__ import annotations
+
+from orchestrator import faults
+from orchestrator.core.journal import Action, Result, new_op_id, now_iso
+from orchestrator.core.model import Verification, VersionStatus
+from orchestrator.core.policy import ShadowPolicy
+from orchestrator.core.shadow_gate import META_KEY, recorded_verdict
+from orchestrator.delivery.plan_compat import plan_incompatibility
+from orchestrator.errors import CandidateRejected, OrchestratorError, PolicyViolation, RepositoryCorrupt
+from orchestrator.store.golden import load_golden
+from orchestrator.store.modelconfig import contract
+from orchestrator.store.policyfile import POLICY_FILE
+from orchestrator.store.repository import ModelSnapshot, ModelStore
+from orchestrator.store.shadow_state import refuse_while_shadowing
+from orchestrator.usecases import executor
+from orchestrator.usecases.candidate import check_candidate, reject
+from orchestrator.usecases.context import Context, SwitchResult
+from orchestrator.usecases.reconcile import settle
+from orchestrator.usecases.repair import repair
+
+
+def promote(ctx: Context, model: str | None, version: int, force: bool = False) -> SwitchResult:
+    store = ctx.store(model)
+    with ctx.locked(store):
+        snap = repair(ctx, store).snapshot
+        snap.require(version)
+        refuse_while_shadowing(store)  # the candidate entry is the shadow's until it stops
+        served = snap.served
+        if snap.status(version) is VersionStatus.QUARANTINED and not force:
+            raise PolicyViolation(f"{store.name} v{version} is quarantined "
+                                  f"({snap.meta(version).verification.reason or 'rolled back by the watcher'}); "
+                                  f"promote it with --force if you are sure")
+        if version == served:
+            return settle(ctx, store, snap, version, Action.PROMOTE)
+        # A broken policy, meta or golden set stops us before anything is touched.
+        policy = snap.policies.promotion
+        incompatible = plan_incompatibility(snap.config, snap.meta(version), snap.require(version), ctx.settings)
+        if incompatible:
+            raise PolicyViolation(f"{store.name} v{version} cannot run on this server: {incompatible}")
+        require_passed_shadow(snap, version, snap.policies.shadow)
+        golden = load_golden(store.state / policy.golden, contract(snap.config))
+        if golden is None:
+            raise PolicyViolation(f"{store.name} has no golden set in {store.state / policy.golden}: "
+                                  f"a candidate cannot be verified without one")
+        ctx.triton.require_live()
+        op = new_op_id()
+        started = ctx.clock()
+        snap = ctx.record(store, snap, Action.PROMOTE, Result.STARTED, op, from_version=served, to_version=version,
+                          details={"resident_before": list(snap.resident)})
+        try:
+            verdict = check_candidate(ctx, store, snap, version, op, policy, golden)
+        except CandidateRejected:
+            raise
+        except (OrchestratorError, OSError) as exc:
+            # Not the candidate's fault (Triton went away, a file is unreadable): serving untouched.
+            ctx.record(store, snap, Action.PROMOTE, Result.FAILED, op, from_version=served, to_version=version,
+                       reason=str(exc))
+            raise
+        try:
+            snap = store.record_verification(snap, version, Verification(
+                status=VersionStatus.VERIFIED, verified_by=ctx.settings.actor, verified_at=now_iso(),
+                golden=verdict.metrics))
+            snap = ctx.record(store, snap, Action.PROMOTE, Result.STEP, op, to_version=version,
+                              details={"step": "verified", "metrics": verdict.metrics})
+            faults.checkpoint("promote:verified")
+
+            def rejected(after: ModelSnapshot, reason: str) -> None:
+                reject(ctx, store, after, version, op, reason)
+
+            snap, switched_at = executor.switch(ctx, store, snap, version, op, Action.PROMOTE, exclude=set(),
+                                                reject=rejected)
+        except OSError as exc:
+            close_if_nothing_switched(ctx, store, Action.PROMOTE, op, served, version, exc)
+            raise
+        duration, switch_ms = ctx.ms_since(started), round((switched_at - started) * 1000.0, 2)
+        ctx.record(store, snap, Action.PROMOTE, Result.SUCCEEDED, op, from_version=served, to_version=version,
+                   duration_ms=duration, details={"resident": list(snap.resident), "metrics": verdict.metrics,
+                                                  "switch_ms": switch_ms})
+        return SwitchResult(store.name, "promote", served, version, snap.resident, duration, True, verdict.metrics,
+                            switch_ms)
+
+
+def require_passed_shadow(snap: ModelSnapshot, version: int, policy: ShadowPolicy) -> None:
+    """Refuse ``version`` when the policy requires a passed shadow run and it has none.
+
+    The stored report is judged again under today's policy, so tightening a threshold applies
+    to runs recorded before the change.
+    """
+    if not policy.require:
+        return
+    where = f"{snap.name} v{version}"
+    hint = f"run `orchestrate shadow start {snap.name} {version}` and `shadow stop` first"
+    try:
+        verdict = recorded_verdict(snap.meta(version).extra.get(META_KEY), policy)
+    except ValueError as exc:
+        raise RepositoryCorrupt(f"{where}: {exc} in meta.yaml") from exc
+    if verdict is None:
+        raise PolicyViolation(f"{where} has no shadow run and the policy ({snap.state / POLICY_FILE}) requires a "
+                              f"passed one: {hint}")
+    if not verdict.passed:
+        raise PolicyViolation(f"{where} has no passed shadow run ({verdict.outcome.value}: {verdict.reason}); {hint}")
+
+
+def close_if_nothing_switched(ctx: Context, store: ModelStore, action: Action, op: str, served: int | None,
+                              target: int, exc: OSError) -> None:
+    """A write failed (disk full): close the operation as failed if the disk still serves ``served``;
+    otherwise leave it open so the next command completes the switch it had started."""
+    snap = store.snapshot()  # after a failed write, only the disk knows what landed
+    if snap.served == served:
+        ctx.record(store, snap, action, Result.FAILED, op, from_version=served, to_version=target,
+                   reason=f"write failed: {exc}")

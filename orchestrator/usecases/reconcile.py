@@ -1,0 +1,31 @@
+"""Reconcile: repair interrupted commands and load what the disk says into Triton."""
+
+from __future__ import annotations
+
+from orchestrator.core.journal import Action, History
+from orchestrator.store.repository import ModelSnapshot, ModelStore
+from orchestrator.usecases import executor
+from orchestrator.usecases.context import Context, SwitchResult
+from orchestrator.usecases.repair import repair
+
+
+def reconcile(ctx: Context, model: str | None = None) -> list[str]:
+    names = [ctx.resolve_model(model)] if model else ctx.repository.models()
+    notes = []
+    for name in names:
+        store = ctx.repository.model(name)
+        with ctx.locked(store):
+            repaired = repair(ctx, store)
+            notes += repaired.notes
+            notes += executor.sync_triton(ctx, store, repaired.snapshot, strict=True)
+    return notes
+
+
+def settle(ctx: Context, store: ModelStore, snap: ModelSnapshot, version: int, action: Action) -> SwitchResult:
+    """Already served: only make sure Triton agrees with the disk (idempotent commands)."""
+    executor.sync_triton(ctx, store, snap)
+    return SwitchResult(store.name, action.value, version, version, snap.resident, 0.0, False)
+
+
+def history(ctx: Context, model: str | None) -> History:
+    return ctx.store(model).journal.read()

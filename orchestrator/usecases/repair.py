@@ -1,0 +1,106 @@
+"""Repair: finish or undo what an interrupted command left behind (disk first, then Triton).
+
+Every mutating command runs this first, under the model's lock. The decision is pure
+(``core.repair.decide_repair``); this module reads what it needs and applies it.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+from orchestrator.core.journal import Action, Record, Result, now_iso
+from orchestrator.core.model import Verification
+from orchestrator.core.repair import RepairDecision, RepairKind, decide_repair
+from orchestrator.core.switch import status_after_rollback
+from orchestrator.core.versions import label
+from orchestrator.store.repository import ModelSnapshot, ModelStore, remove_tree
+from orchestrator.store.shadow_state import active_shadow
+from orchestrator.usecases import executor
+from orchestrator.usecases.candidate import drop_candidate
+from orchestrator.usecases.context import Context
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Repaired:
+    snapshot: ModelSnapshot  # what the disk holds after the repair
+    notes: list[str] = field(default_factory=list)
+    decision: RepairDecision | None = None  # the interrupted operation, when there was one
+
+
+def repair(ctx: Context, store: ModelStore, snap: ModelSnapshot | None = None) -> Repaired:
+    """Run under the model's lock; returns the snapshot to carry on with."""
+    notes = []
+    for leftover in store.staging_leftovers():
+        remove_tree(leftover)
+        notes.append(f"removed unfinished import staging {leftover.name}")
+    snap = store.snapshot() if snap is None or notes else snap
+    decision = None
+    unfinished = snap.history.unfinished()
+    if unfinished is not None:
+        decision = _decide(snap, unfinished)
+        snap, note = _apply(ctx, store, snap, decision)
+        notes.append(note)
+        if unfinished.action.switches:
+            notes += executor.sync_triton(ctx, store, snap)  # when Triton is up; otherwise the next contact does
+    elif store.has_candidate_entry() and active_shadow(store) is None:
+        drop_candidate(ctx, store, quiet=True)
+        notes.append("removed a leftover candidate entry")
+    for note in notes:
+        log.warning("%s: %s", store.name, note)
+    return Repaired(snap, notes, decision)
+
+
+def _decide(snap: ModelSnapshot, started: Record) -> RepairDecision:
+    target = started.to_version
+    filed = target is not None and (snap.folder / str(target)).is_dir()
+    status = snap.statuses().get(target) if target is not None and target in snap.versions else None
+    return decide_repair(started, filed=filed, served=snap.served, target_status=status, resident=snap.resident)
+
+
+def _apply(ctx: Context, store: ModelStore, snap: ModelSnapshot, decision: RepairDecision) -> tuple[ModelSnapshot, str]:
+    started = decision.started
+    op, action, target = started.op, started.action, started.to_version
+    if decision.kind is RepairKind.IMPORT_FILED:
+        snap = ctx.record(store, snap, action, Result.REPAIRED, op, to_version=target,
+                          reason="filed before the interruption")
+        return snap, f"import of v{target} had completed"
+    if decision.kind is RepairKind.IMPORT_LOST:
+        snap = ctx.record(store, snap, action, Result.ABORTED, op, to_version=target,
+                          reason="interrupted before filing")
+        return snap, "an interrupted import left nothing behind"
+    if decision.kind is RepairKind.CLOSE:
+        snap = ctx.record(store, snap, action, Result.ABORTED, op, reason="interrupted; nothing to repair")
+        return snap, f"closed an interrupted {action.value}"
+    assert target is not None
+    drop_candidate(ctx, store, quiet=True)
+    if decision.kind is RepairKind.COMPLETE_SWITCH:
+        # The switch itself was written: finish it (fallbacks may still be missing).
+        exclude = {started.from_version} if action is Action.ROLLBACK and started.from_version is not None else set()
+        final = executor.plan(snap, target, exclude).final
+        snap = store.write_resident(snap, final)
+        if decision.mark_rolled_back is not None:
+            snap = mark_rolled_back(store, snap, decision.mark_rolled_back, started.reason or "rolled back",
+                                    decision.quarantine, started.actor)
+        snap = ctx.record(store, snap, action, Result.REPAIRED, op, from_version=started.from_version,
+                          to_version=target, reason="interrupted after the switch; completed",
+                          details={"resident": list(final)})
+        return snap, f"completed an interrupted {action.value} to v{target}"
+    if decision.restore:
+        snap = store.write_resident(snap, decision.restore)
+    snap = ctx.record(store, snap, action, Result.ABORTED, op, from_version=started.from_version, to_version=target,
+                      reason="interrupted before the switch; previous versions restored",
+                      details={"resident": list(snap.resident)})
+    return snap, f"undid an interrupted {action.value} to v{target}; {label(snap.served)} serves"
+
+
+def mark_rolled_back(store: ModelStore, snap: ModelSnapshot, version: int, reason: str, quarantine: bool,
+                     actor: str) -> ModelSnapshot:
+    mark = status_after_rollback(snap.status(version), quarantine)
+    if mark is None:
+        return snap
+    return store.record_verification(snap, version, Verification(
+        status=mark, verified_by=actor, verified_at=now_iso(), golden=snap.meta(version).verification.golden,
+        reason=reason))

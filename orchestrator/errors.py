@@ -6,8 +6,8 @@ stderr and an exit code; foreign errors are translated where they arise (tritonc
 
     OrchestratorError                                                       (exit 1)
     ├── UsageError              bad arguments, unknown model or version      (exit 2)
-    │   ├── UnknownModel
-    │   └── UnknownVersion
+    │   ├── UnknownModel        a model the repository does not hold         (exit 2)
+    │   └── UnknownVersion      a version the model does not have            (exit 2)
     ├── PackageRejected         an import refused; nothing was filed         (exit 3)
     ├── PolicyViolation         a rule forbids the requested switch          (exit 4)
     ├── CandidateRejected       a candidate failed a check; serving kept     (exit 5)

@@ -14,7 +14,7 @@ import typer
 
 from orchestrator.cli.common import orchestrator_of, run
 from orchestrator.core.shadow_gate import shadow_gate
-from orchestrator.core.shadow_stats import ShadowReport
+from orchestrator.core.shadow_stats import ShadowPhase, ShadowReport
 from orchestrator.core.versions import label, parse_version
 from orchestrator.errors import ShadowFailed
 from orchestrator.store.policyfile import read_policies
@@ -59,14 +59,14 @@ def status(ctx: typer.Context, model: str, as_json: Annotated[bool, typer.Option
     state = _run(lambda: shadow_status(_orch(ctx), model))
     report = state.shadow_report()
     if as_json:
-        typer.echo(json.dumps({"model": model, "version": state.config.version, "phase": state.phase,
+        typer.echo(json.dumps({"model": model, "version": state.config.version, "phase": state.phase.value,
                                "reason": state.reason, "pid": state.pid, "compared": report.compared,
                                "dropped": report.dropped, "candidate_errors": report.candidate_errors}, indent=2))
         return
-    line = (f"{model}: shadow of v{state.config.version} {state.phase}; {report.compared} compared, "
+    line = (f"{model}: shadow of v{state.config.version} {state.phase.value}; {report.compared} compared, "
             f"{report.dropped} dropped, {report.candidate_errors} candidate errors")
     typer.echo(line + (f"; {state.reason}" if state.reason else ""))
-    if state.phase == "failed":
+    if state.phase == ShadowPhase.FAILED:
         _run(lambda: _fail(model, state.config.version, state.reason))
 
 
@@ -81,7 +81,7 @@ def report_(ctx: typer.Context, model: str, as_json: Annotated[bool, typer.Optio
         policy = replace(policy, min_samples=state.config.min_samples)
     verdict = shadow_gate(report, policy)
     if as_json:
-        typer.echo(json.dumps({**report.to_dict(), "phase": state.phase, "latency_ratio": report.latency_ratio(),
+        typer.echo(json.dumps({**report.to_dict(), "phase": state.phase.value, "latency_ratio": report.latency_ratio(),
                                "verdict": {"outcome": verdict.outcome.value, "reason": verdict.reason,
                                            "tensor": verdict.tensor, "metric": verdict.metric}}, indent=2))
         return
@@ -90,7 +90,7 @@ def report_(ctx: typer.Context, model: str, as_json: Annotated[bool, typer.Optio
 
 
 def render_report(state: ShadowState, report: ShadowReport) -> str:
-    lines = [f"{report.model} v{report.version}: {state.phase}; {report.compared} compared of {report.sampled} "
+    lines = [f"{report.model} v{report.version}: {state.phase.value}; {report.compared} compared of {report.sampled} "
              f"sampled, {report.dropped} dropped, {report.candidate_errors} candidate errors, queue peak "
              f"{report.queue_high_water}"]
     header = f"{'tensor':<16}{'rows':>8}{'mean|d|':>11}{'max|d|':>11}{'rel':>10}{'cosine':>9}{'top1':>7}{'NaN/Inf':>9}"

@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from orchestrator.core.policy import ShadowPolicy
-from orchestrator.core.shadow_stats import ShadowReport
+from orchestrator.core.shadow_stats import ShadowPhase, ShadowReport
 from orchestrator.core.verdict import Outcome, Verdict
 
 META_KEY = "shadow"  # where a version's last finished shadow run is recorded (its attestation)
@@ -19,7 +19,7 @@ GateVerdict = Verdict
 
 def shadow_gate(report: ShadowReport, policy: ShadowPolicy) -> Verdict:
     """Failures first (a broken candidate fails whatever the count), then the sample count, then pass."""
-    if report.phase == "failed":
+    if report.phase == ShadowPhase.FAILED:
         return Verdict(Outcome.FAILED, f"shadow run failed: {report.reason}", metric="candidate")
     for name, t in sorted(report.tensors.items()):
         checks: list[tuple[str, bool, str]] = [

@@ -8,6 +8,7 @@ trace text (six significant digits), so an identical candidate shows differences
 
 from __future__ import annotations
 
+import enum
 import math
 from collections import deque
 from dataclasses import asdict, dataclass, field
@@ -134,13 +135,34 @@ def _quantile(ordered: list[float], q: float) -> float:
     return ordered[index]
 
 
+class ShadowPhase(str, enum.Enum):
+    STARTING = "starting"  # the candidate is loaded; the worker is about to trace
+    RUNNING = "running"
+    FAILED = "failed"  # the worker gave up (or died); the candidate entry may still be loaded
+    STOPPED = "stopped"  # ``shadow stop`` closed the run: the only final phase
+
+    @property
+    def is_final(self) -> bool:
+        return self is ShadowPhase.STOPPED
+
+    @property
+    def holds_candidate(self) -> bool:
+        """The ``<model>__candidate`` entry is (or may be) loaded for this run."""
+        return not self.is_final
+
+    @property
+    def expects_worker(self) -> bool:
+        """A worker should be alive and writing heartbeats."""
+        return self in (ShadowPhase.STARTING, ShadowPhase.RUNNING)
+
+
 @dataclass(frozen=True)
 class ShadowReport:
     """What a shadow run observed; the gate judges it, ``shadow report`` prints it."""
 
     model: str
     version: int
-    phase: str = "running"  # running, failed, stopped
+    phase: ShadowPhase = ShadowPhase.RUNNING
     reason: str = ""  # why it failed
     sampled: int = 0  # traces read for this model
     compared: int = 0  # replayed and compared
@@ -152,6 +174,9 @@ class ShadowReport:
     candidate_latency: LatencySummary = field(default_factory=LatencySummary)  # the replay, client side
     candidate_server_mean_ms: float | None = None  # Triton's own statistics for the candidate
 
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "phase", ShadowPhase(self.phase))
+
     def latency_ratio(self) -> float | None:
         """Candidate / served mean time inside Triton (both server side, so HTTP costs cancel)."""
         served = self.served_latency.mean_ms
@@ -161,7 +186,7 @@ class ShadowReport:
         return candidate / served
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return {**asdict(self), "phase": self.phase.value}
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> ShadowReport:

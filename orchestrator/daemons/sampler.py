@@ -25,6 +25,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from orchestrator.core.shadow_stats import ShadowPhase
 from orchestrator.errors import OrchestratorError
 from orchestrator.store.repository import ModelStore
 from orchestrator.store.shadow_state import active_shadow
@@ -117,14 +118,14 @@ class ProductionSampler:
         if shadow is None:
             self.standing_aside = False
             return False
-        if shadow.phase == "running" and not self.standing_aside:
+        if shadow.phase == ShadowPhase.RUNNING and not self.standing_aside:
             try:  # our lease may have landed after the worker's settings a moment ago
                 self.triton.update_trace_settings(self.store.name, shadow_tracing(shadow.config.sample_rate))
             except OrchestratorError as exc:
                 log.warning("%s: could not hand tracing back to the shadow run: %s", self.store.name, exc)
                 return True  # try again next poll
             self.standing_aside = True
-        elif shadow.phase == "failed":
+        elif shadow.phase == ShadowPhase.FAILED:
             self.standing_aside = True  # the worker switched tracing off when it failed: leave it off
         # "starting": the worker is about to set its own settings; wait for it to run or fail.
         self.armed_rate, self.armed_at = None, -math.inf

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
-from orchestrator.core.shadow_stats import ShadowReport
+from orchestrator.core.shadow_stats import ShadowPhase, ShadowReport
 
 _DIVERGENCE_FIELDS = ("mean_abs_diff", "max_abs_diff", "mean_rel_diff", "max_rel_diff", "mean_cosine",
                       "min_cosine", "top1_agreement", "candidate_nan", "candidate_inf")
@@ -42,4 +42,4 @@ class ShadowMetrics:
         for side, latency in (("served", report.served_latency), ("candidate", report.candidate_latency)):
             for stat in ("mean_ms", "p50_ms", "p99_ms"):
                 self.latency.labels(model, side, stat.removesuffix("_ms")).set(getattr(latency, stat))
-        self.running.labels(model).set(1 if report.phase == "running" else 0)
+        self.running.labels(model).set(1 if report.phase == ShadowPhase.RUNNING else 0)

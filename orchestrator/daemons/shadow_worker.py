@@ -25,7 +25,7 @@ from pathlib import Path
 
 from prometheus_client import CollectorRegistry
 
-from orchestrator.core.shadow_stats import LatencyWindow, ShadowReport, TensorAccumulator
+from orchestrator.core.shadow_stats import LatencyWindow, ShadowPhase, ShadowReport, TensorAccumulator
 from orchestrator.daemons.shadow_metrics import ShadowMetrics
 from orchestrator.errors import OrchestratorError, TritonError
 from orchestrator.store.repository import candidate_name
@@ -57,7 +57,7 @@ class ShadowWorker:
         self._served = LatencyWindow()
         self._candidate = LatencyWindow()
         self._counts = {"sampled": 0, "compared": 0, "dropped": 0, "candidate_errors": 0, "queue_high_water": 0}
-        self._phase, self._reason = "running", ""
+        self._phase, self._reason = ShadowPhase.RUNNING, ""
         self._stats_base: tuple[int, int] | None = None
         self._candidate_server_ms: float | None = None
 
@@ -78,7 +78,7 @@ class ShadowWorker:
     def stop(self, timeout_s: float = 10.0) -> ShadowReport:
         """Stop replaying, turn tracing off, write the final state (the candidate stays: ``shadow stop`` drops it)."""
         if not self.stopped.is_set():
-            self._set_phase("stopped", "")
+            self._set_phase(ShadowPhase.STOPPED, "")
         self.stopped.set()
         for thread in self._threads:
             thread.join(timeout_s)
@@ -91,13 +91,13 @@ class ShadowWorker:
     def fail(self, reason: str) -> None:
         """The candidate broke: stop sampling at once so production stops paying for traces."""
         log.warning("%s shadow of v%d failed: %s", self.config.model, self.config.version, reason)
-        self._set_phase("failed", reason)
+        self._set_phase(ShadowPhase.FAILED, reason)
         self.stopped.set()
         self._tracing_off()
 
-    def _set_phase(self, phase: str, reason: str) -> None:
+    def _set_phase(self, phase: ShadowPhase, reason: str) -> None:
         with self._lock:
-            if self._phase == "running":
+            if self._phase == ShadowPhase.RUNNING:
                 self._phase, self._reason = phase, reason
 
     def _tracing_off(self) -> None:
@@ -223,9 +223,9 @@ class ShadowWorker:
         if self.state_folder is None:
             return
         state = read_state(self.state_folder)
-        if state is None or state.phase == "stopped":
+        if state is None or state.phase == ShadowPhase.STOPPED:
             return  # ``shadow stop`` closed the run: never reopen it
-        phase = report.phase if report.phase != "stopped" else state.phase
+        phase = report.phase if report.phase != ShadowPhase.STOPPED else state.phase
         write_state(self.state_folder, replace(state, phase=phase, reason=report.reason, heartbeat=time.time(),
                                                report=report.to_dict()))
 
@@ -249,12 +249,12 @@ def run_detached(state_folder: Path, admin_key: str | None) -> int:
     try:
         worker.start()
     except OrchestratorError as exc:
-        write_state(state_folder, replace(state, phase="failed", reason=f"worker could not start: {exc}",
+        write_state(state_folder, replace(state, phase=ShadowPhase.FAILED, reason=f"worker could not start: {exc}",
                                           heartbeat=time.time()))
         return 1
     while not stop.wait(0.2) and not worker.stopped.is_set():
         pass
-    failed = worker.report().phase == "failed"
+    failed = worker.report().phase == ShadowPhase.FAILED
     worker.stop()
     return 1 if failed else 0
 

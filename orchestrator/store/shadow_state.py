@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from orchestrator.core.shadow_stats import ShadowReport
+from orchestrator.core.shadow_stats import ShadowPhase, ShadowReport
 from orchestrator.errors import Busy
 from orchestrator.store.atomic import write_atomic
 from orchestrator.store.repository import ModelStore, candidate_name
@@ -24,8 +24,6 @@ STATE_FILE = "state.json"
 WORKER_LOG = "worker.log"
 STALE_AFTER_S = 15.0  # a worker that has not written for this long is presumed dead
 
-ACTIVE_PHASES = ("starting", "running", "failed")  # a candidate entry is (or may be) loaded
-FINAL_PHASES = ("stopped",)
 
 
 @dataclass(frozen=True)
@@ -48,7 +46,7 @@ class ShadowConfig:
 @dataclass(frozen=True)
 class ShadowState:
     config: ShadowConfig
-    phase: str  # starting, running, failed, stopped
+    phase: ShadowPhase
     started_at: str
     op: str = ""  # journal operation id
     pid: int | None = None  # the detached worker; None when it runs inside another process
@@ -57,8 +55,11 @@ class ShadowState:
     report: dict[str, Any] = field(default_factory=dict)
     verdict: dict[str, Any] = field(default_factory=dict)  # filled by stop
 
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "phase", ShadowPhase(self.phase))
+
     def to_json(self) -> str:
-        return json.dumps(asdict(self), indent=2, sort_keys=True)
+        return json.dumps({**asdict(self), "phase": self.phase.value}, indent=2, sort_keys=True)
 
     @classmethod
     def from_json(cls, text: str) -> ShadowState:
@@ -72,7 +73,7 @@ class ShadowState:
 
 
 def initial_state(config: ShadowConfig, started_at: str, op: str) -> ShadowState:
-    return ShadowState(config=config, phase="starting", started_at=started_at, op=op, heartbeat=time.time())
+    return ShadowState(config=config, phase=ShadowPhase.STARTING, started_at=started_at, op=op, heartbeat=time.time())
 
 
 def shadow_dir(state_folder: Path) -> Path:
@@ -108,7 +109,7 @@ def pid_alive(pid: int) -> bool:
 
 def observed(state: ShadowState, now: float | None = None) -> ShadowState:
     """The state as a reader should see it: a running worker that is gone or silent has failed."""
-    if state.phase not in ("starting", "running"):
+    if not state.phase.expects_worker:
         return state
     now = time.time() if now is None else now
     if state.pid is not None and not pid_alive(state.pid):
@@ -117,8 +118,8 @@ def observed(state: ShadowState, now: float | None = None) -> ShadowState:
         reason = f"no heartbeat from the shadow worker for {now - state.heartbeat:.0f}s"
     else:
         return state
-    report = dict(state.report, phase="failed", reason=reason) if state.report else {}
-    return replace(state, phase="failed", reason=reason, report=report)
+    report = dict(state.report, phase=ShadowPhase.FAILED.value, reason=reason) if state.report else {}
+    return replace(state, phase=ShadowPhase.FAILED, reason=reason, report=report)
 
 
 def active_shadow(store: ModelStore) -> ShadowState | None:
@@ -127,12 +128,12 @@ def active_shadow(store: ModelStore) -> ShadowState | None:
     if state is None:
         return None
     state = observed(state)
-    return state if state.phase in ACTIVE_PHASES else None
+    return state if state.phase.holds_candidate else None
 
 
 def refuse_while_shadowing(store: ModelStore) -> None:
     """For promote: the candidate entry belongs to a shadow run until ``shadow stop``."""
     state = active_shadow(store)
     if state is not None:
-        raise Busy(f"{store.name} is shadowing v{state.config.version} ({state.phase}) in {candidate_name(store.name)}"
-                   f": run `orchestrate shadow stop {store.name}` first")
+        raise Busy(f"{store.name} is shadowing v{state.config.version} ({state.phase.value}) in "
+                   f"{candidate_name(store.name)}: run `orchestrate shadow stop {store.name}` first")

@@ -61,7 +61,8 @@ class Context:
                    ModelRepository(settings.repository, settings.state_dir))
 
     def with_settings(self, **changes: Any) -> Context:
-        return replace(self, settings=replace(self.settings, **changes))
+        """A plain context on the same Triton and store with other settings (the watcher's shorter waits)."""
+        return Context(replace(self.settings, **changes), self.triton, self.trust, self.repository, self.clock)
 
     def resolve_model(self, model: str | None) -> str:
         if model:

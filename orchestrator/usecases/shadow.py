@@ -26,7 +26,7 @@ from typing import Protocol, TypeVar
 
 from orchestrator.core.journal import Action, Result, new_op_id, now_iso
 from orchestrator.core.shadow_gate import META_KEY, shadow_gate, shadow_record
-from orchestrator.core.shadow_stats import ShadowReport
+from orchestrator.core.shadow_stats import ShadowPhase, ShadowReport
 from orchestrator.core.verdict import Verdict
 from orchestrator.errors import LoadFailed, TritonError, UsageError
 from orchestrator.store.modelconfig import to_json
@@ -121,13 +121,13 @@ def _spawn(store: ModelStore, state: ShadowState) -> None:
     deadline = time.monotonic() + WORKER_START_S
     while time.monotonic() < deadline:  # return once tracing is on, or with the worker's reason
         current = read_state(store.state)
-        if current is not None and current.phase == "running":
+        if current is not None and current.phase == ShadowPhase.RUNNING:
             return
-        if (current is not None and current.phase == "failed") or process.poll() is not None:
+        if (current is not None and current.phase == ShadowPhase.FAILED) or process.poll() is not None:
             break
         time.sleep(0.1)
     current = observed(read_state(store.state) or state)
-    if current.phase != "running":
+    if current.phase != ShadowPhase.RUNNING:
         raise TritonError(f"the shadow worker did not start: {current.reason or 'see ' + str(log_path)}")
 
 
@@ -144,7 +144,7 @@ def stop_shadow(ctx: Context, model: str | None, worker: RunningWorker | None = 
     store = ctx.store(model)
     with ctx.locked(store):
         state = read_state(store.state)
-        if state is None or state.phase == "stopped":
+        if state is None or state.phase == ShadowPhase.STOPPED:
             raise UsageError(f"{store.name} has no shadow run to stop")
         if worker is not None:
             worker.stop()
@@ -157,8 +157,8 @@ def stop_shadow(ctx: Context, model: str | None, worker: RunningWorker | None = 
             log.warning("could not turn tracing off for %s: %s", store.name, exc)
         drop_candidate(ctx, store)  # waits until Triton has let go of the linked version folder
         TraceTail(Path(state.config.trace_dir), state.config.trace_prefix, store.name).remove_all()
-        report = replace(state.shadow_report(), phase="failed" if state.phase == "failed" else "stopped",
-                         reason=state.reason)
+        phase = ShadowPhase.FAILED if state.phase is ShadowPhase.FAILED else ShadowPhase.STOPPED
+        report = replace(state.shadow_report(), phase=phase, reason=state.reason)
         policy = read_policies(store.state).shadow
         if state.config.min_samples is not None:
             policy = replace(policy, min_samples=state.config.min_samples)
@@ -174,7 +174,7 @@ def stop_shadow(ctx: Context, model: str | None, worker: RunningWorker | None = 
                    details={"outcome": verdict.outcome.value, "tensor": verdict.tensor, "metric": verdict.metric,
                             "compared": report.compared, "dropped": report.dropped,
                             "candidate_errors": report.candidate_errors, "meta_written": meta_written})
-        final = replace(state, phase="stopped", report=report.to_dict(),
+        final = replace(state, phase=ShadowPhase.STOPPED, report=report.to_dict(),
                         verdict={"outcome": verdict.outcome.value, "reason": verdict.reason,
                                  "tensor": verdict.tensor, "metric": verdict.metric, "finished_at": finished})
         write_state(store.state, final)

@@ -119,7 +119,8 @@ def test_broken_candidate_fails_the_run_not_production(stack: Stack, build_key, 
     orch = stack.orchestrator(timeout_s=CRASHED_STUB_WAIT_S) if mode == "crash" else stack.orchestrator()
     version = orch.import_package(faulty(stack.tmp, build_key, mode, after=10)).version
     with Traffic(stack.server.url, threads=3) as traffic:
-        worker = start_shadow(orch, MODEL, version, sample_rate=0.25, run_worker=in_process(), replay_timeout_s=timeout_s)
+        worker = start_shadow(orch, MODEL, version, sample_rate=0.25, run_worker=in_process(),
+                              replay_timeout_s=timeout_s)
         assert worker is not None
         assert worker.stopped.wait(20), "the worker should give up on a broken candidate"
         time.sleep(0.5)  # production keeps going after the candidate broke

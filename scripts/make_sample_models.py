@@ -27,7 +27,7 @@ from orchestrator.sample import (
 )
 from orchestrator.store.metafile import META_FILE, Verification, VersionStatus, read_meta, write_meta
 
-POLICY = """# Promotion policy for the sample classifier (see orchestrator/policy.py for every field).
+POLICY = """# Promotion policy for the sample classifier (see orchestrator/core/policy.py for every field).
 promotion:
   warmup_requests: 3
   output_bound: 1.0e4

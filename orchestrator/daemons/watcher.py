@@ -1,57 +1,37 @@
 """One model under watch: probe the served version, read Triton's metrics, judge, act.
 
-Probes send one golden sample per interval to the model without naming a version, exactly
-as clients do, so the answer comes from whatever clients get. The last verified version
-stays resident (promote keeps it loaded), so its outputs on the same golden samples are
-the baseline for divergence and score, queried once per switch by explicit version.
-
-Drift needs what clients really got: the production sampler (Triton's tracing) supplies
-the served version's outputs, cut into windows; each version records a baseline of its
-own once it serves verified and healthy (``drift_baseline.json``, journaled when complete).
+Each tick gathers an ``Observation`` (golden probes in ``probes.py``, Triton's ``/metrics``,
+production-output windows in ``drift_watch.py``), lets the pure rules judge it
+(``core/rules.py``), decides what an anomaly calls for (``core/watch_decision.py``) and acts:
+an alert, or a rollback through the same use case as ``orchestrate rollback``.
 """
 
 from __future__ import annotations
 
 import logging
-import math
 import threading
 import time
-from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 import requests
 
-from orchestrator.core.drift import Baseline, DriftWindow, WindowAccumulator, row_features
-from orchestrator.core.golden import GoldenSet
+from orchestrator.core.drift import DriftWindow
 from orchestrator.core.journal import Action, Record, Result, new_op_id
 from orchestrator.core.model import VersionStatus
-from orchestrator.core.policy import Divergence, Drift, Severity, WatchPolicy
+from orchestrator.core.policy import Divergence, Severity, WatchPolicy
 from orchestrator.core.rules import Anomaly, Finding, Observation, Outcome, Streak, assess, step
 from orchestrator.core.watch_decision import Response, WatchAction, decide
+from orchestrator.daemons.drift_watch import DriftWatch, drift_rule
 from orchestrator.daemons.exporter import WatchMetrics
-from orchestrator.daemons.sampler import ProductionSampler
-from orchestrator.errors import (
-    Busy,
-    OrchestratorError,
-    PolicyViolation,
-    RepositoryCorrupt,
-    TritonError,
-    TritonUnreachable,
-)
-from orchestrator.store.baselines import (
-    read_drift_baselines,
-    read_latency_baselines,
-    write_drift_baselines,
-    write_latency_baselines,
-)
+from orchestrator.daemons.probes import GoldenProbe
+from orchestrator.errors import Busy, OrchestratorError, PolicyViolation, TritonError
+from orchestrator.store.baselines import read_latency_baselines, write_latency_baselines
 from orchestrator.store.golden import load_golden
 from orchestrator.store.modelconfig import contract
 from orchestrator.store.repository import ModelStore
 from orchestrator.triton import metrics as triton_metrics
-from orchestrator.triton.golden import run_golden
 from orchestrator.triton.protocol import TritonAPI, TritonState
 from orchestrator.usecases.context import Context
 from orchestrator.usecases.rollback import rollback
@@ -59,24 +39,6 @@ from orchestrator.usecases.rollback import rollback
 log = logging.getLogger(__name__)
 
 WATCH_ACTOR = "watch"
-
-
-@dataclass
-class PassTracker:
-    """Predictions of the served version over one full pass of the golden set."""
-
-    predictions: dict[int, int] = field(default_factory=dict)
-
-    def add(self, indices: range, logits: np.ndarray) -> None:
-        for index, row in zip(indices, logits.reshape(len(indices), -1), strict=True):
-            self.predictions[index] = int(np.argmax(row))
-
-    def accuracy_if_complete(self, labels: np.ndarray) -> float | None:
-        if len(self.predictions) < len(labels):
-            return None
-        correct = sum(1 for index, label in enumerate(labels) if self.predictions.get(index) == int(label))
-        self.predictions.clear()
-        return correct / len(labels)
 
 
 class ModelWatcher:
@@ -95,55 +57,30 @@ class ModelWatcher:
         self.clock = clock
         self.triton = triton if triton is not None else _own_client(ctx)
         snap = store.snapshot()
-        config = snap.config
-        self.outputs = snap.outputs
-        self.golden: GoldenSet | None = load_golden(store.state / snap.policies.promotion.golden, contract(config))
-        self.served_verified = False  # the served version's status, read at each switch
-        self.cursor = 0
-        self.streaks: dict[str, Streak] = {}
+        golden = load_golden(store.state / snap.policies.promotion.golden, contract(snap.config))
+        divergence = policy.rules.get("divergence")
+        self.probe = GoldenProbe(
+            store.name, golden, snap.outputs, policy.probe_batch,
+            divergence.window if isinstance(divergence, Divergence) else 20,
+            on_latency=metrics.probe_latency.labels(store.name).observe,
+            on_divergence=lambda output, value: metrics.probe_divergence.labels(store.name, output).set(value),
+        ) if golden is not None else None
+        drift = drift_rule(policy.rules, store, contract(snap.config))
+        self.drift = DriftWatch(store, *drift, snap.outputs, snap.config.max_batch_size > 0, self.triton, trace_dir,
+                                clock, metrics.production_samples.labels(store.name).inc, WATCH_ACTOR) \
+            if drift is not None else None
         self.served: int | None = None
+        self.served_verified = False  # the served version's status, read at each switch
         self.fallback: int | None = None
         self.switched_at = clock()
-        self.baseline_outputs: dict[str, np.ndarray] | None = None
-        self.baseline_accuracy: float | None = None
-        self.pass_tracker = PassTracker()
-        self.window: deque[tuple[dict[str, np.ndarray], dict[str, np.ndarray]]] = deque(maxlen=self._window_size())
+        self.streaks: dict[str, Streak] = {}
         self.last_scrape: triton_metrics.Snapshot | None = None
         self.last_scrape_at = 0.0
+        self.requests_per_s: float | None = None
         self.latency_baselines = read_latency_baselines(store.state)
         self.gave_up_on: int | None = None  # served version with no verified fallback: alert once, no retries
         self.journal_offset = store.journal.size()
         self.seen_live: bool | None = None  # what this tick's probe showed of the server; None: no probe
-        self.drift, self.drift_output, self.drift_row_size = self._drift_setup(config)
-        self.batched = config.max_batch_size > 0  # traced outputs then carry the batch dimension
-        self.sampler = ProductionSampler(self.triton, store, self.drift.samples_per_s, trace_dir, clock) \
-            if self.drift is not None else None
-        self.drift_key = self.drift.baseline_key(self.outputs) if self.drift is not None else ""
-        self.drift_baselines = read_drift_baselines(store.state)
-        self.accumulator: WindowAccumulator | None = None
-        self.drift_reference: int | None = None
-        self.last_sampled_at = -math.inf
-        self.requests_per_s: float | None = None
-
-    def _drift_setup(self, config) -> tuple[Drift | None, str, int]:  # type: ignore[no-untyped-def]
-        rule = self.policy.rules.get("drift")
-        if not isinstance(rule, Drift) or not rule.sampling:
-            return None, "", 0
-        output = rule.output_of(self.outputs)
-        spec = next((t for t in contract(config).outputs if t.name == output), None)
-        where = f"{self.store.state / 'policy.yaml'} watch: rule drift"
-        if spec is None:
-            raise RepositoryCorrupt(f"{where}: {output!r} is not an output of {self.store.name} "
-                                    f"({', '.join(self.outputs)})")
-        row_size = math.prod(spec.dims) if spec.dims and all(d > 0 for d in spec.dims) else 0
-        if rule.statistic == "class_histogram" and row_size < 2:
-            raise RepositoryCorrupt(f"{where}: class_histogram needs an output of fixed shape with 2 or more "
-                                    f"classes; {spec.describe()} is not (use detection_count or mean)")
-        return rule, output, row_size
-
-    def _window_size(self) -> int:
-        rule = self.policy.rules.get("divergence")
-        return rule.window if isinstance(rule, Divergence) else 20
 
     # --- one check ----------------------------------------------------------------------
     def tick(self) -> list[Anomaly]:
@@ -176,8 +113,6 @@ class ModelWatcher:
         self.served = served
         self.switched_at = now
         self.streaks = {}
-        self.pass_tracker = PassTracker()
-        self.window = deque(maxlen=self._window_size())
         self.last_scrape = None
         self.gave_up_on = None
         snap = self.store.snapshot()
@@ -188,27 +123,17 @@ class ModelWatcher:
         fallbacks = snap.fallbacks(exclude=(set(snap.versions) - resident) |
                                    ({served} if served is not None else set()), limit=1)
         self.fallback = fallbacks[0] if fallbacks else None
-        self.baseline_outputs, self.baseline_accuracy = None, None
-        if self.golden is not None and self.fallback is not None:
-            try:
-                outputs = run_golden(self.triton, self.store.name, self.fallback, self.golden, self.outputs, 8)
-                self.baseline_outputs = outputs
-                if self.golden.labels is not None:
-                    logits = outputs[self.outputs[0]]
-                    self.baseline_accuracy = float((logits.argmax(1) == self.golden.labels).mean())
-            except TritonError as exc:
-                log.warning("%s: no baseline from v%s: %s", self.store.name, self.fallback, exc)
+        if self.probe is not None:
+            self.probe.reset(self.triton, self.fallback)
         self.metrics.set_residency(self.store.name, served, tuple(resident), list(snap.versions))
         if self.drift is not None:
-            # Outputs of the previous version, sampled before the switch, belong to no window of this one.
-            self.accumulator = WindowAccumulator(self.drift.statistic, self.drift.window, self.drift_row_size)
             refs = snap.fallbacks(exclude={served} if served is not None else set(), limit=1)
-            self.drift_reference = refs[0] if refs else None
+            self.drift.reset(refs[0] if refs else None)
 
     def _observe(self, now: float) -> Observation:
         probe: dict[str, object] = {}
-        if self.golden is not None and self.served is not None:
-            probe = self._probe()
+        if self.probe is not None and self.served is not None:
+            probe = self.probe.probe(self.triton, self.served)
             self.seen_live = not probe.get("unreachable")
             if probe.get("unreachable"):
                 self.metrics.triton_up.set(0)
@@ -217,51 +142,10 @@ class ModelWatcher:
         scrape: dict[str, object] = {}
         if now - self.last_scrape_at >= self.policy.metrics_interval_s or probe.get("probe_ok") is False:
             scrape = self._scrape(now)
-        return Observation(time=now, live=True, **probe, **scrape, **self._drift_window(now))  # type: ignore[arg-type]
-
-    def _probe(self) -> dict[str, object]:
-        assert self.golden is not None
-        start = self.cursor % self.golden.size
-        indices = range(start, min(start + self.policy.probe_batch, self.golden.size))
-        self.cursor = indices.stop % self.golden.size
-        batch = {name: array[indices.start:indices.stop] for name, array in self.golden.inputs.items()}
-        started = time.monotonic()
-        try:
-            result = self.triton.infer(self.store.name, batch, self.outputs)
-        except TritonUnreachable as exc:
-            if not self.triton.is_live():
-                return {"unreachable": True}
-            # The server answers but this model does not: a hung or crashed backend.
-            return {"probe_ok": False, "probe_error": str(exc)}
-        except TritonError as exc:
-            return {"probe_ok": False, "probe_error": str(exc)}
-        self.metrics.probe_latency.labels(self.store.name).observe(time.monotonic() - started)
-        if result.version != self.served:
-            return {"probe_ok": True}  # mid-switch: Triton and disk disagree for a moment
-        observed: dict[str, object] = {"probe_ok": True, "outputs": result.outputs}
-        if self.baseline_outputs is not None:
-            baseline = {name: values[indices.start:indices.stop] for name, values in self.baseline_outputs.items()}
-            for row in range(len(indices)):
-                self.window.append(({k: v[row:row + 1] for k, v in result.outputs.items()},
-                                    {k: v[row:row + 1] for k, v in baseline.items()}))
-            observed["window"], observed["baseline"] = self._window()
-        if self.golden.labels is not None:
-            self.pass_tracker.add(indices, result.outputs[self.outputs[0]])
-            accuracy = self.pass_tracker.accuracy_if_complete(self.golden.labels)
-            if accuracy is not None:
-                observed["golden_accuracy"] = accuracy
-                observed["baseline_accuracy"] = self.baseline_accuracy
-        return observed
-
-    def _window(self) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
-        """Served and baseline outputs of the most recent ``divergence.window`` probed samples."""
-        served = {name: np.concatenate([o[name] for o, _ in self.window]) for name in self.outputs}
-        base = {name: np.concatenate([b[name] for _, b in self.window]) for name in self.outputs}
-        for name in self.outputs:
-            mean_abs = float(np.abs(served[name].astype(np.float64) - base[name]).mean())
-            if np.isfinite(mean_abs):
-                self.metrics.probe_divergence.labels(self.store.name, name).set(mean_abs)
-        return served, base
+        drift: dict[str, object] = {}
+        if self.drift is not None and self.served is not None:
+            drift = self.drift.window(now, self.served, self.policy.metrics_interval_s, self.requests_per_s)
+        return Observation(time=now, live=True, **probe, **scrape, **drift)  # type: ignore[arg-type]
 
     def _scrape(self, now: float) -> dict[str, object]:
         observed: dict[str, object] = {}
@@ -292,79 +176,19 @@ class ModelWatcher:
         self.last_scrape, self.last_scrape_at = snapshot, now
         return observed
 
-    # --- drift ----------------------------------------------------------------------------
-    def _drift_window(self, now: float) -> dict[str, object]:
-        """The next closed window of the served version's production outputs, with its baseline."""
-        if self.drift is None or self.sampler is None or self.accumulator is None or self.served is None:
-            return {}
-        if now - self.last_sampled_at >= self.policy.metrics_interval_s:
-            self.last_sampled_at = now
-            for sample in self.sampler.poll(self.requests_per_s):
-                output = sample.outputs.get(self.drift_output)
-                if sample.version != self.served or output is None:
-                    continue  # the previous version, answering during a switch
-                rows = max(1, output.shape[0]) if self.batched and output.ndim > 1 else 1
-                try:
-                    features = row_features(self.drift.statistic, output,
-                                            self.drift_row_size or output.size // rows, self.drift.threshold)
-                except ValueError as exc:  # not the configured shape: nothing to count
-                    log.warning("%s: traced output skipped: %s", self.store.name, exc)
-                    continue
-                self.accumulator.add(features)
-                self.metrics.production_samples.labels(self.store.name).inc(len(features))
-        value = self.accumulator.pop()
-        if value is None:
-            pending = self.sampler.reason or f"{self.accumulator.pending} of {self.drift.window} production outputs"
-            return {"drift_pending": pending}
-        return {"drift": self._judged_against(value)}
-
-    def _judged_against(self, value: np.ndarray) -> DriftWindow:
-        """A version is judged against its own baseline once it has one, else the last verified version's."""
-        assert self.drift is not None and self.served is not None
-        statistic, needed = self.drift.statistic, self.drift.baseline_windows
-        window = DriftWindow(statistic, value, self.drift.window, None)
-        own = self._drift_baseline(self.served)
-        if own is not None and own.windows >= needed:
-            return replace(window, baseline=own, reference=self.served, own=True)
-        ref = self._drift_baseline(self.drift_reference) if self.drift_reference is not None else None
-        if ref is not None and ref.windows >= needed and len(ref.mean) == len(value):
-            return replace(window, baseline=ref, reference=self.drift_reference)
-        progress = f"recording v{self.served}'s drift baseline: {own.windows if own else 0} of {needed} windows"
-        if self.drift_reference is not None:
-            progress += f"; v{self.drift_reference} has no complete baseline"
-        return replace(window, why=progress)
-
-    def _drift_baseline(self, version: int | None) -> Baseline | None:
-        baseline = self.drift_baselines.get(str(version))
-        return baseline if baseline is not None and baseline.key == self.drift_key else None
-
+    # --- learning --------------------------------------------------------------------------
     def _learn_drift(self, window: DriftWindow, findings: list[Finding]) -> None:
-        """A healthy window of a verified version goes into its baseline until the baseline is complete."""
-        assert self.drift is not None
-        if self.served is None or window.own or self._breaching():
+        """Only a verified version's healthy windows go into its drift baseline."""
+        if self.drift is None or self.served is None or self._breaching() or not self.served_verified:
             return
         if any(f.rule == "drift" and f.outcome is Outcome.BREACH for f in findings):
             return
-        if not self.served_verified:
-            return
-        baseline = (self._drift_baseline(self.served) or Baseline(self.drift_key)).add(window.value)
-        self.drift_baselines[str(self.served)] = baseline
-        write_drift_baselines(self.store.state, self.drift_baselines, self.store.versions())
-        if baseline.windows == self.drift.baseline_windows:
-            self.store.journal.append(Record(
-                action=Action.BASELINE, result=Result.SUCCEEDED, op=new_op_id(), actor=WATCH_ACTOR,
-                to_version=self.served,
-                reason=f"drift baseline of v{self.served} recorded over {baseline.windows} windows",
-                details={"rule": "drift", "key": baseline.key, "windows": baseline.windows,
-                         "mean": [round(m, 6) for m in baseline.mean],
-                         "sigma": [round(float(v), 6) for v in baseline.sigma()]}))
-            log.warning("%s: v%s drift baseline recorded (%s)", self.store.name, self.served, baseline.key)
+        self.drift.learn(window, self.served)
 
     def _breaching(self) -> bool:
         return any(streak.count and self.policy.rules[name].severity is Severity.ROLLBACK
                    for name, streak in self.streaks.items())
 
-    # --- latency baselines ----------------------------------------------------------------
     def _learn_latency(self, diff: triton_metrics.VersionCounters, now: float) -> None:
         """Record the served version's latency while it is verified, healthy and past its grace period."""
         if self.served is None or now - self.switched_at < self.policy.grace_s or diff.success < 20:
@@ -432,8 +256,8 @@ class ModelWatcher:
                     float(record.details["switch_ms"]) / 1000.0)
 
     def close(self) -> None:
-        if self.sampler is not None:
-            self.sampler.close()
+        if self.drift is not None:
+            self.drift.close()
         self.triton.close()
 
 

@@ -89,11 +89,7 @@ class _Server:
         self.load_latency_s, self.unload_latency_s = load_latency_s, unload_latency_s
         self.clock, self.behaviour_for = clock, behaviour_for
         self.lock = threading.Lock()  # the state; never held while time passes
-        self.loading = threading.Lock()  # loads are serialised
-        # Cleared while a load takes its time: Triton 2.51 holds every request but liveness and
-        # unload until the load is done (measured: inference stalls for the whole load).
-        self.idle = threading.Event()
-        self.idle.set()
+        self.loading = threading.Lock()  # loads are serialised, as Triton's are
         self.up = False
         self.specs: dict[tuple[str, int], VersionSpec] = {}
         self.memory: dict[str, set[int]] = {}  # without a repository: the "folders"
@@ -244,7 +240,10 @@ class TritonTwin:
         self._s.up = False
 
     def start(self) -> None:
-        """Up again with nothing loaded but ``load_models``, as a restarted server in EXPLICIT mode."""
+        """Up again with nothing loaded but ``load_models``, as a restarted server in EXPLICIT mode.
+
+        The constructor starts the twin; without a repository, register the models, then start() again.
+        """
         with self._s.lock:
             self._s.reset()
             self._s.up = True
@@ -294,7 +293,6 @@ class TritonTwin:
         self.index()
 
     def index(self) -> list[IndexEntry]:
-        self._s.idle.wait()
         with self._s.lock:
             self._check("repository index", restricted=True)
             entries = []
@@ -321,12 +319,7 @@ class TritonTwin:
                 serving = s.ready(model)
                 fresh = {v: available[v] for v in wanted
                          if v not in serving or _identity(serving[v].config) != _identity(config)}
-                if fresh:
-                    s.idle.clear()
-            try:
-                built, failed = self._instantiate(model, fresh, config)
-            finally:
-                s.idle.set()
+            built, failed = self._instantiate(model, fresh, config)
             with s.lock:
                 self._check(f"load of {model}")
                 self._swap(model, set(wanted), built, failed)
@@ -395,7 +388,6 @@ class TritonTwin:
             self._sleep(_POLL_S)
 
     def model_ready(self, model: str, version: int | None = None) -> bool:
-        self._s.idle.wait()
         with self._s.lock:
             self._check("readiness check")
             ready = self._s.ready(model)
@@ -421,7 +413,6 @@ class TritonTwin:
                     ("stub process is not healthy" if slot.crashed else None)
         if error:
             raise TritonError(f"{what} failed: {error}")
-        self._s.idle.wait()  # routed first, then held until a load in progress is done (measured)
         if spec.hung:
             self._sleep(self._timeout_s)
             raise TritonUnreachable(self.url, "timed out")
@@ -437,7 +428,6 @@ class TritonTwin:
         return InferenceResult(model=model, version=version, outputs=result)
 
     def trace_settings(self, model: str | None = None) -> dict[str, object]:
-        self._s.idle.wait()
         with self._s.lock:
             self._check("trace settings")
             return self._trace(model, "trace settings")
@@ -451,7 +441,6 @@ class TritonTwin:
 
     def update_trace_settings(self, model: str | None, settings: dict[str, object]) -> dict[str, object]:
         what = "trace settings update"
-        self._s.idle.wait()
         with self._s.lock:
             self._check(what)
             self._trace(model, what)
@@ -480,7 +469,6 @@ class TritonTwin:
             return self._trace(model, what)
 
     def inference_stats(self, model: str) -> tuple[int, int]:
-        self._s.idle.wait()
         with self._s.lock:
             self._check(f"statistics of {model}")
             ready = self._s.ready(model)

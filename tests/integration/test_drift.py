@@ -112,8 +112,9 @@ def test_a_shadow_run_takes_over_the_traces_and_drift_sampling_resumes_after(sta
         assert wait_for(lambda: samples() > 20, 30), "the watcher sampled nothing"
         worker = start_shadow(orch, MODEL, 2, sample_rate=0.25, min_samples=5, run_worker=in_process())
         assert worker is not None
-        sampler = daemon.watchers[MODEL].sampler
-        assert sampler is not None
+        drift = daemon.watchers[MODEL].drift
+        assert drift is not None
+        sampler = drift.sampler
         assert wait_for(lambda: sampler.standing_aside, 10), "the watcher kept sampling during the shadow run"
         assert wait_for(lambda: worker.report().compared >= 10, 30), "the shadow run got no traces"
         during = samples()
@@ -150,7 +151,7 @@ def test_sampler_arms_a_lease_and_leaves_no_tracing_behind(stack: Stack, tmp_pat
 
 @pytest.mark.parametrize(("drift", "message"), [
     ({"output": "BOXES"}, "watch: rule drift: 'BOXES' is not an output of classifier (LOGITS)"),
-    ({"statistic": "median"}, "watch: drift statistic must be one of class_histogram, detection_count, mean"),
+    ({"statistic": "median"}, "watch: rule drift: drift statistic must be one of class_histogram, detection_count, mean"),
 ])
 def test_a_bad_drift_rule_stops_watch_with_one_line(stack: Stack, drift: dict[str, Any], message: str):
     set_watch_policy(stack, _policy(**drift))

@@ -1,6 +1,6 @@
 """Plan compatibility from synthetic plan headers and metas, and the pure side of scripts/build_engine.
 
-The header bytes follow the layout documented in orchestrator/plan_compat.py; tests/gpu
+The header bytes follow the layout documented in orchestrator/delivery/plan_compat.py; tests/gpu
 checks that layout against a plan TensorRT really built.
 """
 

@@ -151,7 +151,8 @@ def test_sampler_arms_a_lease_and_leaves_no_tracing_behind(stack: Stack, tmp_pat
 
 @pytest.mark.parametrize(("drift", "message"), [
     ({"output": "BOXES"}, "watch: rule drift: 'BOXES' is not an output of classifier (LOGITS)"),
-    ({"statistic": "median"}, "watch: rule drift: drift statistic must be one of class_histogram, detection_count, mean"),
+    ({"statistic": "median"},
+     "watch: rule drift: drift statistic must be one of class_histogram, detection_count, mean"),
 ])
 def test_a_bad_drift_rule_stops_watch_with_one_line(stack: Stack, drift: dict[str, Any], message: str):
     set_watch_policy(stack, _policy(**drift))

@@ -72,8 +72,10 @@ class PolicyViolation(OrchestratorError):
 class CandidateRejected(OrchestratorError):
     exit_code = 5
 
+    outcome = "not promoted"
+
     def __init__(self, model: str, version: int, reason: str) -> None:
-        super().__init__(f"{model} v{version} not promoted: {reason}")
+        super().__init__(f"{model} v{version} {self.outcome}: {reason}")
         self.model = model
         self.version = version
         self.reason = reason
@@ -82,11 +84,7 @@ class CandidateRejected(OrchestratorError):
 class ShadowFailed(CandidateRejected):
     """The verdict was recorded; the command still fails so that scripts notice."""
 
-    def __init__(self, model: str, version: int, reason: str) -> None:
-        OrchestratorError.__init__(self, f"{model} v{version} failed its shadow run: {reason}")
-        self.model = model
-        self.version = version
-        self.reason = reason
+    outcome = "failed its shadow run"
 
 
 class RepositoryCorrupt(OrchestratorError):

@@ -18,7 +18,7 @@ import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException, np_to_triton_dtype
 
 from orchestrator.errors import LoadFailed, TritonError, TritonForbidden, TritonUnreachable
-from orchestrator.triton.protocol import IndexEntry, InferenceResult, TritonState
+from orchestrator.triton.protocol import IndexEntry, InferenceResult, TritonState, wait_unloaded
 
 ADMIN_HEADER = "admin-key"
 FORBIDDEN = "403"
@@ -104,20 +104,7 @@ class Triton:
             self._control.load_model(model, headers=self._headers, config=config_json)
 
     def wait_unloaded(self, model: str, versions: set[int] | None, timeout_s: float) -> bool:
-        """Poll until ``versions`` of ``model`` (all when None) are neither loaded nor on their way.
-
-        Triton unloads in the background after ``load_model``/``unload_model`` return, and no
-        file under a model may change while it is UNLOADING.
-        """
-        deadline = time.monotonic() + timeout_s
-        while True:
-            busy = [v for v, e in self.states(model).items()
-                    if e.state.holds_files and (versions is None or v in versions)]
-            if not busy:
-                return True
-            if time.monotonic() >= deadline:
-                return False
-            time.sleep(0.02)
+        return wait_unloaded(lambda: self.states(model), versions, timeout_s, time.monotonic, time.sleep)
 
     def unload(self, model: str) -> None:
         self._call(f"unload of {model}", self._control.unload_model, model, headers=self._headers)

@@ -8,6 +8,7 @@ assertions against both, so the twin cannot drift from the server.
 from __future__ import annotations
 
 import enum
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -90,3 +91,22 @@ class TritonAPI(Protocol):
 
     def inference_stats(self, model: str) -> tuple[int, int]:
         """Successful requests of ``model`` (all versions) and their total time inside Triton in ns."""
+
+
+POLL_S = 0.02
+
+
+def wait_unloaded(states: Callable[[], dict[int, IndexEntry]], versions: set[int] | None, timeout_s: float,
+                  clock: Callable[[], float], sleep: Callable[[float], None]) -> bool:
+    """Poll ``states`` until ``versions`` (all when None) hold no files; False at the deadline.
+
+    Triton unloads in the background after ``load_model``/``unload_model`` return, and no file
+    under a model may change while it is UNLOADING.
+    """
+    deadline = clock() + timeout_s
+    while True:
+        if not [v for v, e in states().items() if e.state.holds_files and (versions is None or v in versions)]:
+            return True
+        if clock() >= deadline:
+            return False
+        sleep(POLL_S)

@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from orchestrator.errors import LoadFailed, TritonError, TritonForbidden, TritonUnreachable
-from orchestrator.triton.protocol import IndexEntry, InferenceResult, TritonState
+from orchestrator.triton.protocol import IndexEntry, InferenceResult, TritonState, wait_unloaded
 
 Behaviour = Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]
 # Called when a version loads (the backend's initialize()): an exception fails that version's load.
@@ -39,7 +39,6 @@ _DTYPES = {"TYPE_FP32": np.float32, "TYPE_FP16": np.float16, "TYPE_FP64": np.flo
 TRACE_DEFAULTS: dict[str, object] = {"trace_level": ["OFF"], "trace_rate": "1000", "trace_count": "-1",
                                      "log_frequency": "0", "trace_file": "", "trace_mode": "triton"}
 _NUMERIC_TRACE = ("trace_rate", "trace_count", "log_frequency")
-_POLL_S = 0.02  # the client's wait_unloaded poll
 
 
 class VirtualClock:
@@ -377,15 +376,7 @@ class TritonTwin:
             self._s.overrides.pop(model, None)
 
     def wait_unloaded(self, model: str, versions: set[int] | None, timeout_s: float) -> bool:
-        deadline = self._clock() + timeout_s
-        while True:
-            busy = [v for v, e in self.states(model).items()
-                    if e.state.holds_files and (versions is None or v in versions)]
-            if not busy:
-                return True
-            if self._clock() >= deadline:
-                return False
-            self._sleep(_POLL_S)
+        return wait_unloaded(lambda: self.states(model), versions, timeout_s, self._clock, self._sleep)
 
     def model_ready(self, model: str, version: int | None = None) -> bool:
         with self._s.lock:

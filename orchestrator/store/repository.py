@@ -27,7 +27,6 @@ import os
 import shutil
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field, replace
-from functools import cached_property
 from pathlib import Path
 
 from orchestrator import faults
@@ -125,6 +124,8 @@ class ModelSnapshot:
     versions: tuple[int, ...]
     history: History
     metas: Mapping[int, VersionMeta | RepositoryCorrupt] = field(repr=False)
+    # Shared by the snapshots a command derives from this one: policy.yaml is not among its writes.
+    read_once: dict[str, object] = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def resident(self) -> tuple[int, ...]:
@@ -140,10 +141,12 @@ class ModelSnapshot:
     def outputs(self) -> list[str]:
         return [t.name for t in self.config.output]
 
-    @cached_property
+    @property
     def policies(self) -> Policies:
         """policy.yaml, parsed when first needed (a broken file must not stop a rollback that ignores it)."""
-        return read_policies(self.state)
+        if "policies" not in self.read_once:
+            self.read_once["policies"] = read_policies(self.state)
+        return self.read_once["policies"]  # type: ignore[return-value]
 
     def statuses(self, exclude: set[int] | None = None) -> Mapping[int, VersionStatus]:
         versions = tuple(v for v in self.versions if v not in (exclude or set()))

@@ -25,25 +25,20 @@ from __future__ import annotations
 
 import os
 import shutil
-from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
 
 from orchestrator import faults
-from orchestrator.core.journal import History, Record, now_iso
-from orchestrator.core.policy import Policies
-from orchestrator.core.switch import fallback_order, served_history
+from orchestrator.core.journal import Record, now_iso
 from orchestrator.core.versions import is_version_folder
-from orchestrator.errors import RepositoryCorrupt, UnknownModel, UnknownVersion
+from orchestrator.errors import RepositoryCorrupt, UnknownModel
 from orchestrator.store.atomic import fsync_dir, write_atomic
 from orchestrator.store.journal import JOURNAL_FILE, Journal
 from orchestrator.store.metafile import (
     META_FILE,
-    MetaError,
     Verification,
     VersionMeta,
     VersionStatus,
-    read_meta,
     write_meta,
 )
 from orchestrator.store.modelconfig import (
@@ -55,7 +50,7 @@ from orchestrator.store.modelconfig import (
     version_policy,
     with_specific_versions,
 )
-from orchestrator.store.policyfile import read_policies
+from orchestrator.store.snapshot import Metas, ModelSnapshot
 
 CANDIDATE_SUFFIX = "__candidate"
 STAGING_PREFIX = ".staging-"
@@ -63,121 +58,6 @@ STAGING_PREFIX = ".staging-"
 
 def candidate_name(model: str) -> str:
     return model + CANDIDATE_SUFFIX
-
-
-class _Metas(Mapping[int, VersionMeta | RepositoryCorrupt]):
-    """Each version's meta.yaml, read on first use and then remembered (a rollback over hundreds of
-    versions reads only the few it looks at)."""
-
-    def __init__(self, folder: Path, versions: tuple[int, ...]) -> None:
-        self._folder, self._versions = folder, versions
-        self._known: dict[int, VersionMeta | RepositoryCorrupt] = {}
-
-    def __getitem__(self, version: int) -> VersionMeta | RepositoryCorrupt:
-        if version not in self._versions:
-            raise KeyError(version)
-        if version not in self._known:
-            path = self._folder / str(version) / META_FILE
-            try:
-                self._known[version] = read_meta(path)
-            except MetaError as exc:
-                self._known[version] = RepositoryCorrupt(f"{path}: {exc}")
-        return self._known[version]
-
-    def __iter__(self) -> Iterator[int]:
-        return iter(self._versions)
-
-    def __len__(self) -> int:
-        return len(self._versions)
-
-
-class _Statuses(Mapping[int, VersionStatus]):
-    def __init__(self, metas: _Metas, versions: tuple[int, ...]) -> None:
-        self._metas, self._versions = metas, versions
-
-    def __getitem__(self, version: int) -> VersionStatus:
-        if version not in self._versions:
-            raise KeyError(version)
-        meta = self._metas[version]
-        # An unreadable meta is never a rollback target.
-        return VersionStatus.FAILED if isinstance(meta, RepositoryCorrupt) else meta.verification.status
-
-    def __iter__(self) -> Iterator[int]:
-        return iter(self._versions)
-
-    def __len__(self) -> int:
-        return len(self._versions)
-
-    def __contains__(self, version: object) -> bool:
-        return version in self._versions
-
-
-@dataclass(frozen=True)
-class ModelSnapshot:
-    """What one command knows of a model: read once, passed down, replaced after its own writes."""
-
-    name: str
-    folder: Path
-    state: Path
-    config_text: str
-    config: ModelConfig
-    versions: tuple[int, ...]
-    history: History
-    metas: Mapping[int, VersionMeta | RepositoryCorrupt] = field(repr=False)
-    # Shared by the snapshots a command derives from this one: policy.yaml is not among its writes.
-    read_once: dict[str, object] = field(default_factory=dict, repr=False, compare=False)
-
-    @property
-    def resident(self) -> tuple[int, ...]:
-        """Versions the config on disk tells Triton to load."""
-        return version_policy(self.config).resident(list(self.versions))
-
-    @property
-    def served(self) -> int | None:
-        resident = self.resident
-        return max(resident) if resident else None
-
-    @property
-    def outputs(self) -> list[str]:
-        return [t.name for t in self.config.output]
-
-    @property
-    def policies(self) -> Policies:
-        """policy.yaml, parsed when first needed (a broken file must not stop a rollback that ignores it)."""
-        if "policies" not in self.read_once:
-            self.read_once["policies"] = read_policies(self.state)
-        return self.read_once["policies"]  # type: ignore[return-value]
-
-    def statuses(self, exclude: set[int] | None = None) -> Mapping[int, VersionStatus]:
-        versions = tuple(v for v in self.versions if v not in (exclude or set()))
-        return _Statuses(self.metas, versions)  # type: ignore[arg-type]
-
-    def require(self, version: int) -> Path:
-        if version not in self.versions:
-            raise UnknownVersion(self.name, version, list(self.versions))
-        return self.folder / str(version)
-
-    def meta(self, version: int) -> VersionMeta:
-        self.require(version)
-        meta = self.metas[version]
-        if isinstance(meta, RepositoryCorrupt):
-            raise meta
-        return meta
-
-    def status(self, version: int) -> VersionStatus:
-        return self.statuses()[version]
-
-    def fallbacks(self, exclude: set[int], limit: int | None = None) -> list[int]:
-        """Verified versions to fall back to, best first (core.switch.fallback_order)."""
-        return fallback_order(served_history(self.history), self.statuses(exclude), exclude=-1, limit=limit)
-
-    def last_verified(self) -> int | None:
-        """The rollback target: the best verified version other than the served one."""
-        order = self.fallbacks(exclude={self.served} if self.served is not None else set(), limit=1)
-        return order[0] if order else None
-
-    def recorded(self, *records: Record) -> ModelSnapshot:
-        return replace(self, history=self.history.with_records(*records))
 
 
 class ModelStore:
@@ -195,7 +75,7 @@ class ModelStore:
         text = self.config_text()
         versions = tuple(self.versions())
         return ModelSnapshot(self.name, self.folder, self.state, text, self._parse(text), versions,
-                             self.journal.read(), _Metas(self.folder, versions))
+                             self.journal.read(), Metas(self.folder, versions))
 
     def config_text(self) -> str:
         try:
@@ -266,7 +146,7 @@ class ModelStore:
         return self._reread_metas(snapshot)
 
     def _reread_metas(self, snapshot: ModelSnapshot) -> ModelSnapshot:
-        return replace(snapshot, metas=_Metas(self.folder, snapshot.versions))
+        return replace(snapshot, metas=Metas(self.folder, snapshot.versions))
 
     def next_version(self, snapshot: ModelSnapshot) -> int:
         return (max(snapshot.versions) if snapshot.versions else 0) + 1

@@ -14,7 +14,8 @@ from orchestrator.core.policy import PromotionPolicy
 from orchestrator.core.verdict import Verdict
 from orchestrator.errors import CandidateRejected, LoadFailed, TritonError
 from orchestrator.store.modelconfig import to_json
-from orchestrator.store.repository import ModelSnapshot, ModelStore, candidate_name
+from orchestrator.store.repository import ModelStore, candidate_name
+from orchestrator.store.snapshot import ModelSnapshot
 from orchestrator.triton.golden import run_golden
 from orchestrator.usecases.context import Context
 

@@ -17,7 +17,8 @@ from orchestrator.delivery.signing import TrustPolicy
 from orchestrator.errors import UsageError
 from orchestrator.settings import Settings
 from orchestrator.store.lock import model_lock
-from orchestrator.store.repository import ModelRepository, ModelSnapshot, ModelStore
+from orchestrator.store.repository import ModelRepository, ModelStore
+from orchestrator.store.snapshot import ModelSnapshot
 from orchestrator.triton.protocol import TritonAPI
 
 

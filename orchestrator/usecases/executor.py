@@ -16,7 +16,8 @@ from orchestrator.core.switch import SwitchPlan, plan_switch
 from orchestrator.core.versions import label
 from orchestrator.errors import LoadFailed, TritonError, TritonUnreachable
 from orchestrator.store.modelconfig import to_json
-from orchestrator.store.repository import ModelSnapshot, ModelStore
+from orchestrator.store.repository import ModelStore
+from orchestrator.store.snapshot import ModelSnapshot
 from orchestrator.triton.protocol import TritonState
 from orchestrator.usecases.context import Context
 

@@ -15,7 +15,8 @@ from orchestrator.delivery.plan_compat import plan_incompatibility
 from orchestrator.delivery.signing import record_signer
 from orchestrator.errors import OrchestratorError, PackageRejected, UnknownModel
 from orchestrator.store.metafile import META_FILE, MetaError, read_meta
-from orchestrator.store.repository import ModelSnapshot, ModelStore
+from orchestrator.store.repository import ModelStore
+from orchestrator.store.snapshot import ModelSnapshot
 from orchestrator.usecases.context import Context, ImportResult
 from orchestrator.usecases.repair import repair
 

@@ -16,8 +16,9 @@ from orchestrator.errors import CandidateRejected, OrchestratorError, PolicyViol
 from orchestrator.store.golden import load_golden
 from orchestrator.store.modelconfig import contract
 from orchestrator.store.policyfile import POLICY_FILE
-from orchestrator.store.repository import ModelSnapshot, ModelStore
+from orchestrator.store.repository import ModelStore
 from orchestrator.store.shadow_state import refuse_while_shadowing
+from orchestrator.store.snapshot import ModelSnapshot
 from orchestrator.usecases import executor
 from orchestrator.usecases.candidate import check_candidate, reject
 from orchestrator.usecases.context import Context, SwitchResult

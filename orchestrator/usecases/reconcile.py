@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from orchestrator.core.journal import Action, History
-from orchestrator.store.repository import ModelSnapshot, ModelStore
+from orchestrator.store.repository import ModelStore
+from orchestrator.store.snapshot import ModelSnapshot
 from orchestrator.usecases import executor
 from orchestrator.usecases.context import Context, SwitchResult
 from orchestrator.usecases.repair import repair

@@ -14,8 +14,9 @@ from orchestrator.core.model import Verification
 from orchestrator.core.repair import RepairDecision, RepairKind, decide_repair
 from orchestrator.core.switch import status_after_rollback
 from orchestrator.core.versions import label
-from orchestrator.store.repository import ModelSnapshot, ModelStore, remove_tree
+from orchestrator.store.repository import ModelStore, remove_tree
 from orchestrator.store.shadow_state import active_shadow
+from orchestrator.store.snapshot import ModelSnapshot
 from orchestrator.usecases import executor
 from orchestrator.usecases.candidate import drop_candidate
 from orchestrator.usecases.context import Context

@@ -12,7 +12,7 @@ import onnxruntime as ort
 import pytest
 
 from orchestrator.settings import Settings
-from orchestrator.store import policyfile, repository
+from orchestrator.store import snapshot
 from orchestrator.store.journal import Journal
 from orchestrator.store.repository import ModelStore
 from orchestrator.triton.twin import Behaviour, TritonTwin
@@ -34,7 +34,7 @@ class Reads:
     def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
         self.files: Counter[str] = Counter()
         config_text, journal_read = ModelStore.config_text, Journal.read
-        read_meta, read_policies = repository.read_meta, policyfile.read_policies
+        read_meta, read_policies = snapshot.read_meta, snapshot.read_policies
 
         def counted_config(store: ModelStore) -> str:
             self.files["config.pbtxt"] += 1
@@ -54,8 +54,8 @@ class Reads:
 
         monkeypatch.setattr(ModelStore, "config_text", counted_config)
         monkeypatch.setattr(Journal, "read", counted_journal)
-        monkeypatch.setattr(repository, "read_meta", counted_meta)
-        monkeypatch.setattr(repository, "read_policies", counted_policies)
+        monkeypatch.setattr(snapshot, "read_meta", counted_meta)
+        monkeypatch.setattr(snapshot, "read_policies", counted_policies)
 
     def take(self) -> Counter[str]:
         seen, self.files = self.files, Counter()

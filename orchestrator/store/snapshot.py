@@ -1,0 +1,137 @@
+"""``ModelSnapshot``: what one command knows of a model, read once and passed down.
+
+Config text and parsed config, the version folders and the journal are read when the snapshot
+is taken (``ModelStore.snapshot()``); each ``meta.yaml`` and ``policy.yaml`` when first asked
+for, then remembered. A command's own writes return a new snapshot (``ModelStore``), so nothing
+asks the disk again what the command already knows.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from orchestrator.core.journal import History, Record
+from orchestrator.core.model import VersionMeta, VersionStatus
+from orchestrator.core.policy import Policies
+from orchestrator.core.switch import fallback_order, served_history
+from orchestrator.errors import RepositoryCorrupt, UnknownVersion
+from orchestrator.store.metafile import META_FILE, MetaError, read_meta
+from orchestrator.store.modelconfig import ModelConfig, version_policy
+from orchestrator.store.policyfile import read_policies
+
+
+class Metas(Mapping[int, VersionMeta | RepositoryCorrupt]):
+    """Each version's meta.yaml, read on first use and then remembered (a rollback over hundreds of
+    versions reads only the few it looks at)."""
+
+    def __init__(self, folder: Path, versions: tuple[int, ...]) -> None:
+        self._folder, self._versions = folder, versions
+        self._known: dict[int, VersionMeta | RepositoryCorrupt] = {}
+
+    def __getitem__(self, version: int) -> VersionMeta | RepositoryCorrupt:
+        if version not in self._versions:
+            raise KeyError(version)
+        if version not in self._known:
+            path = self._folder / str(version) / META_FILE
+            try:
+                self._known[version] = read_meta(path)
+            except MetaError as exc:
+                self._known[version] = RepositoryCorrupt(f"{path}: {exc}")
+        return self._known[version]
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self._versions)
+
+    def __len__(self) -> int:
+        return len(self._versions)
+
+
+class _Statuses(Mapping[int, VersionStatus]):
+    def __init__(self, metas: Metas, versions: tuple[int, ...]) -> None:
+        self._metas, self._versions = metas, versions
+
+    def __getitem__(self, version: int) -> VersionStatus:
+        if version not in self._versions:
+            raise KeyError(version)
+        meta = self._metas[version]
+        # An unreadable meta is never a rollback target.
+        return VersionStatus.FAILED if isinstance(meta, RepositoryCorrupt) else meta.verification.status
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self._versions)
+
+    def __len__(self) -> int:
+        return len(self._versions)
+
+    def __contains__(self, version: object) -> bool:
+        return version in self._versions
+
+
+@dataclass(frozen=True)
+class ModelSnapshot:
+    """What one command knows of a model: read once, passed down, replaced after its own writes."""
+
+    name: str
+    folder: Path
+    state: Path
+    config_text: str
+    config: ModelConfig
+    versions: tuple[int, ...]
+    history: History
+    metas: Mapping[int, VersionMeta | RepositoryCorrupt] = field(repr=False)
+    # Shared by the snapshots a command derives from this one: policy.yaml is not among its writes.
+    read_once: dict[str, object] = field(default_factory=dict, repr=False, compare=False)
+
+    @property
+    def resident(self) -> tuple[int, ...]:
+        """Versions the config on disk tells Triton to load."""
+        return version_policy(self.config).resident(list(self.versions))
+
+    @property
+    def served(self) -> int | None:
+        resident = self.resident
+        return max(resident) if resident else None
+
+    @property
+    def outputs(self) -> list[str]:
+        return [t.name for t in self.config.output]
+
+    @property
+    def policies(self) -> Policies:
+        """policy.yaml, parsed when first needed (a broken file must not stop a rollback that ignores it)."""
+        if "policies" not in self.read_once:
+            self.read_once["policies"] = read_policies(self.state)
+        return self.read_once["policies"]  # type: ignore[return-value]
+
+    def statuses(self, exclude: set[int] | None = None) -> Mapping[int, VersionStatus]:
+        versions = tuple(v for v in self.versions if v not in (exclude or set()))
+        return _Statuses(self.metas, versions)  # type: ignore[arg-type]
+
+    def require(self, version: int) -> Path:
+        if version not in self.versions:
+            raise UnknownVersion(self.name, version, list(self.versions))
+        return self.folder / str(version)
+
+    def meta(self, version: int) -> VersionMeta:
+        self.require(version)
+        meta = self.metas[version]
+        if isinstance(meta, RepositoryCorrupt):
+            raise meta
+        return meta
+
+    def status(self, version: int) -> VersionStatus:
+        return self.statuses()[version]
+
+    def fallbacks(self, exclude: set[int], limit: int | None = None) -> list[int]:
+        """Verified versions to fall back to, best first (core.switch.fallback_order)."""
+        return fallback_order(served_history(self.history), self.statuses(exclude), exclude=-1, limit=limit)
+
+    def last_verified(self) -> int | None:
+        """The rollback target: the best verified version other than the served one."""
+        order = self.fallbacks(exclude={self.served} if self.served is not None else set(), limit=1)
+        return order[0] if order else None
+
+    def recorded(self, *records: Record) -> ModelSnapshot:
+        return replace(self, history=self.history.with_records(*records))

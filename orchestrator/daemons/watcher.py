@@ -22,7 +22,7 @@ from orchestrator.core.journal import Action, Record, Result, new_op_id
 from orchestrator.core.model import VersionStatus
 from orchestrator.core.policy import Divergence, Severity, WatchPolicy
 from orchestrator.core.rules import Anomaly, Finding, Observation, Outcome, Streak, assess, step
-from orchestrator.core.watch_decision import Response, WatchAction, decide
+from orchestrator.core.watch_decision import Response, WatchAction, decide_check
 from orchestrator.daemons.drift_watch import DriftWatch, drift_rule
 from orchestrator.daemons.exporter import WatchMetrics
 from orchestrator.daemons.probes import GoldenProbe
@@ -102,7 +102,12 @@ class ModelWatcher:
         if obs.drift is not None:
             self._learn_drift(obs.drift, findings)
         for anomaly in anomalies:
-            self._act(anomaly)
+            self.metrics.anomalies.labels(self.store.name, anomaly.rule, anomaly.severity.value).inc()
+        for action in decide_check(anomalies, self.served, self.gave_up_on):
+            if action.response is Response.ALERT:
+                self._alert(action.anomaly, action.evidence)
+            else:
+                self._roll_back(action)
         self.metrics.checks.labels(self.store.name).inc()
         self.metrics.last_check.labels(self.store.name).set(time.time())
         self._follow_journal()
@@ -202,23 +207,15 @@ class ModelWatcher:
         write_latency_baselines(self.store.state, self.latency_baselines)
 
     # --- acting ---------------------------------------------------------------------------
-    def _act(self, anomaly: Anomaly) -> None:
-        name = self.store.name
-        self.metrics.anomalies.labels(name, anomaly.rule, anomaly.severity.value).inc()
-        action = decide(anomaly, self.served, self.gave_up_on)
-        if action.response is Response.ALERT:
-            self._alert(anomaly, action.evidence)
-            return
-        self._roll_back(anomaly, action)
-
-    def _roll_back(self, anomaly: Anomaly, action: WatchAction) -> None:
-        name = self.store.name
+    def _roll_back(self, action: WatchAction) -> None:
+        name, anomaly = self.store.name, action.anomaly
         started = time.monotonic()
         try:
             result = rollback(self.ctx, name, reason=action.reason, quarantine=True, evidence=action.evidence)
         except Busy:
             # Another command holds the model (an operator's promote): judge again next tick.
-            self.streaks[anomaly.rule] = Streak(self.streaks[anomaly.rule].count, anomaly.first_breach, False)
+            for breached in (anomaly, *action.also):
+                self.streaks[breached.rule] = Streak(self.streaks[breached.rule].count, breached.first_breach, False)
             return
         except PolicyViolation as exc:
             self.gave_up_on = self.served

@@ -16,6 +16,8 @@ from orchestrator.core.model import Contract, TensorSpec, Verification, VersionM
 from orchestrator.store.atomic import write_atomic
 
 META_FILE = "meta.yaml"
+# libyaml where the wheel has it: the same safe loader, about 10x faster on every status and rollback.
+_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 _CHUNK = 1 << 20
 
 
@@ -71,7 +73,7 @@ _KNOWN = {"model", "version", "artifacts", "contract", "framework", "target_devi
 
 def parse_meta(text: str) -> VersionMeta:
     try:
-        raw = yaml.safe_load(text)
+        raw = yaml.load(text, Loader=_LOADER)
     except yaml.YAMLError as exc:
         raise MetaError(f"not valid YAML ({str(exc).splitlines()[0]})") from exc
     if not isinstance(raw, dict):

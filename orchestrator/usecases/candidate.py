@@ -12,7 +12,7 @@ from orchestrator.core.journal import Action, Result, now_iso
 from orchestrator.core.model import Verification, VersionStatus
 from orchestrator.core.policy import PromotionPolicy
 from orchestrator.core.verdict import Verdict
-from orchestrator.errors import CandidateRejected, LoadFailed, TritonError
+from orchestrator.errors import CandidateRejected, LoadFailed, TritonError, TritonUnreachable
 from orchestrator.store.modelconfig import to_json
 from orchestrator.store.repository import ModelStore, candidate_name
 from orchestrator.store.snapshot import ModelSnapshot
@@ -39,11 +39,13 @@ def check_candidate(ctx: Context, store: ModelStore, snap: ModelSnapshot, versio
         snap = ctx.record(store, snap, Action.PROMOTE, Result.STEP, op, to_version=version,
                           details={"step": "candidate_loaded"})
         faults.checkpoint("promote:candidate_loaded")
-        for warm in golden.batches(batch)[: policy.warmup_requests]:
-            ctx.triton.infer(entry, warm, outputs)
         try:
+            for warm in golden.batches(batch)[: policy.warmup_requests]:
+                ctx.triton.infer(entry, warm, outputs)
             results = run_golden(ctx.triton, entry, None, golden, outputs, batch)
-        except TritonError as exc:
+        except TritonUnreachable:
+            raise  # the server went away: not the candidate's fault, it stays unverified
+        except TritonError as exc:  # the candidate's backend answered with an error
             reject(ctx, store, snap, version, op, f"inference failed: {exc}")
         verdict = sanity(results, policy.output_bound)
         if not verdict.passed:

@@ -83,6 +83,9 @@ def _apply(ctx: Context, store: ModelStore, snap: ModelSnapshot, decision: Repai
         final = executor.plan(snap, target, exclude).final
         snap = store.write_resident(snap, final)
         if decision.mark_rolled_back is not None:
+            # Its meta.yaml may change only once Triton has let go of the folder.
+            executor.sync_triton(ctx, store, snap)
+            executor.await_unloaded(ctx, store.name, {decision.mark_rolled_back})
             snap = mark_rolled_back(store, snap, decision.mark_rolled_back, started.reason or "rolled back",
                                     decision.quarantine, started.actor)
         snap = ctx.record(store, snap, action, Result.REPAIRED, op, from_version=started.from_version,

@@ -11,7 +11,7 @@ from orchestrator.core.repair import RepairKind, decide_repair
 from orchestrator.core.rules import Anomaly, Finding
 from orchestrator.core.switch import rollback_target, served_history, status_after_rollback
 from orchestrator.core.verdict import Outcome
-from orchestrator.core.watch_decision import Response, decide
+from orchestrator.core.watch_decision import Response, decide, decide_check
 from orchestrator.errors import PolicyViolation
 
 V = VersionStatus
@@ -113,9 +113,9 @@ def test_served_history_follows_completed_switches_only() -> None:
     assert served_history(History(records, 0)) == [1, 2, 1, 1]
 
 
-def anomaly(severity: Severity) -> Anomaly:
-    finding = Finding("output_sanity", Outcome.BREACH, "LOGITS has 4 NaN of 40", {"nan": 4.0})
-    return Anomaly("output_sanity", severity, finding, first_breach=10.0, decided=10.05)
+def anomaly(severity: Severity, rule: str = "output_sanity", detail: str = "LOGITS has 4 NaN of 40") -> Anomaly:
+    finding = Finding(rule, Outcome.BREACH, detail, {"nan": 4.0})
+    return Anomaly(rule, severity, finding, first_breach=10.0, decided=10.05)
 
 
 def test_a_rollback_anomaly_rolls_the_judged_version_back() -> None:
@@ -139,3 +139,16 @@ def test_closed_sets_know_their_final_values() -> None:
     assert not Outcome.INCONCLUSIVE.is_final and Outcome.PASSED.is_final and Outcome.OK is Outcome.PASSED
     with pytest.raises(ValueError):
         Record("promotee", Result.STARTED, "x")  # a typo fails here, not in the journal
+
+
+def test_one_check_rolls_back_once_whatever_the_number_of_rules_that_breached() -> None:
+    """A second rollback would judge the fallback on the bad version's evidence."""
+    check = [anomaly(Severity.ROLLBACK), anomaly(Severity.ALERT, "resources", "CPU 99%"),
+             anomaly(Severity.ROLLBACK, "divergence", "top-1 agreement 0.10")]
+    actions = decide_check(check, served=3, gave_up_on=None)
+    assert [a.response for a in actions] == [Response.ROLLBACK, Response.ALERT]
+    rollback = actions[0]
+    assert rollback.rules == ("output_sanity", "divergence") and rollback.judged == 3
+    assert rollback.evidence["rule"] == "output_sanity"
+    assert rollback.evidence["also_breached"] == {"divergence": "top-1 agreement 0.10"}
+    assert decide_check([], served=3, gave_up_on=None) == []

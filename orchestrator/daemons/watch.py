@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
@@ -24,6 +25,7 @@ from orchestrator.delivery.fetch import DEFAULT_QUIET_S, scan_inbox, settle
 from orchestrator.errors import OrchestratorError
 from orchestrator.settings import Settings
 from orchestrator.store.policyfile import read_policies
+from orchestrator.triton.protocol import TritonAPI
 from orchestrator.usecases.orchestrator import Orchestrator
 
 log = logging.getLogger(__name__)
@@ -32,11 +34,16 @@ INBOX_INTERVAL_S = 5.0
 
 
 class Watch:
+    """``triton``: a server every part talks to (a twin in tests); by default each model's watcher
+    opens its own connection with short deadlines, and commands share another."""
+
     def __init__(self, settings: Settings, models: list[str] | None, metrics_url: str,
                  registry: CollectorRegistry | None = None, inbox: Path | None = None,
-                 inbox_quiet_s: float = DEFAULT_QUIET_S, trace_dir: Path | None = None) -> None:
+                 inbox_quiet_s: float = DEFAULT_QUIET_S, trace_dir: Path | None = None,
+                 triton: TritonAPI | None = None, clock: Callable[[], float] = time.monotonic) -> None:
         # The watcher must not queue behind a long operator command; it retries next tick.
-        self.orchestrator = Orchestrator(replace(settings, lock_timeout_s=0.5, actor="watch"))
+        self.orchestrator = Orchestrator(replace(settings, lock_timeout_s=0.5, actor="watch"), triton=triton)
+        self.triton, self.clock = triton, clock
         self.registry = registry or CollectorRegistry()
         self.metrics = WatchMetrics(self.registry)
         self.metrics_url = metrics_url
@@ -50,7 +57,7 @@ class Watch:
     def _watcher(self, name: str) -> ModelWatcher:
         store = self.orchestrator.repository.model(name)
         return ModelWatcher(self.orchestrator, store, read_policies(store.state).watch, self.metrics, self.metrics_url,
-                            trace_dir=self.trace_dir)
+                            clock=self.clock, trace_dir=self.trace_dir, triton=self.triton)
 
     def tick(self) -> None:
         for name, watcher in self.watchers.items():
@@ -62,19 +69,19 @@ class Watch:
         seen = [w.seen_live for w in self.watchers.values() if w.seen_live is not None]
         live = all(seen) if seen else self.orchestrator.triton.is_live()
         if not live and self.down_since is None:
-            self.down_since = time.monotonic()
+            self.down_since = self.clock()
             log.warning("Triton at %s is not answering; watching, not rolling back", self.orchestrator.triton.url)
         elif live and self.down_since is not None:
-            log.warning("Triton is back after %.1f s; reconciling", time.monotonic() - self.down_since)
+            log.warning("Triton is back after %.1f s; reconciling", self.clock() - self.down_since)
             self.down_since = None
             self._recover()
 
     def scan_inbox(self) -> list[str]:
         """File every complete package that landed in the inbox; move it to done/ or rejected/ (with why)."""
         notes: list[str] = []
-        if self.inbox is None or time.monotonic() < self.next_inbox_scan:
+        if self.inbox is None or self.clock() < self.next_inbox_scan:
             return notes
-        self.next_inbox_scan = time.monotonic() + INBOX_INTERVAL_S
+        self.next_inbox_scan = self.clock() + INBOX_INTERVAL_S
         for package in scan_inbox(self.inbox, quiet_s=self.inbox_quiet_s):
             try:
                 result = self.orchestrator.import_package(package)

@@ -43,7 +43,7 @@ def run(fn: Callable[[], T]) -> T:
     except (typer.Exit, typer.Abort):
         raise
     except Exception as exc:  # a bug: say so in one line; --verbose shows where
-        log.debug("unexpected error", exc_info=True)
+        log.info("unexpected error", exc_info=True)  # shown with --verbose
         typer.echo(f"error: unexpected {type(exc).__name__}: {' '.join(str(exc).split())} (a bug; rerun with "
                    f"--verbose for the traceback)", err=True)
         raise typer.Exit(UNEXPECTED_EXIT) from None

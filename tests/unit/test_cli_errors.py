@@ -56,3 +56,12 @@ def test_a_missing_repository_is_a_usage_error(tmp_path) -> None:  # type: ignor
     result = CliRunner().invoke(app, ["--repository", str(tmp_path / "nowhere"), "status"])
     assert result.exit_code == 2
     assert "is not a folder" in result.output and "Traceback" not in result.output
+
+
+def test_verbose_shows_where_the_bug_is(capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture) -> None:
+    import logging  # noqa: PLC0415
+
+    with caplog.at_level(logging.INFO, logger="orchestrator"):
+        exit_code, _ = _exit(lambda: {}["missing"], capsys)
+    assert exit_code == UNEXPECTED_EXIT
+    assert any(r.exc_info and r.exc_info[0] is KeyError for r in caplog.records)

@@ -32,7 +32,6 @@ class Settings:
     lock_timeout_s: float = 30.0
     tensorrt_version: str | None = None  # the server's TensorRT, to refuse plans built for another one
     compute_capability: str | None = None  # the server's GPU, e.g. "8.7" on Orin
-    unload_wait_s: float = 10.0  # how long a switch waits for dropped versions before touching their meta
     actor: str = ""
 
     def __post_init__(self) -> None:

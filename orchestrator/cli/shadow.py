@@ -115,11 +115,10 @@ def stop(ctx: typer.Context, model: str, as_json: Annotated[bool, typer.Option("
     if as_json:
         typer.echo(json.dumps({"model": model, "version": result.state.config.version, "outcome": v.outcome.value,
                                "reason": v.reason, "tensor": v.tensor, "metric": v.metric,
-                               "meta_written": result.meta_written, "report": result.report.to_dict()}, indent=2))
+                               "report": result.report.to_dict()}, indent=2))
     else:
         typer.echo(render_report(result.state, result.report))
-        typer.echo(f"verdict: {v.outcome.value}: {v.reason}" + ("" if result.meta_written else
-                   " (not written to meta.yaml: the version is loaded in production)"))
+        typer.echo(f"verdict: {v.outcome.value}: {v.reason}")
     if not v.passed:
         _run(lambda: _fail(model, result.state.config.version, v.reason))
 

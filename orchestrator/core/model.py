@@ -78,3 +78,21 @@ class VersionPolicy:
         if self.kind == "latest":
             return tuple(sorted(available)[-self.latest:]) if available else ()
         return tuple(v for v in sorted(self.versions) if v in available)
+
+
+@dataclass(frozen=True)
+class Attestation:
+    """What became known of a version after it was filed: its verification and its last shadow run.
+
+    Kept in the orchestrator's state folder, never in the version folder, so that writing it
+    never waits for Triton to let go of the version's files. ``filed_at`` ties it to one filing
+    of the version (a version number filed again after its folder was removed starts afresh).
+    """
+
+    verification: Verification = field(default_factory=Verification)
+    shadow: dict[str, Any] | None = None  # core.shadow_gate.shadow_record of the last finished run
+    filed_at: str = ""
+
+    @property
+    def status(self) -> VersionStatus:
+        return self.verification.status

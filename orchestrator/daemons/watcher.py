@@ -48,8 +48,7 @@ class ModelWatcher:
     def __init__(self, ctx: Context, store: ModelStore, policy: WatchPolicy, metrics: WatchMetrics,
                  metrics_url: str, clock: Callable[[], float] = time.monotonic, trace_dir: Path | None = None,
                  triton: TritonAPI | None = None) -> None:
-        # A dead backend can take long to unload; the watcher never waits on it for long.
-        self.ctx = ctx.with_settings(unload_wait_s=1.0)
+        self.ctx = ctx
         self.store = store
         self.policy = policy
         self.metrics = metrics

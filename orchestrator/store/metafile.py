@@ -124,6 +124,8 @@ def _tensor_dicts(specs: tuple[TensorSpec, ...]) -> list[dict[str, Any]]:
 
 
 def render_meta(meta: VersionMeta) -> str:
+    """A version's meta.yaml as filed. Verification lives in the state folder's attestation; only a
+    meta.yaml written before attestations (the sample's v1) carries one, and keeps it."""
     v = meta.verification
     doc: dict[str, Any] = {
         "model": meta.model,
@@ -148,6 +150,9 @@ def render_meta(meta: VersionMeta) -> str:
         },
         **meta.extra,
     }
+    if v == Verification():
+        for key in ("verified", "verified_by", "verified_at", "verification"):
+            del doc[key]
     if meta.version is None:
         del doc["version"]
     if not meta.filed_at:

@@ -6,12 +6,13 @@ inside the folder reloaded all versions). So the model folder holds only what Tr
 reads, and everything the orchestrator writes often lives in a separate state folder:
 
     <repository>/<model>/config.pbtxt          version_policy: resident versions; the highest serves
-    <repository>/<model>/<N>/meta.yaml         identity, checksums, contract, verification
+    <repository>/<model>/<N>/meta.yaml         identity, checksums, contract, provenance: never changes
     <repository>/<model>/<N>/<artifacts>
     <repository>/<model>/.staging-<op>/        an import in progress (renamed to <N> when complete)
     <state>/<model>/policy.yaml                promotion policy (optional)
     <state>/<model>/golden/                    golden set
     <state>/<model>/version_history.log        the journal
+    <state>/<model>/attestations/<N>.json      verification and shadow result of version N
     <state>/<model>/.orchestrator.lock
 
 A command reads what it needs once, as a ``ModelSnapshot`` (``ModelStore.snapshot()``), and
@@ -30,9 +31,11 @@ from pathlib import Path
 
 from orchestrator import faults
 from orchestrator.core.journal import Record, now_iso
+from orchestrator.core.model import Attestation
 from orchestrator.core.versions import is_version_folder
 from orchestrator.errors import RepositoryCorrupt, UnknownModel
 from orchestrator.store.atomic import fsync_dir, write_atomic
+from orchestrator.store.attestation import forget_attestation, write_attestation
 from orchestrator.store.journal import JOURNAL_FILE, Journal
 from orchestrator.store.metafile import (
     META_FILE,
@@ -50,7 +53,7 @@ from orchestrator.store.modelconfig import (
     version_policy,
     with_specific_versions,
 )
-from orchestrator.store.snapshot import Metas, ModelSnapshot
+from orchestrator.store.snapshot import Attestations, Metas, ModelSnapshot
 
 CANDIDATE_SUFFIX = "__candidate"
 STAGING_PREFIX = ".staging-"
@@ -74,8 +77,9 @@ class ModelStore:
     def snapshot(self) -> ModelSnapshot:
         text = self.config_text()
         versions = tuple(self.versions())
+        metas = Metas(self.folder, versions)
         return ModelSnapshot(self.name, self.folder, self.state, text, self._parse(text), versions,
-                             self.journal.read(), Metas(self.folder, versions))
+                             self.journal.read(), metas, Attestations(self.state, metas))
 
     def config_text(self) -> str:
         try:
@@ -113,6 +117,9 @@ class ModelStore:
     def status(self, version: int) -> VersionStatus:
         return self.snapshot().status(version)
 
+    def attestation(self, version: int) -> Attestation:
+        return self.snapshot().attestation(version)
+
     def set_verification(self, version: int, verification: Verification) -> None:
         self.record_verification(self.snapshot(), version, verification)
 
@@ -135,18 +142,17 @@ class ModelStore:
 
     def record_verification(self, snapshot: ModelSnapshot, version: int, verification: Verification
                             ) -> ModelSnapshot:
-        """Only the verification block changes; the identity of a filed version never does."""
-        meta = snapshot.meta(version)
-        write_meta(snapshot.require(version) / META_FILE, meta.with_verification(verification))
-        return self._reread_metas(snapshot)
+        """The version's verification, in its attestation (its meta.yaml never changes after filing)."""
+        return self._attest(snapshot, version, replace(snapshot.attestation(version), verification=verification))
 
-    def set_extra(self, snapshot: ModelSnapshot, version: int, key: str, value: object) -> ModelSnapshot:
-        meta = snapshot.meta(version)
-        write_meta(snapshot.require(version) / META_FILE, replace(meta, extra={**meta.extra, key: value}))
-        return self._reread_metas(snapshot)
+    def record_shadow(self, snapshot: ModelSnapshot, version: int, record: dict[str, object]) -> ModelSnapshot:
+        return self._attest(snapshot, version, replace(snapshot.attestation(version), shadow=record))
 
-    def _reread_metas(self, snapshot: ModelSnapshot) -> ModelSnapshot:
-        return replace(snapshot, metas=Metas(self.folder, snapshot.versions))
+    def _attest(self, snapshot: ModelSnapshot, version: int, attestation: Attestation) -> ModelSnapshot:
+        # The first write of a repository from before attestations carries meta.yaml's over.
+        attestation = replace(attestation, filed_at=snapshot.meta(version).filed_at)
+        write_attestation(self.state, version, attestation)
+        return replace(snapshot, attestations=snapshot.attestations.with_known(version, attestation))
 
     def next_version(self, snapshot: ModelSnapshot) -> int:
         return (max(snapshot.versions) if snapshot.versions else 0) + 1
@@ -161,6 +167,7 @@ class ModelStore:
                 shutil.copyfile(source / name, staging / name)
                 _fsync_file(staging / name)
             filed = replace(meta, version=version, filed_at=now_iso(), verification=Verification())
+            forget_attestation(self.state, version)
             write_meta(staging / META_FILE, filed)
             faults.checkpoint("import:staged")
             final = self.folder / str(version)

@@ -1,8 +1,8 @@
 """``ModelSnapshot``: what one command knows of a model, read once and passed down.
 
 Config text and parsed config, the version folders and the journal are read when the snapshot
-is taken (``ModelStore.snapshot()``); each ``meta.yaml`` and ``policy.yaml`` when first asked
-for, then remembered. A command's own writes return a new snapshot (``ModelStore``), so nothing
+is taken (``ModelStore.snapshot()``); each ``meta.yaml``, attestation and ``policy.yaml`` when
+first asked for, then remembered. A command's own writes return a new snapshot (``ModelStore``), so nothing
 asks the disk again what the command already knows.
 """
 
@@ -13,10 +13,11 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from orchestrator.core.journal import History, Record
-from orchestrator.core.model import VersionMeta, VersionStatus
+from orchestrator.core.model import Attestation, VersionMeta, VersionStatus
 from orchestrator.core.policy import Policies
 from orchestrator.core.switch import fallback_order, served_history
 from orchestrator.errors import RepositoryCorrupt, UnknownVersion
+from orchestrator.store.attestation import read_attestation
 from orchestrator.store.metafile import META_FILE, MetaError, read_meta
 from orchestrator.store.modelconfig import ModelConfig, version_policy
 from orchestrator.store.policyfile import read_policies
@@ -48,16 +49,47 @@ class Metas(Mapping[int, VersionMeta | RepositoryCorrupt]):
         return len(self._versions)
 
 
+class Attestations(Mapping[int, Attestation | RepositoryCorrupt]):
+    """Each version's attestation (store/attestation.py), read on first use and then remembered."""
+
+    def __init__(self, state: Path, metas: Mapping[int, VersionMeta | RepositoryCorrupt],
+                 known: dict[int, Attestation | RepositoryCorrupt] | None = None) -> None:
+        self._state, self._metas = state, metas
+        self._known: dict[int, Attestation | RepositoryCorrupt] = dict(known or {})
+
+    def __getitem__(self, version: int) -> Attestation | RepositoryCorrupt:
+        if version not in self._known:
+            meta = self._metas[version]
+            if isinstance(meta, RepositoryCorrupt):
+                self._known[version] = meta
+            else:
+                try:
+                    self._known[version] = read_attestation(self._state, version, meta)
+                except RepositoryCorrupt as exc:
+                    self._known[version] = exc
+        return self._known[version]
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self._metas)
+
+    def __len__(self) -> int:
+        return len(self._metas)
+
+    def with_known(self, version: int, attestation: Attestation) -> Attestations:
+        """After our own write: the new attestation, without reading it back."""
+        return Attestations(self._state, self._metas, {**self._known, version: attestation})
+
+
 class _Statuses(Mapping[int, VersionStatus]):
-    def __init__(self, metas: Metas, versions: tuple[int, ...]) -> None:
-        self._metas, self._versions = metas, versions
+    def __init__(self, attestations: Attestations, versions: tuple[int, ...]) -> None:
+        self._attestations, self._versions = attestations, versions
 
     def __getitem__(self, version: int) -> VersionStatus:
         if version not in self._versions:
             raise KeyError(version)
-        meta = self._metas[version]
-        # An unreadable meta is never a rollback target.
-        return VersionStatus.FAILED if isinstance(meta, RepositoryCorrupt) else meta.verification.status
+        attestation = self._attestations[version]
+        # An unreadable meta or attestation is never a rollback target.
+        return VersionStatus.FAILED if isinstance(attestation, RepositoryCorrupt) else attestation.status
 
     def __iter__(self) -> Iterator[int]:
         return iter(self._versions)
@@ -81,6 +113,7 @@ class ModelSnapshot:
     versions: tuple[int, ...]
     history: History
     metas: Mapping[int, VersionMeta | RepositoryCorrupt] = field(repr=False)
+    attestations: Attestations = field(repr=False)
     # Shared by the snapshots a command derives from this one: policy.yaml is not among its writes.
     read_once: dict[str, object] = field(default_factory=dict, repr=False, compare=False)
 
@@ -107,7 +140,7 @@ class ModelSnapshot:
 
     def statuses(self, exclude: set[int] | None = None) -> Mapping[int, VersionStatus]:
         versions = tuple(v for v in self.versions if v not in (exclude or set()))
-        return _Statuses(self.metas, versions)  # type: ignore[arg-type]
+        return _Statuses(self.attestations, versions)
 
     def require(self, version: int) -> Path:
         if version not in self.versions:
@@ -120,6 +153,13 @@ class ModelSnapshot:
         if isinstance(meta, RepositoryCorrupt):
             raise meta
         return meta
+
+    def attestation(self, version: int) -> Attestation:
+        self.require(version)
+        attestation = self.attestations[version]
+        if isinstance(attestation, RepositoryCorrupt):
+            raise attestation
+        return attestation
 
     def status(self, version: int) -> VersionStatus:
         return self.statuses()[version]

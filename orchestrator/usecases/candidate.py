@@ -1,5 +1,9 @@
 """A candidate under test: loaded as ``<model>__candidate`` (no production traffic), warmed up,
-judged on the golden set against the served version, then unloaded either way."""
+judged on the golden set against the served version, then unloaded either way.
+
+Nothing waits for the candidate's unload: its verdict goes into the state folder's attestation,
+not into the version folder, and its entry is a separate model. The next candidate load waits
+instead, in the rare case the previous one is still on its way out."""
 
 from __future__ import annotations
 
@@ -29,6 +33,7 @@ def check_candidate(ctx: Context, store: ModelStore, snap: ModelSnapshot, versio
     outputs = snap.outputs
     batch = min(policy.batch_size, config.max_batch_size) if config.max_batch_size else policy.batch_size
     entry = candidate_name(store.name)
+    _await_previous(ctx, entry)
     try:
         _, candidate_config = store.write_candidate_entry(snap, version)
         faults.checkpoint("promote:candidate_entry")
@@ -62,20 +67,28 @@ def check_candidate(ctx: Context, store: ModelStore, snap: ModelSnapshot, versio
             reject(ctx, store, snap, version, op, verdict.reason, verdict.metrics)
         return verdict
     finally:
-        drop_candidate(ctx, store)
+        drop_candidate(ctx, store, wait=False)
 
 
-def drop_candidate(ctx: Context, store: ModelStore, quiet: bool = False) -> None:
-    """Unload the candidate entry, wait until Triton has let go of it, remove its folder."""
+def drop_candidate(ctx: Context, store: ModelStore, quiet: bool = False, wait: bool = True) -> None:
+    """Unload the candidate entry and remove its folder; ``wait``: first until Triton has let go of it."""
     entry = candidate_name(store.name)
     try:
         ctx.triton.unload(entry)
-        if not ctx.triton.wait_unloaded(entry, None, ctx.settings.timeout_s):
-            log.warning("%s still unloading after %.0fs", entry, ctx.settings.timeout_s)
+        if wait:
+            _await_previous(ctx, entry)
     except TritonError as exc:
         if not quiet:
             log.warning("could not unload %s: %s", entry, exc)
     store.remove_candidate_entry()
+
+
+def _await_previous(ctx: Context, entry: str) -> None:
+    try:
+        if not ctx.triton.wait_unloaded(entry, None, ctx.settings.timeout_s):
+            log.warning("%s still unloading after %.0fs", entry, ctx.settings.timeout_s)
+    except TritonUnreachable:
+        pass  # the load that follows says so
 
 
 def reject(ctx: Context, store: ModelStore, snap: ModelSnapshot, version: int, op: str, reason: str,

@@ -9,7 +9,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 from orchestrator.core.journal import Action, Record, Result
@@ -60,10 +60,6 @@ class Context:
             triton = Triton(settings.triton_url, settings.admin_key, settings.timeout_s, settings.load_timeout_s)
         return cls(settings, triton, trust or TrustPolicy.from_environment(settings.state_dir),
                    ModelRepository(settings.repository, settings.state_dir))
-
-    def with_settings(self, **changes: Any) -> Context:
-        """A plain context on the same Triton and store with other settings (the watcher's shorter waits)."""
-        return Context(replace(self.settings, **changes), self.triton, self.trust, self.repository, self.clock)
 
     def resolve_model(self, model: str | None) -> str:
         if model:

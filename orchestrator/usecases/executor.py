@@ -71,17 +71,6 @@ def confirm_serving(ctx: Context, model: str, target: int) -> None:
         raise TritonError(f"{model}: expected v{target} to serve, Triton has READY {ready}")
 
 
-def await_unloaded(ctx: Context, model: str, versions: set[int]) -> None:
-    """Triton may not see files change under a version it is still unloading."""
-    try:
-        if not ctx.triton.wait_unloaded(model, versions, ctx.settings.unload_wait_s):
-            # Not in the policy any more, so a later load ignores the folder; a hung backend
-            # (a crashed stub) must not hold the command.
-            log.warning("%s %s still unloading after %.0fs", model, sorted(versions), ctx.settings.unload_wait_s)
-    except TritonUnreachable:
-        pass  # a stopped server holds nothing
-
-
 def sync_triton(ctx: Context, store: ModelStore, snap: ModelSnapshot, strict: bool = False) -> list[str]:
     """Load the on-disk policy into Triton when what Triton holds differs from it."""
     try:

@@ -10,7 +10,7 @@ from orchestrator import faults
 from orchestrator.core.journal import Action, Result, new_op_id, now_iso
 from orchestrator.core.model import Verification, VersionStatus
 from orchestrator.core.policy import ShadowPolicy
-from orchestrator.core.shadow_gate import META_KEY, recorded_verdict
+from orchestrator.core.shadow_gate import recorded_verdict
 from orchestrator.delivery.plan_compat import plan_incompatibility
 from orchestrator.errors import CandidateRejected, OrchestratorError, PolicyViolation, RepositoryCorrupt
 from orchestrator.store.golden import load_golden
@@ -35,7 +35,7 @@ def promote(ctx: Context, model: str | None, version: int, force: bool = False) 
         served = snap.served
         if snap.status(version) is VersionStatus.QUARANTINED and not force:
             raise PolicyViolation(f"{store.name} v{version} is quarantined "
-                                  f"({snap.meta(version).verification.reason or 'rolled back by the watcher'}); "
+                                  f"({snap.attestation(version).verification.reason or 'rolled back by the watcher'}); "
                                   f"promote it with --force if you are sure")
         if version == served:
             return settle(ctx, store, snap, version, Action.PROMOTE)
@@ -98,9 +98,9 @@ def require_passed_shadow(snap: ModelSnapshot, version: int, policy: ShadowPolic
     where = f"{snap.name} v{version}"
     hint = f"run `orchestrate shadow start {snap.name} {version}` and `shadow stop` first"
     try:
-        verdict = recorded_verdict(snap.meta(version).extra.get(META_KEY), policy)
+        verdict = recorded_verdict(snap.attestation(version).shadow, policy)
     except ValueError as exc:
-        raise RepositoryCorrupt(f"{where}: {exc} in meta.yaml") from exc
+        raise RepositoryCorrupt(f"{where}: {exc} in its attestation") from exc
     if verdict is None:
         raise PolicyViolation(f"{where} has no shadow run and the policy ({snap.state / POLICY_FILE}) requires a "
                               f"passed one: {hint}")

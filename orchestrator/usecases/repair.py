@@ -83,9 +83,6 @@ def _apply(ctx: Context, store: ModelStore, snap: ModelSnapshot, decision: Repai
         final = executor.plan(snap, target, exclude).final
         snap = store.write_resident(snap, final)
         if decision.mark_rolled_back is not None:
-            # Its meta.yaml may change only once Triton has let go of the folder.
-            executor.sync_triton(ctx, store, snap)
-            executor.await_unloaded(ctx, store.name, {decision.mark_rolled_back})
             snap = mark_rolled_back(store, snap, decision.mark_rolled_back, started.reason or "rolled back",
                                     decision.quarantine, started.actor)
         snap = ctx.record(store, snap, action, Result.REPAIRED, op, from_version=started.from_version,
@@ -106,5 +103,5 @@ def mark_rolled_back(store: ModelStore, snap: ModelSnapshot, version: int, reaso
     if mark is None:
         return snap
     return store.record_verification(snap, version, Verification(
-        status=mark, verified_by=actor, verified_at=now_iso(), golden=snap.meta(version).verification.golden,
+        status=mark, verified_by=actor, verified_at=now_iso(), golden=snap.attestation(version).verification.golden,
         reason=reason))

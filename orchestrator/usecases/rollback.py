@@ -1,7 +1,8 @@
 """Rollback: serve the last verified version (or a named one) again.
 
-With the target resident, the switch is a policy that drops the served version: no load.
-The version rolled back from is marked once Triton has let go of its folder.
+With the target resident, the switch is a policy that drops the served version: no load. The
+command returns once every new request is answered by the target: the version rolled back from
+is marked in its attestation (state folder) while Triton unloads it in the background.
 """
 
 from __future__ import annotations
@@ -52,7 +53,7 @@ def rollback(ctx: Context, model: str | None, to: int | None = None, force: bool
             close_if_nothing_switched(ctx, store, Action.ROLLBACK, op, served, to, exc)
             raise
         switch_ms = round((switched_at - started) * 1000.0, 2)
-        executor.await_unloaded(ctx, store.name, {served})
+        # Triton unloads the dropped version in the background; its attestation is not in its folder.
         snap = mark_rolled_back(store, snap, served, reason, quarantine, ctx.settings.actor)
         duration = ctx.ms_since(started)
         ctx.record(store, snap, Action.ROLLBACK, Result.SUCCEEDED, op, from_version=served, to_version=to,

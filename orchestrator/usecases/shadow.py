@@ -4,8 +4,7 @@ A shadow run and a promote both use the ``<model>__candidate`` entry, so they ex
 other: ``start`` runs under the model's lock and refuses while a run is active; promote calls
 ``refuse_while_shadowing`` (and repair must not drop the entry of an active run:
 ``active_shadow``). The run itself holds no lock; ``stop`` takes it again to unload the
-candidate, record the verdict in the journal and, once Triton has let go of the version's
-folder, in the version's ``meta.yaml``.
+candidate, record the verdict in the journal and in the version's attestation.
 
 The worker is a detached process (``daemons/shadow_main.py``) unless the caller hands in a
 way to run it (``run_worker``: tests run it in their own process).
@@ -25,7 +24,7 @@ from pathlib import Path
 from typing import Protocol, TypeVar
 
 from orchestrator.core.journal import Action, Result, new_op_id, now_iso
-from orchestrator.core.shadow_gate import META_KEY, shadow_gate, shadow_record
+from orchestrator.core.shadow_gate import shadow_gate, shadow_record
 from orchestrator.core.shadow_stats import ShadowPhase, ShadowReport
 from orchestrator.core.verdict import Verdict
 from orchestrator.errors import LoadFailed, TritonError, UsageError
@@ -68,7 +67,6 @@ class StopResult:
     state: ShadowState
     report: ShadowReport
     verdict: Verdict
-    meta_written: bool  # False when the version is resident in production (its folder must not change)
 
 
 def start_shadow(ctx: Context, model: str | None, version: int, sample_rate: float = DEFAULT_SAMPLE_RATE,
@@ -165,20 +163,17 @@ def stop_shadow(ctx: Context, model: str | None, worker: RunningWorker | None = 
         verdict = shadow_gate(report, policy)
         version = state.config.version
         finished = now_iso()
-        snap = store.snapshot()
-        meta_written = version not in snap.resident
-        if meta_written:
-            snap = store.set_extra(snap, version, META_KEY, shadow_record(report, verdict, finished))
+        snap = store.record_shadow(store.snapshot(), version, shadow_record(report, verdict, finished))
         ctx.record(store, snap, Action.SHADOW, Result.SUCCEEDED if verdict.passed else Result.FAILED,
                    state.op or new_op_id(), from_version=snap.served, to_version=version, reason=verdict.reason,
                    details={"outcome": verdict.outcome.value, "tensor": verdict.tensor, "metric": verdict.metric,
                             "compared": report.compared, "dropped": report.dropped,
-                            "candidate_errors": report.candidate_errors, "meta_written": meta_written})
+                            "candidate_errors": report.candidate_errors})
         final = replace(state, phase=ShadowPhase.STOPPED, report=report.to_dict(),
                         verdict={"outcome": verdict.outcome.value, "reason": verdict.reason,
                                  "tensor": verdict.tensor, "metric": verdict.metric, "finished_at": finished})
         write_state(store.state, final)
-        return StopResult(final, report, verdict, meta_written)
+        return StopResult(final, report, verdict)
 
 
 def _terminate(pid: int) -> None:

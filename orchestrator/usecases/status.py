@@ -51,8 +51,9 @@ def model_status(ctx: Context, store: ModelStore) -> ModelStatus:
     drift = drift_progress(store)
     for version in snap.versions:
         try:
-            meta = snap.meta(version)
-            status, created, reason = meta.verification.status.value, meta.created_at, meta.verification.reason or ""
+            meta, attestation = snap.meta(version), snap.attestation(version)
+            verification = attestation.verification
+            status, created, reason = verification.status.value, meta.created_at, verification.reason or ""
         except RepositoryCorrupt as exc:
             status, created, reason = "corrupt", "", str(exc)
         rows.append(VersionRow(version, status, version in resident, states.get(version, "") if reachable else "?",

@@ -68,7 +68,7 @@ def test_import_killed_at_each_step_is_repaired(stack: Stack, packages, point, v
     _assert_consistent(stack, 1, versions)
     assert stack.store().journal.read().records[-1].result == outcome
     if versions == [1, 2]:
-        assert stack.store().meta(2).verification.status is VersionStatus.UNVERIFIED
+        assert stack.store().attestation(2).verification.status is VersionStatus.UNVERIFIED
 
 
 @pytest.mark.parametrize("point", ["rollback:policy_written", "rollback:loaded"])

@@ -35,10 +35,11 @@ def test_promote_verifies_then_serves_and_keeps_last_verified_resident(stack: St
     store = stack.store()
     assert store.resident() == (1, 2)
     assert {v: e.state for v, e in stack.triton().states("classifier").items()} == {1: "READY", 2: "READY"}
-    meta = store.meta(2)
-    assert meta.verification.status is VersionStatus.VERIFIED
-    assert meta.verification.golden["accuracy"] > meta.verification.golden["served_accuracy"]
-    assert meta.verification.verified_by == "pytest"
+    attested = store.attestation(2)
+    assert attested.verification.status is VersionStatus.VERIFIED
+    assert attested.verification.golden["accuracy"] > attested.verification.golden["served_accuracy"]
+    assert attested.verification.verified_by == "pytest"
+    assert "verification" not in (store.folder / "2" / "meta.yaml").read_text()  # as filed, never rewritten
     # v1 kept its process: no reload of the served version (journal writes live outside the model folder)
     v1 = next(path for path in pids_before if "/1/" in path)
     assert stub_pids(stack.repository)[v1] == pids_before[v1]
@@ -70,7 +71,7 @@ def test_bad_candidate_is_refused_and_old_version_keeps_serving(stack: Stack, pa
     assert not (stack.repository / candidate_name("classifier")).exists()
     store = stack.store()
     assert store.status(2) is VersionStatus.FAILED
-    assert reason in (store.meta(2).verification.reason or "")
+    assert reason in (store.attestation(2).verification.reason or "")
     last = store.journal.read().records[-1]
     assert (last.action, last.result, last.to_version) == ("promote", "failed", 2) and reason in last.reason
     assert store.versions() == [1, 2]  # the refused version is kept, marked failed

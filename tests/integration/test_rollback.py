@@ -33,7 +33,7 @@ def test_rollback_to_resident_last_verified_needs_no_load(stack: Stack, packages
     store = stack.store()
     assert store.resident() == (1,)
     assert store.status(2) is VersionStatus.ROLLED_BACK
-    assert store.meta(2).verification.reason == "operator saw false alarms"
+    assert store.attestation(2).verification.reason == "operator saw false alarms"
     last = store.journal.read().records[-1]
     assert (last.action, last.result, last.from_version, last.to_version) == ("rollback", "succeeded", 2, 1)
     assert last.reason == "operator saw false alarms"

@@ -16,7 +16,6 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from orchestrator.core.policy import ShadowPolicy
-from orchestrator.core.shadow_gate import META_KEY
 from orchestrator.daemons.shadow_worker import ShadowWorker, in_process
 from orchestrator.errors import PolicyViolation
 from orchestrator.sample import Variant, write_faulty_package
@@ -87,8 +86,8 @@ def test_identical_candidate_passes_and_samples_at_the_rate(stack: Stack, packag
     assert registry.get_sample_value("orchestrator_shadow_samples_total", {"model": MODEL}) == report.compared
     assert registry.get_sample_value("orchestrator_shadow_divergence",
                                      {"model": MODEL, "tensor": "LOGITS", "metric": "mean_cosine"}) > 0.999
-    meta = stack.store().meta(version)
-    assert meta.extra[META_KEY]["outcome"] == "passed"
+    shadow = stack.store().attestation(version).shadow
+    assert shadow is not None and shadow["outcome"] == "passed"
     assert stack.store().journal.read().records[-1].action == "shadow"
     assert not stack.store().has_candidate_entry() and active_shadow(stack.store()) is None
     require_passed_shadow(stack.store().snapshot(), version, ShadowPolicy(require=True, min_samples=50))
@@ -128,7 +127,7 @@ def test_broken_candidate_fails_the_run_not_production(stack: Stack, build_key, 
         result = stop_shadow(orch, MODEL, worker)
     assert traffic.failures() == [] and len(traffic.answers) > 100
     assert result.report.phase == "failed" and result.verdict.outcome.value == "failed"
-    assert stack.store().meta(version).extra[META_KEY]["outcome"] == "failed"
+    assert stack.store().attestation(version).shadow["outcome"] == "failed"
 
 
 def test_queue_stays_bounded_when_the_candidate_is_slower(stack: Stack, build_key) -> None:  # type: ignore[no-untyped-def]

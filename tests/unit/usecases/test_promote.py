@@ -21,10 +21,10 @@ def test_better_version_is_verified_then_serves_with_the_old_one_resident(env: E
     assert env.store().resident() == (1, 2)
     assert env.states() == {1: "READY", 2: "READY"}
     assert env.backends.loads == [(MODEL, 1), (CANDIDATE, 2), (MODEL, 2)]  # v1 never reloaded
-    meta = env.store().meta(2)
-    assert meta.verification.status is VersionStatus.VERIFIED and meta.verification.verified_by == "pytest"
-    assert meta.verification.golden == {"accuracy": 0.97, "served_accuracy": 0.65}
-    assert result.metrics == meta.verification.golden
+    attested = env.store().attestation(2)
+    assert attested.verification.status is VersionStatus.VERIFIED and attested.verification.verified_by == "pytest"
+    assert attested.verification.golden == {"accuracy": 0.97, "served_accuracy": 0.65}
+    assert result.metrics == attested.verification.golden
     assert env.outcomes("promote") == ["started", "candidate_loaded", "verified", "switched", "succeeded"]
     last = env.last()
     assert (last.action, last.result, last.from_version, last.to_version, last.actor) == \
@@ -49,7 +49,7 @@ def test_bad_candidate_is_refused_and_v1_keeps_serving(env: Env, variant: Varian
     assert env.served_by_twin() == 1 and env.states() == {1: "READY"}
     assert (env.repository / MODEL / "config.pbtxt").read_bytes() == config
     assert env.backends.loads[0] == (MODEL, 1) and (MODEL, 2) not in env.backends.loads
-    assert env.status(2) == "failed" and reason in (env.store().meta(2).verification.reason or "")
+    assert env.status(2) == "failed" and reason in (env.store().attestation(2).verification.reason or "")
     last = env.last()
     assert (last.action, last.result, last.from_version, last.to_version) == ("promote", "failed", 1, 2)
     assert reason in last.reason

@@ -93,7 +93,7 @@ def test_rollback_killed_after_the_switch_is_completed_by_running_it_again(env: 
     assert (result.from_version, result.to_version, result.changed) == (2, 1, True)
     env.assert_consistent(1, [1, 2])
     assert env.status(2) == "rolled_back"
-    assert env.store().meta(2).verification.reason == "operator saw false alarms"  # the interrupted one's reason
+    assert env.store().attestation(2).verification.reason == "operator saw false alarms"  # the interrupted one's reason
     assert [r.result for r in env.records() if r.action == "rollback"] == ["started", "repaired"]
 
 

@@ -34,7 +34,7 @@ def test_rollback_to_the_resident_last_verified_version_is_a_policy_removal(env:
     assert env.states() == {1: "READY", 2: "UNAVAILABLE"}
     assert env.store().resident() == (1,)
     assert env.status(2) == "rolled_back"
-    assert env.store().meta(2).verification.reason == "operator saw false alarms"
+    assert env.store().attestation(2).verification.reason == "operator saw false alarms"
     assert env.outcomes("rollback") == ["started", "switched", "succeeded"]
     last = env.last()
     assert (last.action, last.result, last.from_version, last.to_version, last.reason) == \

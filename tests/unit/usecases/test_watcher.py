@@ -34,7 +34,7 @@ def test_nan_outputs_are_rolled_back_and_the_version_quarantined(env: Env) -> No
     assert env.ticks(watcher, 1) == [["output_sanity"]]
     assert env.store().served() == 1 and env.served_by_twin() == 1
     assert env.states() == {1: "READY", 2: "UNAVAILABLE"}
-    assert env.status(2) == "quarantined" and "output_sanity" in (env.store().meta(2).verification.reason or "")
+    assert env.status(2) == "quarantined" and "output_sanity" in (env.store().attestation(2).verification.reason or "")
     [record] = [r for r in env.records() if r.action == "rollback" and r.result == "succeeded"]
     assert (record.actor, record.from_version, record.to_version) == ("watch", 2, 1)
     assert record.details["quarantine"] is True

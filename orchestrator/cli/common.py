@@ -1,20 +1,54 @@
 """What every command shares: the one place errors become one line and an exit code, and the
-orchestrator built from the global options."""
+orchestrator built from the global options.
+
+Importing this (and the other ``orchestrator.cli`` modules) stays cheap: the use cases, numpy,
+tritonclient and cryptography are imported by the commands that run them, never for ``--help``.
+"""
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import typer
 
 from orchestrator.errors import UNEXPECTED_EXIT, Interrupted, OrchestratorError, WriteFailed
-from orchestrator.settings import from_environment
-from orchestrator.usecases.orchestrator import Orchestrator
+from orchestrator.settings import Settings, from_environment
+
+if TYPE_CHECKING:
+    from orchestrator.triton.client import Triton
+    from orchestrator.usecases.orchestrator import Orchestrator
 
 T = TypeVar("T")
 log = logging.getLogger("orchestrator")
+
+
+class TritonOnFirstUse:
+    """The server connection, made when a use case first talks to Triton.
+
+    ``history`` (and a command refused before any server call) never imports tritonclient.http
+    and gevent. Built with the arguments ``Context.from_settings`` uses.
+    """
+
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+        self._triton: Triton | None = None
+
+    def connected(self) -> Triton:
+        if self._triton is None:
+            from orchestrator.triton.client import Triton  # noqa: PLC0415 - tritonclient.http, gevent
+
+            s = self._settings
+            self._triton = Triton(s.triton_url, s.admin_key, s.timeout_s, s.load_timeout_s)
+        return self._triton
+
+    def close(self) -> None:
+        if self._triton is not None:
+            self._triton.close()
+
+    def __getattr__(self, name: str) -> Any:  # only names not set in __init__: the Triton's
+        return getattr(self.connected(), name)
 
 
 class State:
@@ -25,7 +59,10 @@ class State:
         self.verbose = False
 
     def orchestrator(self) -> Orchestrator:
-        return Orchestrator(from_environment(**self.options))
+        from orchestrator.usecases.orchestrator import Orchestrator  # noqa: PLC0415 - numpy, cryptography, protobuf
+
+        settings = from_environment(**self.options)
+        return Orchestrator(settings, TritonOnFirstUse(settings))  # type: ignore[arg-type]  # a TritonAPI by proxy
 
 
 def run(fn: Callable[[], T]) -> T:

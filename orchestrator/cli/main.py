@@ -14,7 +14,7 @@ import sys
 import tempfile
 import threading
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -25,10 +25,11 @@ from orchestrator.core.journal import Record, Result
 from orchestrator.core.versions import label, parse_version
 from orchestrator.errors import UsageError
 from orchestrator.settings import read_admin_key
-from orchestrator.store.repository import ModelRepository
-from orchestrator.usecases.context import SwitchResult
-from orchestrator.usecases.orchestrator import Orchestrator
-from orchestrator.usecases.status import ModelStatus
+
+if TYPE_CHECKING:  # the use cases are imported when a command builds its orchestrator (cli.common)
+    from orchestrator.usecases.context import SwitchResult
+    from orchestrator.usecases.orchestrator import Orchestrator
+    from orchestrator.usecases.status import ModelStatus
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Ship model versions to a running Triton and get the last verified one back.")
@@ -227,6 +228,7 @@ def local_triton(ctx: typer.Context,
                  load: Annotated[list[str] | None, typer.Option(help="Model to load at start (all by default)")]
                  = None) -> None:
     """Run the embedded CPU Triton on the repository in the foreground (Ctrl-C stops it)."""
+    from orchestrator.store.repository import ModelRepository  # noqa: PLC0415 - protobuf, yaml
     from orchestrator.triton.embedded import EmbeddedTriton  # noqa: PLC0415 - needs nvidia-pytriton
 
     def start() -> EmbeddedTriton:

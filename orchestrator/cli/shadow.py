@@ -1,6 +1,6 @@
 """``orchestrate shadow start|status|report|stop``: compare a candidate with production on live traffic.
 
-Added to the main application by ``register(app)`` (``cli.py`` calls it), like ``cli_trust``.
+Added to the main application by ``register(app)`` (``cli/main.py`` calls it), like ``cli/trust.py``.
 """
 
 from __future__ import annotations
@@ -8,19 +8,22 @@ from __future__ import annotations
 import json
 from dataclasses import replace
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from orchestrator.cli.common import orchestrator_of, run
-from orchestrator.core.shadow_gate import shadow_gate
-from orchestrator.core.shadow_stats import ShadowPhase, ShadowReport
 from orchestrator.core.versions import label, parse_version
 from orchestrator.errors import ShadowFailed
-from orchestrator.store.policyfile import read_policies
-from orchestrator.store.shadow_state import ShadowState
-from orchestrator.usecases.orchestrator import Orchestrator
-from orchestrator.usecases.shadow import DEFAULT_SAMPLE_RATE, shadow_status, start_shadow, stop_shadow
+
+if TYPE_CHECKING:  # numpy (shadow_stats) and the use cases: imported by the command that runs
+    from orchestrator.core.shadow_stats import ShadowReport
+    from orchestrator.store.shadow_state import ShadowState
+    from orchestrator.usecases.orchestrator import Orchestrator
+
+# usecases.shadow's default, repeated so that `--help` imports no use case (tests/unit/test_cli_startup.py
+# checks they agree).
+DEFAULT_SAMPLE_RATE = 0.001
 
 shadow_app = typer.Typer(no_args_is_help=True, help="Replay sampled production requests to a candidate version.")
 
@@ -45,6 +48,8 @@ def start(ctx: typer.Context, model: str, version: str,
           metrics_port: Annotated[int | None, typer.Option(help="Serve the run's Prometheus metrics here")] = None,
           ) -> None:
     """Load VERSION as <model>__candidate and start replaying sampled production requests to it."""
+    from orchestrator.usecases.shadow import start_shadow  # noqa: PLC0415
+
     number = _run(lambda: parse_version(version))
     orch = _orch(ctx)
     _run(lambda: start_shadow(orch, model, number, sample_rate, min_samples, trace_dir,
@@ -56,6 +61,9 @@ def start(ctx: typer.Context, model: str, version: str,
 @shadow_app.command("status")
 def status(ctx: typer.Context, model: str, as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
     """Phase of the model's shadow run, and how many requests were compared or dropped."""
+    from orchestrator.core.shadow_stats import ShadowPhase  # noqa: PLC0415
+    from orchestrator.usecases.shadow import shadow_status  # noqa: PLC0415
+
     state = _run(lambda: shadow_status(_orch(ctx), model))
     report = state.shadow_report()
     if as_json:
@@ -73,6 +81,10 @@ def status(ctx: typer.Context, model: str, as_json: Annotated[bool, typer.Option
 @shadow_app.command("report")
 def report_(ctx: typer.Context, model: str, as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
     """Divergence per output tensor, latency side by side, and the gate's verdict under the policy."""
+    from orchestrator.core.shadow_gate import shadow_gate  # noqa: PLC0415
+    from orchestrator.store.policyfile import read_policies  # noqa: PLC0415
+    from orchestrator.usecases.shadow import shadow_status  # noqa: PLC0415
+
     orch = _orch(ctx)
     state = _run(lambda: shadow_status(orch, model))
     report = state.shadow_report()
@@ -110,6 +122,8 @@ def render_report(state: ShadowState, report: ShadowReport) -> str:
 @shadow_app.command("stop")
 def stop(ctx: typer.Context, model: str, as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
     """Stop the worker, turn tracing off, unload the candidate, record the verdict."""
+    from orchestrator.usecases.shadow import stop_shadow  # noqa: PLC0415
+
     result = _run(lambda: stop_shadow(_orch(ctx), model))
     v = result.verdict
     if as_json:

@@ -13,30 +13,34 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from orchestrator.cli.common import orchestrator_of, run
 from orchestrator.core.versions import label
-from orchestrator.delivery.fetch import DEFAULT_TIMEOUT_S, MAX_DOWNLOAD_BYTES, fetch
-from orchestrator.delivery.signing import (
-    ENV_TRUSTED_KEYS,
-    PRIVATE_SUFFIX,
-    PUBLIC_SUFFIX,
-    generate_keypair,
-    sign_archive,
-    sign_package,
-)
 from orchestrator.errors import PackageRejected, UsageError
-from orchestrator.usecases.context import ImportResult
+
+if TYPE_CHECKING:
+    from orchestrator.usecases.context import ImportResult
 
 DOWNLOADS = "downloads"
+# delivery.fetch's defaults, repeated so that `--help` needs no requests (tests/unit/test_cli_startup.py
+# checks they agree); cryptography and requests are imported by the command that uses them.
+DEFAULT_TIMEOUT_S = 30.0
+MAX_DOWNLOAD_BYTES = 16 << 30
 
 
 def keygen(out: Annotated[Path, typer.Option("--out", help="Folder for NAME.key and NAME.pub")],
            name: Annotated[str, typer.Option("--name", help="File name of the key pair")] = "signing") -> None:
     """Create an Ed25519 signing key pair (NAME.key stays on the build machine, NAME.pub goes to devices)."""
+    from orchestrator.delivery.signing import (  # noqa: PLC0415 - cryptography
+        ENV_TRUSTED_KEYS,
+        PRIVATE_SUFFIX,
+        PUBLIC_SUFFIX,
+        generate_keypair,
+    )
+
     def create() -> str:
         if not name or "/" in name or name.startswith("."):
             raise UsageError(f"--name {name!r} must be a plain file name")
@@ -53,6 +57,8 @@ def keygen(out: Annotated[Path, typer.Option("--out", help="Folder for NAME.key 
 def sign(package: Annotated[Path, typer.Argument(help="Package folder or .tar.gz")],
          key: Annotated[Path, typer.Option("--key", help="Private key file written by `orchestrate keygen`")]) -> None:
     """Sign a package's meta.yaml (writes meta.yaml.sig; an archive is rewritten with it)."""
+    from orchestrator.delivery.signing import sign_archive, sign_package  # noqa: PLC0415 - cryptography
+
     def signed() -> str:
         if package.is_dir():
             return sign_package(package, key)
@@ -71,6 +77,8 @@ def fetch_(ctx: typer.Context, url: Annotated[str, typer.Argument(help="http(s) 
            max_bytes: Annotated[int, typer.Option(help="Refuse a file larger than this")] = MAX_DOWNLOAD_BYTES,
            as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
     """Download a package (resuming an interrupted download), check its sha256, and import it."""
+    from orchestrator.delivery.fetch import fetch  # noqa: PLC0415 - requests
+
     orch = orchestrator_of(ctx)
     assert orch.settings.state_dir is not None  # Settings fills it in
     downloads = orch.settings.state_dir / DOWNLOADS

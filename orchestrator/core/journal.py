@@ -126,6 +126,43 @@ class History:
     def steps(self, op: str) -> list[str]:
         return [str(r.details.get("step")) for r in self.records if r.op == op and r.result is Result.STEP]
 
-    def with_records(self, *records: Record) -> History:
-        """This history after our own appends: no need to read the file again."""
-        return History(self.records + records, self.skipped_lines)
+    def summary(self) -> JournalSummary:
+        return JournalSummary().add(*self.records)
+
+
+SERVED_KEPT = 64  # served versions remembered: fallbacks are looked for among the most recent
+
+
+@dataclass(frozen=True)
+class JournalSummary:
+    """What a command needs from the past, folded one record at a time, so that no command parses
+    the whole history: the order versions served in and the operations still open."""
+
+    served: tuple[int, ...] = ()  # versions in the order they started serving (the last SERVED_KEPT)
+    open: tuple[Record, ...] = ()  # ``started`` records with no final record yet, oldest first
+
+    def add(self, *records: Record) -> JournalSummary:
+        served, opened = list(self.served), {r.op: r for r in self.open}
+        for record in records:
+            if record.result is Result.STARTED:
+                opened[record.op] = record
+            elif record.is_final:
+                opened.pop(record.op, None)
+            if (record.action.switches or record.action is Action.RECONCILE) \
+                    and record.result in (Result.SUCCEEDED, Result.REPAIRED):
+                if record.from_version is not None and not served:
+                    served.append(record.from_version)
+                if record.to_version is not None:
+                    served.append(record.to_version)
+        return JournalSummary(tuple(served[-SERVED_KEPT:]), tuple(opened.values()))
+
+    def unfinished(self) -> Record | None:
+        """The ``started`` record of the last operation that never got a final record."""
+        return self.open[-1] if self.open else None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"served": list(self.served), "open": [json.loads(r.to_json()) for r in self.open]}
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> JournalSummary:
+        return cls(tuple(int(v) for v in raw["served"]), tuple(Record.from_json(json.dumps(r)) for r in raw["open"]))

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
-from orchestrator.core.journal import Action, History, Result
+from orchestrator.core.journal import History
 from orchestrator.core.model import VersionStatus
 from orchestrator.errors import PolicyViolation
 
@@ -29,15 +29,7 @@ class SwitchPlan:
 
 def served_history(history: History) -> list[int]:
     """Versions in the order they started serving, from the journal's completed switches."""
-    served: list[int] = []
-    for record in history.records:
-        if (record.action.switches or record.action is Action.RECONCILE) \
-                and record.result in (Result.SUCCEEDED, Result.REPAIRED):
-            if record.from_version is not None and not served:
-                served.append(record.from_version)
-            if record.to_version is not None:
-                served.append(record.to_version)
-    return served
+    return list(history.summary().served)
 
 
 def fallback_order(served_history: Iterable[int], statuses: Mapping[int, VersionStatus], exclude: int,

@@ -7,14 +7,52 @@ nothing but that field changed; where that proof fails, the whole config is re-s
 
 from __future__ import annotations
 
+import importlib.util
+import sys
 from pathlib import Path
+from types import ModuleType
 
 from google.protobuf import json_format, text_format
-from tritonclient.grpc import model_config_pb2 as mc
 
 from orchestrator.core.model import Contract, TensorSpec, VersionPolicy
 
 CONFIG_FILE = "config.pbtxt"
+
+_REAL_SCHEMA = "tritonclient.grpc.model_config_pb2"
+_PRIVATE_SCHEMA = "orchestrator.store._model_config_pb2"
+
+
+def _load_schema() -> ModuleType:
+    """tritonclient's ``model_config_pb2`` without importing ``tritonclient.grpc``.
+
+    That package's ``__init__`` imports grpc and the whole gRPC client (~350 ms) while the schema
+    needs only google.protobuf (~36 ms), so the generated file is loaded on its own. Loading it
+    beside the real module is harmless: protobuf accepts an identical file added again and both
+    names give the same message classes.
+    """
+    if _REAL_SCHEMA in sys.modules:
+        return sys.modules[_REAL_SCHEMA]
+    if _PRIVATE_SCHEMA in sys.modules:
+        return sys.modules[_PRIVATE_SCHEMA]
+    try:
+        package = importlib.util.find_spec("tritonclient")
+        locations = package.submodule_search_locations if package else None
+        path = Path(next(iter(locations or ()))) / "grpc" / "model_config_pb2.py"
+        spec = importlib.util.spec_from_file_location(_PRIVATE_SCHEMA, path)
+        if spec is None or spec.loader is None or not path.is_file():
+            raise ImportError(f"no {path}")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[_PRIVATE_SCHEMA] = module
+        spec.loader.exec_module(module)
+        return module
+    except Exception:  # an unusual install: the normal (slow) import, which raises what is really wrong
+        sys.modules.pop(_PRIVATE_SCHEMA, None)
+        from tritonclient.grpc import model_config_pb2  # noqa: PLC0415
+
+        return model_config_pb2
+
+
+mc = _load_schema()
 
 ModelConfig = mc.ModelConfig
 

@@ -79,7 +79,7 @@ class ModelStore:
         versions = tuple(self.versions())
         metas = Metas(self.folder, versions)
         return ModelSnapshot(self.name, self.folder, self.state, text, self._parse(text), versions,
-                             self.journal.read(), metas, Attestations(self.state, metas))
+                             self.journal.summary(), metas, Attestations(self.state, metas))
 
     def config_text(self) -> str:
         try:

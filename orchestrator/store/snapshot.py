@@ -1,9 +1,10 @@
 """``ModelSnapshot``: what one command knows of a model, read once and passed down.
 
-Config text and parsed config, the version folders and the journal are read when the snapshot
-is taken (``ModelStore.snapshot()``); each ``meta.yaml``, attestation and ``policy.yaml`` when
-first asked for, then remembered. A command's own writes return a new snapshot (``ModelStore``), so nothing
-asks the disk again what the command already knows.
+Config text and parsed config, the version folders and the journal's summary (only what was
+appended since the cached summary is read) are taken by ``ModelStore.snapshot()``; each
+``meta.yaml``, attestation and ``policy.yaml`` when first asked for, then remembered. A
+command's own writes return a new snapshot (``ModelStore``), so nothing asks the disk again
+what the command already knows.
 """
 
 from __future__ import annotations
@@ -12,10 +13,10 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from orchestrator.core.journal import History, Record
+from orchestrator.core.journal import JournalSummary, Record
 from orchestrator.core.model import Attestation, VersionMeta, VersionStatus
 from orchestrator.core.policy import Policies
-from orchestrator.core.switch import fallback_order, served_history
+from orchestrator.core.switch import fallback_order
 from orchestrator.errors import RepositoryCorrupt, UnknownVersion
 from orchestrator.store.attestation import read_attestation
 from orchestrator.store.metafile import META_FILE, MetaError, read_meta
@@ -111,7 +112,7 @@ class ModelSnapshot:
     config_text: str
     config: ModelConfig
     versions: tuple[int, ...]
-    history: History
+    journal: JournalSummary  # the past as far as commands need it: served order, open operations
     metas: Mapping[int, VersionMeta | RepositoryCorrupt] = field(repr=False)
     attestations: Attestations = field(repr=False)
     # Shared by the snapshots a command derives from this one: policy.yaml is not among its writes.
@@ -166,7 +167,7 @@ class ModelSnapshot:
 
     def fallbacks(self, exclude: set[int], limit: int | None = None) -> list[int]:
         """Verified versions to fall back to, best first (core.switch.fallback_order)."""
-        return fallback_order(served_history(self.history), self.statuses(exclude), exclude=-1, limit=limit)
+        return fallback_order(self.journal.served, self.statuses(exclude), exclude=-1, limit=limit)
 
     def last_verified(self) -> int | None:
         """The rollback target: the best verified version other than the served one."""
@@ -174,4 +175,4 @@ class ModelSnapshot:
         return order[0] if order else None
 
     def recorded(self, *records: Record) -> ModelSnapshot:
-        return replace(self, history=self.history.with_records(*records))
+        return replace(self, journal=self.journal.add(*records))

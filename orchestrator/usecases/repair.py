@@ -39,7 +39,7 @@ def repair(ctx: Context, store: ModelStore, snap: ModelSnapshot | None = None) -
         notes.append(f"removed unfinished import staging {leftover.name}")
     snap = store.snapshot() if snap is None or notes else snap
     decision = None
-    unfinished = snap.history.unfinished()
+    unfinished = snap.journal.unfinished()
     if unfinished is not None:
         decision = _decide(snap, unfinished)
         snap, note = _apply(ctx, store, snap, decision)

@@ -59,7 +59,7 @@ def model_status(ctx: Context, store: ModelStore) -> ModelStatus:
         rows.append(VersionRow(version, status, version in resident, states.get(version, "") if reachable else "?",
                                created, reason, drift.get(version, "")))
     ready = {v for v, s in states.items() if s == TritonState.READY.value}
-    unfinished = snap.history.unfinished()
+    unfinished = snap.journal.unfinished()
     return ModelStatus(
         model=store.name,
         served=snap.served,

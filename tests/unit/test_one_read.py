@@ -1,5 +1,5 @@
-"""A command reads the model store once: config.pbtxt, the journal and policy.yaml once each, every
-meta.yaml at most once before the command's own write to it. Run on the twin over a real repository."""
+"""A command reads the model store once: config.pbtxt and policy.yaml once each, the journal only
+from its cached summary on, every meta.yaml at most once. Run on the twin over a real repository."""
 
 from __future__ import annotations
 
@@ -33,7 +33,7 @@ class Reads:
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
         self.files: Counter[str] = Counter()
-        config_text, journal_read = ModelStore.config_text, Journal.read
+        config_text, journal_read, read_since = ModelStore.config_text, Journal.read, Journal.read_since
         read_meta, read_policies = snapshot.read_meta, snapshot.read_policies
 
         def counted_config(store: ModelStore) -> str:
@@ -41,8 +41,12 @@ class Reads:
             return config_text(store)
 
         def counted_journal(journal: Journal):  # type: ignore[no-untyped-def]
-            self.files["journal"] += 1
+            self.files["journal, whole"] += 1
             return journal_read(journal)
+
+        def counted_tail(journal: Journal, offset: int):  # type: ignore[no-untyped-def]
+            self.files["journal, tail"] += 1
+            return read_since(journal, offset)
 
         def counted_meta(path: Path):  # type: ignore[no-untyped-def]
             self.files[f"v{path.parent.name}/meta.yaml"] += 1
@@ -54,6 +58,7 @@ class Reads:
 
         monkeypatch.setattr(ModelStore, "config_text", counted_config)
         monkeypatch.setattr(Journal, "read", counted_journal)
+        monkeypatch.setattr(Journal, "read_since", counted_tail)
         monkeypatch.setattr(snapshot, "read_meta", counted_meta)
         monkeypatch.setattr(snapshot, "read_policies", counted_policies)
 
@@ -81,13 +86,14 @@ def test_promote_and_rollback_read_each_file_once(orch: Orchestrator, packages, 
 
     assert orch.promote(MODEL, 2).changed
     seen = reads.take()
-    assert seen["config.pbtxt"] == 1 and seen["journal"] == 1 and seen["policy.yaml"] == 1, seen
-    # v2's meta is read once before the command marks it verified, once after (to plan the fallbacks).
-    assert seen["v2/meta.yaml"] <= 2 and seen["v1/meta.yaml"] <= 1, seen
+    assert seen["config.pbtxt"] == 1 and seen["policy.yaml"] == 1, seen
+    assert seen["journal, tail"] == 1 and seen["journal, whole"] == 0, seen
+    assert seen["v2/meta.yaml"] == 1 and seen["v1/meta.yaml"] <= 1, seen
 
     assert orch.rollback(MODEL).to_version == 1
     seen = reads.take()
-    assert seen["config.pbtxt"] == 1 and seen["journal"] == 1 and seen["policy.yaml"] == 1, seen
+    assert seen["config.pbtxt"] == 1 and seen["policy.yaml"] == 1, seen
+    assert seen["journal, tail"] == 1 and seen["journal, whole"] == 0, seen
     assert seen["v1/meta.yaml"] == 1 and seen["v2/meta.yaml"] <= 1, seen
 
 

@@ -29,7 +29,11 @@ def test_rollback_to_resident_last_verified_needs_no_load(stack: Stack, packages
     assert result.returncode == 0, result.stderr
     assert "rollback v2 -> v1" in result.stdout
     assert stack.served_by_triton() == 1
-    assert stub_pids(stack.repository) == {v1: pids[v1]}  # same process: nothing was loaded
+    after = stub_pids(stack.repository)
+    assert after[v1] == pids[v1] and set(after) <= set(pids)  # same process: nothing was loaded
+    # The command returned once traffic moved; v2 unloads in the background.
+    assert stack.triton().wait_unloaded("classifier", {2}, 15)
+    assert stub_pids(stack.repository) == {v1: pids[v1]}
     store = stack.store()
     assert store.resident() == (1,)
     assert store.status(2) is VersionStatus.ROLLED_BACK

@@ -14,41 +14,12 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import typer
 
 from orchestrator.errors import UNEXPECTED_EXIT, Interrupted, OrchestratorError, WriteFailed
-from orchestrator.settings import Settings, from_environment
 
 if TYPE_CHECKING:
-    from orchestrator.triton.client import Triton
     from orchestrator.usecases.orchestrator import Orchestrator
 
 T = TypeVar("T")
 log = logging.getLogger("orchestrator")
-
-
-class TritonOnFirstUse:
-    """The server connection, made when a use case first talks to Triton.
-
-    ``history`` (and a command refused before any server call) never imports tritonclient.http
-    and gevent. Built with the arguments ``Context.from_settings`` uses.
-    """
-
-    def __init__(self, settings: Settings) -> None:
-        self._settings = settings
-        self._triton: Triton | None = None
-
-    def connected(self) -> Triton:
-        if self._triton is None:
-            from orchestrator.triton.client import Triton  # noqa: PLC0415 - tritonclient.http, gevent
-
-            s = self._settings
-            self._triton = Triton(s.triton_url, s.admin_key, s.timeout_s, s.load_timeout_s)
-        return self._triton
-
-    def close(self) -> None:
-        if self._triton is not None:
-            self._triton.close()
-
-    def __getattr__(self, name: str) -> Any:  # only names not set in __init__: the Triton's
-        return getattr(self.connected(), name)
 
 
 class State:
@@ -59,10 +30,11 @@ class State:
         self.verbose = False
 
     def orchestrator(self) -> Orchestrator:
+        from orchestrator.settings import from_environment  # noqa: PLC0415
         from orchestrator.usecases.orchestrator import Orchestrator  # noqa: PLC0415 - numpy, cryptography, protobuf
 
         settings = from_environment(**self.options)
-        return Orchestrator(settings, TritonOnFirstUse(settings))  # type: ignore[arg-type]  # a TritonAPI by proxy
+        return Orchestrator(settings)
 
 
 def run(fn: Callable[[], T]) -> T:

@@ -11,7 +11,6 @@ import logging
 import os
 import signal
 import sys
-import tempfile
 import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
@@ -21,12 +20,13 @@ import typer
 from orchestrator.cli.common import State, orchestrator_of, run
 from orchestrator.cli.shadow import register as register_shadow_commands
 from orchestrator.cli.trust import register as register_trust_commands
-from orchestrator.core.journal import Record, Result
 from orchestrator.core.versions import label, parse_version
 from orchestrator.errors import UsageError
-from orchestrator.settings import read_admin_key
 
-if TYPE_CHECKING:  # the use cases are imported when a command builds its orchestrator (cli.common)
+# The use cases (numpy, cryptography, protobuf: cli.common builds them) and the journal's records are
+# imported by the commands that use them; `--help` and the other commands do not pay for them.
+if TYPE_CHECKING:
+    from orchestrator.core.journal import Record
     from orchestrator.usecases.context import SwitchResult
     from orchestrator.usecases.orchestrator import Orchestrator
     from orchestrator.usecases.status import ModelStatus
@@ -170,6 +170,8 @@ def history(ctx: typer.Context, model: Annotated[str | None, typer.Argument()] =
             limit: Annotated[int, typer.Option(help="Show the last N records (0: all)")] = 0,
             as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
     """The model's journal, oldest first."""
+    from orchestrator.core.journal import Result  # noqa: PLC0415
+
     journal = run(lambda: _orch(ctx).history(model))
     finished = {r.op for r in journal.records if r.is_final}
     # One line per operation: its outcome, or its start when it never finished.
@@ -228,6 +230,9 @@ def local_triton(ctx: typer.Context,
                  load: Annotated[list[str] | None, typer.Option(help="Model to load at start (all by default)")]
                  = None) -> None:
     """Run the embedded CPU Triton on the repository in the foreground (Ctrl-C stops it)."""
+    import tempfile  # noqa: PLC0415
+
+    from orchestrator.settings import read_admin_key  # noqa: PLC0415
     from orchestrator.store.repository import ModelRepository  # noqa: PLC0415 - protobuf, yaml
     from orchestrator.triton.embedded import EmbeddedTriton  # noqa: PLC0415 - needs nvidia-pytriton
 

@@ -10,9 +10,10 @@ from __future__ import annotations
 import enum
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
-import numpy as np
+if TYPE_CHECKING:  # annotations only: a command that never infers does not load numpy
+    import numpy as np
 
 
 class TritonState(str, enum.Enum):

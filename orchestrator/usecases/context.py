@@ -19,6 +19,7 @@ from orchestrator.settings import Settings
 from orchestrator.store.lock import model_lock
 from orchestrator.store.repository import ModelRepository, ModelStore
 from orchestrator.store.snapshot import ModelSnapshot
+from orchestrator.triton.lazy import LazyTriton
 from orchestrator.triton.protocol import TritonAPI
 
 
@@ -55,9 +56,8 @@ class Context:
                       trust: TrustPolicy | None = None) -> Context:
         assert settings.state_dir is not None  # Settings fills it in
         if triton is None:
-            from orchestrator.triton.client import Triton  # noqa: PLC0415 - tritonclient only when a server is used
-
-            triton = Triton(settings.triton_url, settings.admin_key, settings.timeout_s, settings.load_timeout_s)
+            triton = LazyTriton(settings.triton_url, settings.admin_key, settings.timeout_s,  # type: ignore[assignment]
+                                settings.load_timeout_s)
         return cls(settings, triton, trust or TrustPolicy.from_environment(settings.state_dir),
                    ModelRepository(settings.repository, settings.state_dir))
 

@@ -6,13 +6,19 @@ Each method is one use case module's function applied to this context; nothing i
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from orchestrator.core.journal import History
 from orchestrator.delivery.signing import TrustPolicy
 from orchestrator.settings import Settings
 from orchestrator.triton.protocol import TritonAPI
-from orchestrator.usecases import importing, promote, reconcile, rollback, status
 from orchestrator.usecases.context import Context, ImportResult, SwitchResult
+
+if TYPE_CHECKING:
+    from orchestrator.usecases.status import ModelStatus
+
+# Each method imports its use case module: a command loads only the one it runs (`orchestrate
+# history` needs neither the package checks of `import` nor the golden checks of `promote`).
 
 
 class Orchestrator(Context):
@@ -21,23 +27,35 @@ class Orchestrator(Context):
         super().__init__(built.settings, built.triton, built.trust, built.repository, built.clock)
 
     def import_package(self, package: Path) -> ImportResult:
+        from orchestrator.usecases import importing  # noqa: PLC0415
+
         return importing.import_package(self, package)
 
     def promote(self, model: str | None, version: int, force: bool = False) -> SwitchResult:
+        from orchestrator.usecases import promote  # noqa: PLC0415
+
         return promote.promote(self, model, version, force)
 
     def rollback(self, model: str | None, to: int | None = None, force: bool = False,
                  reason: str = "requested by operator", quarantine: bool = False,
                  evidence: dict[str, object] | None = None) -> SwitchResult:
+        from orchestrator.usecases import rollback  # noqa: PLC0415
+
         return rollback.rollback(self, model, to, force, reason, quarantine, evidence)
 
     def reconcile(self, model: str | None = None) -> list[str]:
+        from orchestrator.usecases import reconcile  # noqa: PLC0415
+
         return reconcile.reconcile(self, model)
 
     def history(self, model: str | None) -> History:
+        from orchestrator.usecases import reconcile  # noqa: PLC0415
+
         return reconcile.history(self, model)
 
-    def status(self, model: str | None) -> list[status.ModelStatus]:
+    def status(self, model: str | None) -> list[ModelStatus]:
+        from orchestrator.usecases import status  # noqa: PLC0415
+
         return status.statuses(self, model)
 
 

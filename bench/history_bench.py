@@ -22,21 +22,23 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.common import MODEL  # noqa: E402
 from orchestrator.sample import Variant, write_sample_package  # noqa: E402
 from orchestrator.settings import Settings  # noqa: E402
-from orchestrator.triton.embedded import EmbeddedTriton  # noqa: E402
 
 try:  # the layout since issue 10
     from orchestrator.core.journal import Record
     from orchestrator.delivery.signing import TrustPolicy
+    from orchestrator.triton.embedded import EmbeddedTriton
     from orchestrator.usecases.orchestrator import Orchestrator
     from orchestrator.usecases.status import model_status
 except ImportError:  # the code before it, measured the same way for the before/after figures
+    from orchestrator.embedded import EmbeddedTriton  # type: ignore[no-redef]
     from orchestrator.journal import Record  # type: ignore[no-redef]
     from orchestrator.operations import Orchestrator  # type: ignore[no-redef]
     from orchestrator.report import model_status  # type: ignore[no-redef]
     from orchestrator.signing import TrustPolicy  # type: ignore[no-redef]
+
+MODEL = "classifier"
 
 
 def grow(journal_path: Path, records: int) -> None:

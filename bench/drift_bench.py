@@ -35,7 +35,7 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from bench.common import MODEL, Clients, measure, pct, row, sample_stack, start_watcher, stop_watcher
-from orchestrator.delivery.signing import TrustPolicy
+from orchestrator.delivery.trust import TrustPolicy
 from orchestrator.sample import sample_images, write_faulty_package
 from orchestrator.settings import Settings
 from orchestrator.triton.embedded import free_ports

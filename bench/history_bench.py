@@ -27,7 +27,7 @@ from orchestrator.settings import Settings  # noqa: E402
 
 try:  # the layout since issue 10
     from orchestrator.core.journal import Record
-    from orchestrator.delivery.signing import TrustPolicy
+    from orchestrator.delivery.trust import TrustPolicy
     from orchestrator.triton.embedded import EmbeddedTriton
     from orchestrator.usecases.orchestrator import Orchestrator
     from orchestrator.usecases.status import model_status

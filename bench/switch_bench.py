@@ -26,7 +26,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from orchestrator.delivery.signing import TrustPolicy  # noqa: E402
+from orchestrator.delivery.trust import TrustPolicy  # noqa: E402
 from orchestrator.sample import Variant, golden_set, write_sample_package  # noqa: E402
 from orchestrator.settings import Settings  # noqa: E402
 from orchestrator.store.metafile import Verification, VersionStatus  # noqa: E402

@@ -27,7 +27,7 @@ from datetime import datetime
 from pathlib import Path
 
 from bench.common import MODEL, Clients, measure, pct, row, sample_stack, start_watcher, stop_watcher
-from orchestrator.delivery.signing import TrustPolicy
+from orchestrator.delivery.trust import TrustPolicy
 from orchestrator.sample import write_faulty_package
 from orchestrator.settings import Settings
 from orchestrator.triton.embedded import free_ports

@@ -34,12 +34,8 @@ MAX_DOWNLOAD_BYTES = 16 << 30
 def keygen(out: Annotated[Path, typer.Option("--out", help="Folder for NAME.key and NAME.pub")],
            name: Annotated[str, typer.Option("--name", help="File name of the key pair")] = "signing") -> None:
     """Create an Ed25519 signing key pair (NAME.key stays on the build machine, NAME.pub goes to devices)."""
-    from orchestrator.delivery.signing import (  # noqa: PLC0415 - cryptography
-        ENV_TRUSTED_KEYS,
-        PRIVATE_SUFFIX,
-        PUBLIC_SUFFIX,
-        generate_keypair,
-    )
+    from orchestrator.delivery.signing import PRIVATE_SUFFIX, PUBLIC_SUFFIX, generate_keypair  # noqa: PLC0415
+    from orchestrator.delivery.trust import ENV_TRUSTED_KEYS  # noqa: PLC0415
 
     def create() -> str:
         if not name or "/" in name or name.startswith("."):

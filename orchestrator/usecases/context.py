@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from orchestrator.core.journal import Action, Record, Result
-from orchestrator.delivery.signing import TrustPolicy
+from orchestrator.delivery.trust import TrustPolicy
 from orchestrator.errors import UsageError
 from orchestrator.settings import Settings
 from orchestrator.store.lock import model_lock

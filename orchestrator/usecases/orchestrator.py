@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from orchestrator.core.journal import History
-from orchestrator.delivery.signing import TrustPolicy
+from orchestrator.delivery.trust import TrustPolicy
 from orchestrator.settings import Settings
 from orchestrator.triton.protocol import TritonAPI
 from orchestrator.usecases.context import Context, ImportResult, SwitchResult

@@ -245,7 +245,7 @@ def test_build_engine_without_tensorrt_fails_in_one_line(tmp_path: Path) -> None
 # --- wired into import and promote (no GPU: the plan is synthetic, Triton is never asked) ----
 
 def _jetson_orchestrator(tmp_path: Path, trt: str, cc: str):  # type: ignore[no-untyped-def]
-    from orchestrator.delivery.signing import TrustPolicy  # noqa: PLC0415
+    from orchestrator.delivery.trust import TrustPolicy  # noqa: PLC0415
     from orchestrator.settings import Settings  # noqa: PLC0415
     from orchestrator.usecases.orchestrator import Orchestrator  # noqa: PLC0415
 

@@ -19,13 +19,13 @@ from orchestrator.delivery.package import unpacked, verify_package
 from orchestrator.delivery.signing import (
     SIGNATURE_FILE,
     SIGNED_BY,
-    TrustPolicy,
     generate_keypair,
     record_signer,
     sign_archive,
     sign_package,
     verify_signature,
 )
+from orchestrator.delivery.trust import TrustPolicy
 from orchestrator.errors import PackageRejected, UsageError
 from orchestrator.sample import CONFIG, Variant, write_sample_package
 from orchestrator.store.metafile import META_FILE, parse_meta
@@ -190,7 +190,7 @@ def test_trust_policy_refuses_unsigned_by_default(package: Path, keys: tuple[Pat
 def test_allow_unsigned_warns_every_time_and_still_refuses_bad_signatures(
         package: Path, keys: tuple[Path, Path, str], tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     policy = TrustPolicy(keys[1], allow_unsigned=True)
-    with caplog.at_level(logging.WARNING, logger="orchestrator.delivery.signing"):
+    with caplog.at_level(logging.WARNING, logger="orchestrator.delivery.trust"):
         assert policy.check(package, "pkg-a") is None
         assert policy.check(package, "pkg-b") is None
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]

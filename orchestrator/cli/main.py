@@ -28,7 +28,6 @@ from orchestrator.errors import UsageError
 if TYPE_CHECKING:
     from orchestrator.core.journal import Record
     from orchestrator.usecases.context import SwitchResult
-    from orchestrator.usecases.orchestrator import Orchestrator
     from orchestrator.usecases.status import ModelStatus
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -59,9 +58,6 @@ def main(
     ctx.obj = state
 
 
-def _orch(ctx: typer.Context) -> Orchestrator:
-    return orchestrator_of(ctx)
-
 
 def _print_json(data: object) -> None:
     typer.echo(json.dumps(data, indent=2, default=str))
@@ -83,7 +79,7 @@ def _versions(versions: tuple[int, ...] | list[int]) -> str:
 def import_(ctx: typer.Context, package: Path,
             as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
     """File a package (folder or .tar.gz) as the model's next version."""
-    result = run(lambda: _orch(ctx).import_package(package))
+    result = run(lambda: orchestrator_of(ctx).import_package(package))
     if as_json:
         _print_json({"model": result.model, "version": result.version, "artifacts": result.artifacts})
     else:
@@ -102,7 +98,7 @@ def promote(ctx: typer.Context,
             as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
     """Verify a version beside production, then make it the served version."""
     model, version = run(lambda: _model_and_version(first, second))
-    result = run(lambda: _orch(ctx).promote(model, version, force=force))
+    result = run(lambda: orchestrator_of(ctx).promote(model, version, force=force))
     _print_json(result.__dict__) if as_json else typer.echo(_switch_line(result))
 
 
@@ -115,14 +111,14 @@ def rollback(ctx: typer.Context,
              as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
     """Serve the last verified version again (no load when it is resident)."""
     target = run(lambda: parse_version(to)) if to else None
-    result = run(lambda: _orch(ctx).rollback(model, target, force=force, reason=reason))
+    result = run(lambda: orchestrator_of(ctx).rollback(model, target, force=force, reason=reason))
     _print_json(result.__dict__) if as_json else typer.echo(_switch_line(result))
 
 
 @app.command()
 def reconcile(ctx: typer.Context, model: Annotated[str | None, typer.Argument()] = None) -> None:
     """Repair interrupted commands and load what the disk says into Triton."""
-    notes = run(lambda: _orch(ctx).reconcile(model))
+    notes = run(lambda: orchestrator_of(ctx).reconcile(model))
     typer.echo("\n".join(notes) if notes else "in sync: nothing to do")
 
 
@@ -150,7 +146,7 @@ def _status_table(status: ModelStatus) -> str:
 def status(ctx: typer.Context, model: Annotated[str | None, typer.Argument()] = None,
            as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
     """Served version, resident versions and their Triton state, verified/failed versions."""
-    statuses = run(lambda: _orch(ctx).status(model))
+    statuses = run(lambda: orchestrator_of(ctx).status(model))
     if as_json:
         _print_json([s.as_dict() for s in statuses])
     else:
@@ -172,7 +168,7 @@ def history(ctx: typer.Context, model: Annotated[str | None, typer.Argument()] =
     """The model's journal, oldest first."""
     from orchestrator.core.journal import Result  # noqa: PLC0415
 
-    journal = run(lambda: _orch(ctx).history(model))
+    journal = run(lambda: orchestrator_of(ctx).history(model))
     finished = {r.op for r in journal.records if r.is_final}
     # One line per operation: its outcome, or its start when it never finished.
     records = [r for r in journal.records if r.is_final or (r.result is Result.STARTED and r.op not in finished)]
@@ -209,7 +205,7 @@ def watch(ctx: typer.Context,
     from orchestrator.daemons.watch import Watch, serve_metrics  # noqa: PLC0415
 
     def start() -> Watch:
-        orch = _orch(ctx)
+        orch = orchestrator_of(ctx)
         url = triton_metrics_url or os.environ.get("ORCH_TRITON_METRICS_URL") or \
             _default_metrics_url(orch.settings.triton_url)
         daemon = Watch(orch.settings, models or None, url, inbox=inbox, trace_dir=trace_dir)

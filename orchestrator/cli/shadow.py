@@ -19,7 +19,6 @@ from orchestrator.errors import ShadowFailed
 if TYPE_CHECKING:  # numpy (shadow_stats) and the use cases: imported by the command that runs
     from orchestrator.core.shadow_stats import ShadowReport
     from orchestrator.store.shadow_state import ShadowState
-    from orchestrator.usecases.orchestrator import Orchestrator
 
 # usecases.shadow's default, repeated so that `--help` imports no use case (tests/unit/test_cli_startup.py
 # checks they agree).
@@ -28,11 +27,7 @@ DEFAULT_SAMPLE_RATE = 0.001
 shadow_app = typer.Typer(no_args_is_help=True, help="Replay sampled production requests to a candidate version.")
 
 
-def _orch(ctx: typer.Context) -> Orchestrator:
-    return orchestrator_of(ctx)
 
-
-_run = run
 
 
 @shadow_app.command("start")
@@ -50,9 +45,9 @@ def start(ctx: typer.Context, model: str, version: str,
     """Load VERSION as <model>__candidate and start replaying sampled production requests to it."""
     from orchestrator.usecases.shadow import start_shadow  # noqa: PLC0415
 
-    number = _run(lambda: parse_version(version))
-    orch = _orch(ctx)
-    _run(lambda: start_shadow(orch, model, number, sample_rate, min_samples, trace_dir,
+    number = run(lambda: parse_version(version))
+    orch = orchestrator_of(ctx)
+    run(lambda: start_shadow(orch, model, number, sample_rate, min_samples, trace_dir,
                               replay_timeout_s=replay_timeout, queue_size=queue_size, metrics_port=metrics_port))
     typer.echo(f"{model}: shadowing {label(number)} at sample rate {sample_rate:g}; "
                f"`orchestrate shadow stop {model}` ends it")
@@ -64,7 +59,7 @@ def status(ctx: typer.Context, model: str, as_json: Annotated[bool, typer.Option
     from orchestrator.core.shadow_stats import ShadowPhase  # noqa: PLC0415
     from orchestrator.usecases.shadow import shadow_status  # noqa: PLC0415
 
-    state = _run(lambda: shadow_status(_orch(ctx), model))
+    state = run(lambda: shadow_status(orchestrator_of(ctx), model))
     report = state.shadow_report()
     if as_json:
         typer.echo(json.dumps({"model": model, "version": state.config.version, "phase": state.phase.value,
@@ -75,7 +70,7 @@ def status(ctx: typer.Context, model: str, as_json: Annotated[bool, typer.Option
             f"{report.dropped} dropped, {report.candidate_errors} candidate errors")
     typer.echo(line + (f"; {state.reason}" if state.reason else ""))
     if state.phase == ShadowPhase.FAILED:
-        _run(lambda: _fail(model, state.config.version, state.reason))
+        run(lambda: _fail(model, state.config.version, state.reason))
 
 
 @shadow_app.command("report")
@@ -85,10 +80,10 @@ def report_(ctx: typer.Context, model: str, as_json: Annotated[bool, typer.Optio
     from orchestrator.store.policyfile import read_policies  # noqa: PLC0415
     from orchestrator.usecases.shadow import shadow_status  # noqa: PLC0415
 
-    orch = _orch(ctx)
-    state = _run(lambda: shadow_status(orch, model))
+    orch = orchestrator_of(ctx)
+    state = run(lambda: shadow_status(orch, model))
     report = state.shadow_report()
-    policy = _run(lambda: read_policies(orch.repository.model(model).state).shadow)
+    policy = run(lambda: read_policies(orch.repository.model(model).state).shadow)
     if state.config.min_samples is not None:
         policy = replace(policy, min_samples=state.config.min_samples)
     verdict = shadow_gate(report, policy)
@@ -124,7 +119,7 @@ def stop(ctx: typer.Context, model: str, as_json: Annotated[bool, typer.Option("
     """Stop the worker, turn tracing off, unload the candidate, record the verdict."""
     from orchestrator.usecases.shadow import stop_shadow  # noqa: PLC0415
 
-    result = _run(lambda: stop_shadow(_orch(ctx), model))
+    result = run(lambda: stop_shadow(orchestrator_of(ctx), model))
     v = result.verdict
     if as_json:
         typer.echo(json.dumps({"model": model, "version": result.state.config.version, "outcome": v.outcome.value,
@@ -134,7 +129,7 @@ def stop(ctx: typer.Context, model: str, as_json: Annotated[bool, typer.Option("
         typer.echo(render_report(result.state, result.report))
         typer.echo(f"verdict: {v.outcome.value}: {v.reason}")
     if not v.passed:
-        _run(lambda: _fail(model, result.state.config.version, v.reason))
+        run(lambda: _fail(model, result.state.config.version, v.reason))
 
 
 def _fail(model: str, version: int, reason: str) -> None:

@@ -47,10 +47,6 @@ class Result(str, enum.Enum):
 
 _FINAL = frozenset({Result.SUCCEEDED, Result.FAILED, Result.REFUSED, Result.REPAIRED, Result.ABORTED,
                     Result.ALERT})
-# Kept for readers of the string constants.
-STARTED, STEP, SUCCEEDED, FAILED = Result.STARTED, Result.STEP, Result.SUCCEEDED, Result.FAILED
-REFUSED, REPAIRED, ABORTED = Result.REFUSED, Result.REPAIRED, Result.ABORTED
-FINAL_RESULTS = _FINAL
 
 
 def now_iso() -> str:

@@ -13,8 +13,7 @@ from orchestrator.core.policy import ShadowPolicy
 from orchestrator.core.shadow_stats import ShadowPhase, ShadowReport
 from orchestrator.core.verdict import Outcome, Verdict
 
-META_KEY = "shadow"  # where a version's last finished shadow run is recorded (its attestation)
-GateVerdict = Verdict
+META_KEY = "shadow"  # where a meta.yaml from before attestations recorded its last finished shadow run
 
 
 def shadow_gate(report: ShadowReport, policy: ShadowPolicy) -> Verdict:
@@ -72,5 +71,5 @@ def recorded_verdict(recorded: object, policy: ShadowPolicy) -> Verdict | None:
     return shadow_gate(report, policy)
 
 
-__all__ = ["META_KEY", "GateVerdict", "Outcome", "ShadowPolicy", "Verdict", "recorded_verdict", "shadow_gate",
+__all__ = ["META_KEY", "Outcome", "ShadowPolicy", "Verdict", "recorded_verdict", "shadow_gate",
            "shadow_record"]

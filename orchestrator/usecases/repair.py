@@ -31,13 +31,13 @@ class Repaired:
     decision: RepairDecision | None = None  # the interrupted operation, when there was one
 
 
-def repair(ctx: Context, store: ModelStore, snap: ModelSnapshot | None = None) -> Repaired:
+def repair(ctx: Context, store: ModelStore) -> Repaired:
     """Run under the model's lock; returns the snapshot to carry on with."""
     notes = []
     for leftover in store.staging_leftovers():
         remove_tree(leftover)
         notes.append(f"removed unfinished import staging {leftover.name}")
-    snap = store.snapshot() if snap is None or notes else snap
+    snap = store.snapshot()
     decision = None
     unfinished = snap.journal.unfinished()
     if unfinished is not None:

@@ -22,23 +22,20 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.common import MODEL, sample_stack  # noqa: E402 - the same in the code before issue 10
 from orchestrator.sample import Variant, write_sample_package  # noqa: E402
 from orchestrator.settings import Settings  # noqa: E402
 
 try:  # the layout since issue 10
     from orchestrator.core.journal import Record
     from orchestrator.delivery.trust import TrustPolicy
-    from orchestrator.triton.embedded import EmbeddedTriton
     from orchestrator.usecases.orchestrator import Orchestrator
     from orchestrator.usecases.status import model_status
 except ImportError:  # the code before it, measured the same way for the before/after figures
-    from orchestrator.embedded import EmbeddedTriton  # type: ignore[no-redef]
     from orchestrator.journal import Record  # type: ignore[no-redef]
     from orchestrator.operations import Orchestrator  # type: ignore[no-redef]
     from orchestrator.report import model_status  # type: ignore[no-redef]
     from orchestrator.signing import TrustPolicy  # type: ignore[no-redef]
-
-MODEL = "classifier"
 
 
 def grow(journal_path: Path, records: int) -> None:
@@ -75,10 +72,7 @@ def main() -> None:
     parser.add_argument("--records", type=int, default=100_000)
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="orch-history-bench-"))
-    repository, state = work / "model_repository", work / "orchestrator_state"
-    shutil.copytree(ROOT / "model_repository", repository)
-    shutil.copytree(ROOT / "orchestrator_state", state)
-    server = EmbeddedTriton(repository, work / "triton", load_models=(MODEL,)).start()
+    repository, state, server = sample_stack(work)
     try:
         trust = TrustPolicy(state / "trusted_keys", allow_unsigned=True)
         orchestrator = Orchestrator(Settings(repository, state_dir=state, triton_url=server.url, actor="bench"),

@@ -11,7 +11,7 @@ import logging
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
-import typer
+import click
 
 from orchestrator.errors import UNEXPECTED_EXIT, Interrupted, OrchestratorError, WriteFailed
 
@@ -23,7 +23,7 @@ log = logging.getLogger("orchestrator")
 
 
 class State:
-    """The global options, kept on typer's context for the command that runs."""
+    """The global options, kept on click's context for the command that runs."""
 
     def __init__(self) -> None:
         self.options: dict[str, Any] = {}
@@ -47,16 +47,16 @@ def run(fn: Callable[[], T]) -> T:
         except KeyboardInterrupt:
             raise Interrupted() from None
     except OrchestratorError as exc:
-        typer.echo("error: " + " ".join(str(exc).split()), err=True)
-        raise typer.Exit(exc.exit_code) from None
-    except (typer.Exit, typer.Abort):
+        click.echo("error: " + " ".join(str(exc).split()), err=True)
+        raise click.exceptions.Exit(exc.exit_code) from None
+    except (click.exceptions.Exit, click.Abort):
         raise
     except Exception as exc:  # a bug: say so in one line; --verbose shows where
         log.info("unexpected error", exc_info=True)  # shown with --verbose
-        typer.echo(f"error: unexpected {type(exc).__name__}: {' '.join(str(exc).split())} (a bug; rerun with "
+        click.echo(f"error: unexpected {type(exc).__name__}: {' '.join(str(exc).split())} (a bug; rerun with "
                    f"--verbose for the traceback)", err=True)
-        raise typer.Exit(UNEXPECTED_EXIT) from None
+        raise click.exceptions.Exit(UNEXPECTED_EXIT) from None
 
 
-def orchestrator_of(ctx: typer.Context) -> Orchestrator:
+def orchestrator_of(ctx: click.Context) -> Orchestrator:
     return run(ctx.obj.orchestrator)

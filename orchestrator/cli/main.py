@@ -1,7 +1,8 @@
 """``orchestrate``: parse, call one use case, render a table or JSON.
 
 The only place that turns our exceptions into one line on stderr and an exit code.
-Data goes to stdout, logs to stderr.
+Data goes to stdout, logs to stderr. Built on click: plain help text (no markup to lose),
+``--version``, and shell completion (``_ORCHESTRATE_COMPLETE=bash_source orchestrate``).
 """
 
 from __future__ import annotations
@@ -13,9 +14,9 @@ import signal
 import sys
 import threading
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING
 
-import typer
+import click
 
 from orchestrator.cli.common import State, orchestrator_of, run
 from orchestrator.cli.shadow import register as register_shadow_commands
@@ -30,25 +31,34 @@ if TYPE_CHECKING:
     from orchestrator.usecases.context import SwitchResult
     from orchestrator.usecases.status import ModelStatus
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
-                  help="Ship model versions to a running Triton and get the last verified one back.")
+CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 110, "show_default": True}
+PATH = click.Path(path_type=Path)
+as_json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table")
 
 
-@app.callback()
-def main(
-    ctx: typer.Context,
-    repository: Annotated[str | None, typer.Option("--repository", "-r", help="Model repository folder "
-                                                   "[env ORCH_REPOSITORY, default ./model_repository]")] = None,
-    state_dir: Annotated[str | None, typer.Option("--state-dir", help="Journal, policies and golden sets "
-                                                  "[env ORCH_STATE_DIR, default orchestrator_state/ beside the "
-                                                  "repository]")] = None,
-    url: Annotated[str | None, typer.Option("--url", help="Triton HTTP URL [env ORCH_TRITON_URL]")] = None,
-    model: Annotated[str | None, typer.Option("--default-model", help="Model used when a command names none "
-                                              "[env ORCH_DEFAULT_MODEL]")] = None,
-    timeout: Annotated[float, typer.Option(help="Seconds to wait for a Triton answer")] = 10.0,
-    lock_timeout: Annotated[float, typer.Option(help="Seconds to wait for another command on the model")] = 30.0,
-    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
-) -> None:
+class _InOrder(click.Group):
+    """Lists commands in the order they are defined (the order of a release), not alphabetically."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return list(self.commands)
+
+
+@click.group(cls=_InOrder, context_settings=CONTEXT,
+             help="Ship model versions to a running Triton and get the last verified one back.")
+@click.version_option(package_name="triton-orchestrator", prog_name="orchestrate")
+@click.option("--repository", "-r", metavar="DIR",
+              help="Model repository folder [env ORCH_REPOSITORY, default ./model_repository]")
+@click.option("--state-dir", metavar="DIR", help="Journal, policies and golden sets [env ORCH_STATE_DIR, "
+              "default orchestrator_state/ beside the repository]")
+@click.option("--url", help="Triton HTTP URL [env ORCH_TRITON_URL]")
+@click.option("--default-model", "model", metavar="MODEL",
+              help="Model used when a command names none [env ORCH_DEFAULT_MODEL]")
+@click.option("--timeout", type=float, default=10.0, help="Seconds to wait for a Triton answer")
+@click.option("--lock-timeout", type=float, default=30.0, help="Seconds to wait for another command on the model")
+@click.option("--verbose", "-v", is_flag=True, help="Log what happens (and a bug's traceback) on stderr")
+@click.pass_context
+def app(ctx: click.Context, repository: str | None, state_dir: str | None, url: str | None, model: str | None,
+        timeout: float, lock_timeout: float, verbose: bool) -> None:
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, stream=sys.stderr,
                         format="%(levelname)s %(name)s: %(message)s")
     state = State()
@@ -58,9 +68,8 @@ def main(
     ctx.obj = state
 
 
-
 def _print_json(data: object) -> None:
-    typer.echo(json.dumps(data, indent=2, default=str))
+    click.echo(json.dumps(data, indent=2, default=str))
 
 
 def _switch_line(result: SwitchResult) -> str:
@@ -76,50 +85,59 @@ def _versions(versions: tuple[int, ...] | list[int]) -> str:
 
 
 @app.command("import")
-def import_(ctx: typer.Context, package: Path,
-            as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+@click.argument("package", type=PATH)
+@as_json_option
+@click.pass_context
+def import_(ctx: click.Context, package: Path, as_json: bool) -> None:
     """File a package (folder or .tar.gz) as the model's next version."""
     result = run(lambda: orchestrator_of(ctx).import_package(package))
     if as_json:
         _print_json({"model": result.model, "version": result.version, "artifacts": result.artifacts})
     else:
-        typer.echo(f"{result.model}: filed {label(result.version)} ({len(result.artifacts)} artifacts verified)")
+        click.echo(f"{result.model}: filed {label(result.version)} ({len(result.artifacts)} artifacts verified)")
 
 
-def _model_and_version(first: str, second: str | None) -> tuple[str | None, int]:
-    return (first, parse_version(second)) if second is not None else (None, parse_version(first))
+def _model_and_version(target: tuple[str, ...]) -> tuple[str | None, int]:
+    if len(target) == 1:
+        return None, parse_version(target[0])
+    if len(target) == 2:
+        return target[0], parse_version(target[1])
+    raise UsageError(f"expected [MODEL] VERSION, got {len(target)} arguments: {' '.join(target)}")
 
 
 @app.command()
-def promote(ctx: typer.Context,
-            first: Annotated[str, typer.Argument(metavar="[MODEL] VERSION")],
-            second: Annotated[str | None, typer.Argument(metavar="", show_default=False)] = None,
-            force: Annotated[bool, typer.Option(help="Promote a quarantined version")] = False,
-            as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+@click.argument("target", nargs=-1, required=True, metavar="[MODEL] VERSION")
+@click.option("--force", is_flag=True, help="Promote a quarantined version")
+@as_json_option
+@click.pass_context
+def promote(ctx: click.Context, target: tuple[str, ...], force: bool, as_json: bool) -> None:
     """Verify a version beside production, then make it the served version."""
-    model, version = run(lambda: _model_and_version(first, second))
+    model, version = run(lambda: _model_and_version(target))
     result = run(lambda: orchestrator_of(ctx).promote(model, version, force=force))
-    _print_json(result.__dict__) if as_json else typer.echo(_switch_line(result))
+    _print_json(result.__dict__) if as_json else click.echo(_switch_line(result))
 
 
 @app.command()
-def rollback(ctx: typer.Context,
-             model: Annotated[str | None, typer.Argument()] = None,
-             to: Annotated[str | None, typer.Option("--to", help="Version to roll back to")] = None,
-             force: Annotated[bool, typer.Option(help="Allow a version that is not verified")] = False,
-             reason: Annotated[str, typer.Option(help="Recorded in the journal")] = "requested by operator",
-             as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+@click.argument("model", required=False)
+@click.option("--to", metavar="VERSION", help="Version to roll back to [default: the last verified one]")
+@click.option("--force", is_flag=True, help="Allow a version that is not verified")
+@click.option("--reason", default="requested by operator", help="Recorded in the journal")
+@as_json_option
+@click.pass_context
+def rollback(ctx: click.Context, model: str | None, to: str | None, force: bool, reason: str, as_json: bool) -> None:
     """Serve the last verified version again (no load when it is resident)."""
     target = run(lambda: parse_version(to)) if to else None
     result = run(lambda: orchestrator_of(ctx).rollback(model, target, force=force, reason=reason))
-    _print_json(result.__dict__) if as_json else typer.echo(_switch_line(result))
+    _print_json(result.__dict__) if as_json else click.echo(_switch_line(result))
 
 
 @app.command()
-def reconcile(ctx: typer.Context, model: Annotated[str | None, typer.Argument()] = None) -> None:
+@click.argument("model", required=False)
+@click.pass_context
+def reconcile(ctx: click.Context, model: str | None) -> None:
     """Repair interrupted commands and load what the disk says into Triton."""
     notes = run(lambda: orchestrator_of(ctx).reconcile(model))
-    typer.echo("\n".join(notes) if notes else "in sync: nothing to do")
+    click.echo("\n".join(notes) if notes else "in sync: nothing to do")
 
 
 def _status_table(status: ModelStatus) -> str:
@@ -143,14 +161,16 @@ def _status_table(status: ModelStatus) -> str:
 
 
 @app.command()
-def status(ctx: typer.Context, model: Annotated[str | None, typer.Argument()] = None,
-           as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+@click.argument("model", required=False)
+@as_json_option
+@click.pass_context
+def status(ctx: click.Context, model: str | None, as_json: bool) -> None:
     """Served version, resident versions and their Triton state, verified/failed versions."""
     statuses = run(lambda: orchestrator_of(ctx).status(model))
     if as_json:
         _print_json([s.as_dict() for s in statuses])
     else:
-        typer.echo("\n\n".join(_status_table(s) for s in statuses) or "no models in the repository")
+        click.echo("\n\n".join(_status_table(s) for s in statuses) or "no models in the repository")
 
 
 def _history_line(record: Record) -> str:
@@ -162,9 +182,11 @@ def _history_line(record: Record) -> str:
 
 
 @app.command()
-def history(ctx: typer.Context, model: Annotated[str | None, typer.Argument()] = None,
-            limit: Annotated[int, typer.Option(help="Show the last N records (0: all)")] = 0,
-            as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+@click.argument("model", required=False)
+@click.option("--limit", type=click.IntRange(min=0), default=0, help="Show the last N records (0: all)")
+@as_json_option
+@click.pass_context
+def history(ctx: click.Context, model: str | None, limit: int, as_json: bool) -> None:
     """The model's journal, oldest first."""
     from orchestrator.core.journal import Result  # noqa: PLC0415
 
@@ -176,11 +198,11 @@ def history(ctx: typer.Context, model: Annotated[str | None, typer.Argument()] =
     if as_json:
         _print_json([json.loads(r.to_json()) for r in records])
     else:
-        typer.echo(f"{'TIME':<24} {'ACTION':<10} {'RESULT':<10} {'FROM -> TO':<12} {'TOOK':>8}  ACTOR  REASON")
+        click.echo(f"{'TIME':<24} {'ACTION':<10} {'RESULT':<10} {'FROM -> TO':<12} {'TOOK':>8}  ACTOR  REASON")
         for record in records:
-            typer.echo(_history_line(record))
+            click.echo(_history_line(record))
     if journal.skipped_lines:
-        typer.echo(f"warning: skipped {journal.skipped_lines} unreadable journal line(s)", err=True)
+        click.echo(f"warning: skipped {journal.skipped_lines} unreadable journal line(s)", err=True)
 
 
 def _default_metrics_url(triton_url: str) -> str:
@@ -189,26 +211,26 @@ def _default_metrics_url(triton_url: str) -> str:
 
 
 @app.command()
-def watch(ctx: typer.Context,
-          models: Annotated[list[str] | None, typer.Argument(help="Models to watch (default: all)")] = None,
-          metrics_port: Annotated[int, typer.Option(help="Port of the orchestrator's Prometheus exporter")] = 9400,
-          metrics_address: Annotated[str, typer.Option(help="Address the exporter listens on")] = "0.0.0.0",
-          triton_metrics_url: Annotated[str | None, typer.Option(
-              help="Triton's metrics endpoint [env ORCH_TRITON_METRICS_URL, default port 8002 of --url's host]")]
-          = None,
-          inbox: Annotated[Path | None, typer.Option(help="Folder to file signed .tar.gz packages from")]
-          = None,
-          trace_dir: Annotated[Path | None, typer.Option(help="Where Triton's trace files appear on this machine, for "
-                                                         "drift [default: the server's trace file folder]")]
-          = None) -> None:
-    """Watch the served versions and roll back to the last verified one on anomalies (until SIGTERM)."""
+@click.argument("models", nargs=-1, metavar="[MODEL]...")
+@click.option("--metrics-port", type=int, default=9400, help="Port of the orchestrator's Prometheus exporter")
+@click.option("--metrics-address", default="0.0.0.0", help="Address the exporter listens on")
+@click.option("--triton-metrics-url", metavar="URL", help="Triton's metrics endpoint [env ORCH_TRITON_METRICS_URL, "
+              "default port 8002 of --url's host]")
+@click.option("--inbox", type=PATH, help="Folder to file signed .tar.gz packages from")
+@click.option("--trace-dir", type=PATH, help="Where Triton's trace files appear on this machine, for drift "
+              "[default: the server's trace file folder]")
+@click.pass_context
+def watch(ctx: click.Context, models: tuple[str, ...], metrics_port: int, metrics_address: str,
+          triton_metrics_url: str | None, inbox: Path | None, trace_dir: Path | None) -> None:
+    """Watch the served versions (all models by default) and roll back to the last verified one on anomalies
+    (until SIGTERM)."""
     from orchestrator.daemons.watch import Watch, serve_metrics  # noqa: PLC0415
 
     def start() -> Watch:
         orch = orchestrator_of(ctx)
         url = triton_metrics_url or os.environ.get("ORCH_TRITON_METRICS_URL") or \
             _default_metrics_url(orch.settings.triton_url)
-        daemon = Watch(orch.settings, models or None, url, inbox=inbox, trace_dir=trace_dir)
+        daemon = Watch(orch.settings, list(models) or None, url, inbox=inbox, trace_dir=trace_dir)
         serve_metrics(daemon.registry, metrics_port, metrics_address)
         return daemon
 
@@ -216,15 +238,15 @@ def watch(ctx: typer.Context,
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
-    typer.echo(f"watching; metrics on {metrics_address}:{metrics_port}/metrics", err=True)
+    click.echo(f"watching; metrics on {metrics_address}:{metrics_port}/metrics", err=True)
     run(lambda: daemon.run(stop))
 
 
 @app.command("local-triton")
-def local_triton(ctx: typer.Context,
-                 port: Annotated[int, typer.Option(help="HTTP port (gRPC and metrics use the next two)")] = 8000,
-                 load: Annotated[list[str] | None, typer.Option(help="Model to load at start (all by default)")]
-                 = None) -> None:
+@click.option("--port", type=int, default=8000, help="HTTP port (gRPC and metrics use the next two)")
+@click.option("--load", multiple=True, metavar="MODEL", help="Model to load at start (repeat; all by default)")
+@click.pass_context
+def local_triton(ctx: click.Context, port: int, load: tuple[str, ...]) -> None:
     """Run the embedded CPU Triton on the repository in the foreground (Ctrl-C stops it)."""
     import tempfile  # noqa: PLC0415
 
@@ -243,7 +265,7 @@ def local_triton(ctx: typer.Context,
                               admin_key=read_admin_key()).start()
 
     server = run(start)
-    typer.echo(f"Triton ready at {server.url} (metrics {server.metrics_url}); log {server.log_path}", err=True)
+    click.echo(f"Triton ready at {server.url} (metrics {server.metrics_url}); log {server.log_path}", err=True)
     signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
     try:
         assert server.process is not None
@@ -259,7 +281,9 @@ register_shadow_commands(app)
 
 
 def entrypoint() -> None:
-    app()
+    # One program name whichever way it starts (`orchestrate`, `python -m orchestrator`): help text and the
+    # shell completion variable (_ORCHESTRATE_COMPLETE) do not depend on it.
+    app.main(prog_name="orchestrate")
 
 
 if __name__ == "__main__":

@@ -8,9 +8,9 @@ from __future__ import annotations
 import json
 from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING
 
-import typer
+import click
 
 from orchestrator.cli.common import orchestrator_of, run
 from orchestrator.core.versions import label, parse_version
@@ -24,24 +24,29 @@ if TYPE_CHECKING:  # numpy (shadow_stats) and the use cases: imported by the com
 # checks they agree).
 DEFAULT_SAMPLE_RATE = 0.001
 
-shadow_app = typer.Typer(no_args_is_help=True, help="Replay sampled production requests to a candidate version.")
+PATH = click.Path(path_type=Path)
+as_json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table")
 
 
-
+@click.group("shadow", help="Replay sampled production requests to a candidate version.")
+def shadow_app() -> None:
+    pass
 
 
 @shadow_app.command("start")
-def start(ctx: typer.Context, model: str, version: str,
-          sample_rate: Annotated[float, typer.Option(help="Share of production requests replayed")]
-          = DEFAULT_SAMPLE_RATE,
-          min_samples: Annotated[int | None, typer.Option(help="Compared requests needed for a verdict "
-                                                          "[default: the policy's shadow.min_samples]")] = None,
-          trace_dir: Annotated[Path | None, typer.Option(help="Where Triton's trace files appear on this machine "
-                                                         "[default: the server's trace file folder]")] = None,
-          replay_timeout: Annotated[float, typer.Option(help="Seconds the candidate may take per request")] = 2.0,
-          queue_size: Annotated[int, typer.Option(help="Samples waiting for the candidate before drops")] = 64,
-          metrics_port: Annotated[int | None, typer.Option(help="Serve the run's Prometheus metrics here")] = None,
-          ) -> None:
+@click.argument("model")
+@click.argument("version")
+@click.option("--sample-rate", type=float, default=DEFAULT_SAMPLE_RATE, help="Share of production requests replayed")
+@click.option("--min-samples", type=int, help="Compared requests needed for a verdict "
+              "[default: the policy's shadow.min_samples]")
+@click.option("--trace-dir", type=PATH, help="Where Triton's trace files appear on this machine "
+              "[default: the server's trace file folder]")
+@click.option("--replay-timeout", type=float, default=2.0, help="Seconds the candidate may take per request")
+@click.option("--queue-size", type=int, default=64, help="Samples waiting for the candidate before drops")
+@click.option("--metrics-port", type=int, help="Serve the run's Prometheus metrics here")
+@click.pass_context
+def start(ctx: click.Context, model: str, version: str, sample_rate: float, min_samples: int | None,
+          trace_dir: Path | None, replay_timeout: float, queue_size: int, metrics_port: int | None) -> None:
     """Load VERSION as <model>__candidate and start replaying sampled production requests to it."""
     from orchestrator.usecases.shadow import start_shadow  # noqa: PLC0415
 
@@ -49,12 +54,15 @@ def start(ctx: typer.Context, model: str, version: str,
     orch = orchestrator_of(ctx)
     run(lambda: start_shadow(orch, model, number, sample_rate, min_samples, trace_dir,
                               replay_timeout_s=replay_timeout, queue_size=queue_size, metrics_port=metrics_port))
-    typer.echo(f"{model}: shadowing {label(number)} at sample rate {sample_rate:g}; "
+    click.echo(f"{model}: shadowing {label(number)} at sample rate {sample_rate:g}; "
                f"`orchestrate shadow stop {model}` ends it")
 
 
 @shadow_app.command("status")
-def status(ctx: typer.Context, model: str, as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+@click.argument("model")
+@as_json_option
+@click.pass_context
+def status(ctx: click.Context, model: str, as_json: bool) -> None:
     """Phase of the model's shadow run, and how many requests were compared or dropped."""
     from orchestrator.core.shadow_stats import ShadowPhase  # noqa: PLC0415
     from orchestrator.usecases.shadow import shadow_status  # noqa: PLC0415
@@ -62,19 +70,22 @@ def status(ctx: typer.Context, model: str, as_json: Annotated[bool, typer.Option
     state = run(lambda: shadow_status(orchestrator_of(ctx), model))
     report = state.shadow_report()
     if as_json:
-        typer.echo(json.dumps({"model": model, "version": state.config.version, "phase": state.phase.value,
+        click.echo(json.dumps({"model": model, "version": state.config.version, "phase": state.phase.value,
                                "reason": state.reason, "pid": state.pid, "compared": report.compared,
                                "dropped": report.dropped, "candidate_errors": report.candidate_errors}, indent=2))
         return
     line = (f"{model}: shadow of v{state.config.version} {state.phase.value}; {report.compared} compared, "
             f"{report.dropped} dropped, {report.candidate_errors} candidate errors")
-    typer.echo(line + (f"; {state.reason}" if state.reason else ""))
+    click.echo(line + (f"; {state.reason}" if state.reason else ""))
     if state.phase == ShadowPhase.FAILED:
         run(lambda: _fail(model, state.config.version, state.reason))
 
 
 @shadow_app.command("report")
-def report_(ctx: typer.Context, model: str, as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+@click.argument("model")
+@as_json_option
+@click.pass_context
+def report_(ctx: click.Context, model: str, as_json: bool) -> None:
     """Divergence per output tensor, latency side by side, and the gate's verdict under the policy."""
     from orchestrator.core.shadow_gate import shadow_gate  # noqa: PLC0415
     from orchestrator.store.policyfile import read_policies  # noqa: PLC0415
@@ -88,12 +99,12 @@ def report_(ctx: typer.Context, model: str, as_json: Annotated[bool, typer.Optio
         policy = replace(policy, min_samples=state.config.min_samples)
     verdict = shadow_gate(report, policy)
     if as_json:
-        typer.echo(json.dumps({**report.to_dict(), "phase": state.phase.value, "latency_ratio": report.latency_ratio(),
+        click.echo(json.dumps({**report.to_dict(), "phase": state.phase.value, "latency_ratio": report.latency_ratio(),
                                "verdict": {"outcome": verdict.outcome.value, "reason": verdict.reason,
                                            "tensor": verdict.tensor, "metric": verdict.metric}}, indent=2))
         return
-    typer.echo(render_report(state, report))
-    typer.echo(f"verdict: {verdict.outcome.value}: {verdict.reason}")
+    click.echo(render_report(state, report))
+    click.echo(f"verdict: {verdict.outcome.value}: {verdict.reason}")
 
 
 def render_report(state: ShadowState, report: ShadowReport) -> str:
@@ -115,19 +126,22 @@ def render_report(state: ShadowState, report: ShadowReport) -> str:
 
 
 @shadow_app.command("stop")
-def stop(ctx: typer.Context, model: str, as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+@click.argument("model")
+@as_json_option
+@click.pass_context
+def stop(ctx: click.Context, model: str, as_json: bool) -> None:
     """Stop the worker, turn tracing off, unload the candidate, record the verdict."""
     from orchestrator.usecases.shadow import stop_shadow  # noqa: PLC0415
 
     result = run(lambda: stop_shadow(orchestrator_of(ctx), model))
     v = result.verdict
     if as_json:
-        typer.echo(json.dumps({"model": model, "version": result.state.config.version, "outcome": v.outcome.value,
+        click.echo(json.dumps({"model": model, "version": result.state.config.version, "outcome": v.outcome.value,
                                "reason": v.reason, "tensor": v.tensor, "metric": v.metric,
                                "report": result.report.to_dict()}, indent=2))
     else:
-        typer.echo(render_report(result.state, result.report))
-        typer.echo(f"verdict: {v.outcome.value}: {v.reason}")
+        click.echo(render_report(result.state, result.report))
+        click.echo(f"verdict: {v.outcome.value}: {v.reason}")
     if not v.passed:
         run(lambda: _fail(model, result.state.config.version, v.reason))
 
@@ -136,6 +150,6 @@ def _fail(model: str, version: int, reason: str) -> None:
     raise ShadowFailed(model, version, reason)
 
 
-def register(app: typer.Typer) -> None:
+def register(app: click.Group) -> None:
     """Add the ``shadow`` command group to ``app``."""
-    app.add_typer(shadow_app, name="shadow")
+    app.add_command(shadow_app)

@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING
 
-import typer
+import click
 
 from orchestrator.cli.common import orchestrator_of, run
 from orchestrator.core.versions import label
@@ -31,8 +31,13 @@ DEFAULT_TIMEOUT_S = 30.0
 MAX_DOWNLOAD_BYTES = 16 << 30
 
 
-def keygen(out: Annotated[Path, typer.Option("--out", help="Folder for NAME.key and NAME.pub")],
-           name: Annotated[str, typer.Option("--name", help="File name of the key pair")] = "signing") -> None:
+PATH = click.Path(path_type=Path)
+
+
+@click.command("keygen")
+@click.option("--out", type=PATH, required=True, help="Folder for NAME.key and NAME.pub")
+@click.option("--name", default="signing", help="File name of the key pair")
+def keygen(out: Path, name: str) -> None:
     """Create an Ed25519 signing key pair (NAME.key stays on the build machine, NAME.pub goes to devices)."""
     from orchestrator.delivery.signing import PRIVATE_SUFFIX, PUBLIC_SUFFIX, generate_keypair  # noqa: PLC0415
     from orchestrator.delivery.trust import ENV_TRUSTED_KEYS  # noqa: PLC0415
@@ -44,15 +49,19 @@ def keygen(out: Annotated[Path, typer.Option("--out", help="Folder for NAME.key 
         return generate_keypair(out / (name + PRIVATE_SUFFIX), out / (name + PUBLIC_SUFFIX))
 
     key = run(create)
-    typer.echo(f"key {key}: private {out / (name + PRIVATE_SUFFIX)} (keep it secret), public "
+    click.echo(f"key {key}: private {out / (name + PRIVATE_SUFFIX)} (keep it secret), public "
                f"{out / (name + PUBLIC_SUFFIX)}")
-    typer.echo(f"trust it on a device: copy {name + PUBLIC_SUFFIX} into its trusted keys folder "
+    click.echo(f"trust it on a device: copy {name + PUBLIC_SUFFIX} into its trusted keys folder "
                f"({ENV_TRUSTED_KEYS}, default <state_dir>/trusted_keys)", err=True)
 
 
-def sign(package: Annotated[Path, typer.Argument(help="Package folder or .tar.gz")],
-         key: Annotated[Path, typer.Option("--key", help="Private key file written by `orchestrate keygen`")]) -> None:
-    """Sign a package's meta.yaml (writes meta.yaml.sig; an archive is rewritten with it)."""
+@click.command("sign")
+@click.argument("package", type=PATH)
+@click.option("--key", type=PATH, required=True, help="Private key file written by `orchestrate keygen`")
+def sign(package: Path, key: Path) -> None:
+    """Sign a package's meta.yaml (writes meta.yaml.sig; an archive is rewritten with it).
+
+    PACKAGE is a package folder or .tar.gz."""
     from orchestrator.delivery.signing import sign_archive, sign_package  # noqa: PLC0415 - cryptography
 
     def signed() -> str:
@@ -62,17 +71,23 @@ def sign(package: Annotated[Path, typer.Argument(help="Package folder or .tar.gz
             return sign_archive(package, key)
         raise UsageError(f"{package} is not a package folder or archive")
 
-    typer.echo(f"{package}: signed by key {run(signed)}")
+    click.echo(f"{package}: signed by key {run(signed)}")
 
 
-def fetch_(ctx: typer.Context, url: Annotated[str, typer.Argument(help="http(s) URL of a package .tar.gz")],
-           sha256: Annotated[str | None, typer.Option("--sha256", help="Expected sha256 of the file "
-                                                      "[default: URL.sha256 when the server has one]")] = None,
-           timeout: Annotated[float, typer.Option(help="Seconds to wait to connect and for each piece of data")]
-           = DEFAULT_TIMEOUT_S,
-           max_bytes: Annotated[int, typer.Option(help="Refuse a file larger than this")] = MAX_DOWNLOAD_BYTES,
-           as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
-    """Download a package (resuming an interrupted download), check its sha256, and import it."""
+@click.command("fetch")
+@click.argument("url")
+@click.option("--sha256", metavar="HEX", help="Expected sha256 of the file [default: URL.sha256 when the server "
+              "has one]")
+@click.option("--timeout", type=float, default=DEFAULT_TIMEOUT_S,
+              help="Seconds to wait to connect and for each piece of data")
+@click.option("--max-bytes", type=click.IntRange(min=1), default=MAX_DOWNLOAD_BYTES,
+              help="Refuse a file larger than this")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a line")
+@click.pass_context
+def fetch_(ctx: click.Context, url: str, sha256: str | None, timeout: float, max_bytes: int, as_json: bool) -> None:
+    """Download a package (resuming an interrupted download), check its sha256, and import it.
+
+    URL is the http(s) URL of a package .tar.gz."""
     from orchestrator.delivery.fetch import fetch  # noqa: PLC0415 - requests
 
     orch = orchestrator_of(ctx)
@@ -91,15 +106,14 @@ def fetch_(ctx: typer.Context, url: Annotated[str, typer.Argument(help="http(s) 
 
     result = run(file_it)
     if as_json:
-        typer.echo(json.dumps({"model": result.model, "version": result.version, "artifacts": result.artifacts,
+        click.echo(json.dumps({"model": result.model, "version": result.version, "artifacts": result.artifacts,
                                "url": url}, indent=2))
     else:
-        typer.echo(f"{result.model}: filed {label(result.version)} from {url} "
+        click.echo(f"{result.model}: filed {label(result.version)} from {url} "
                    f"({len(result.artifacts)} artifacts verified)")
 
 
-def register(app: typer.Typer) -> None:
+def register(app: click.Group) -> None:
     """Add ``keygen``, ``sign`` and ``fetch`` to ``app``."""
-    app.command("keygen")(keygen)
-    app.command("sign")(sign)
-    app.command("fetch")(fetch_)
+    for command in (keygen, sign, fetch_):
+        app.add_command(command)

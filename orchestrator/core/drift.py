@@ -23,13 +23,7 @@ from typing import Any
 
 import numpy as np
 
-STATISTICS = ("class_histogram", "detection_count", "mean")
-
-
-def baseline_key(statistic: str, output: str, window: int, threshold: float) -> str:
-    """What a baseline was measured with: one measured otherwise cannot be compared."""
-    suffix = f":{threshold:g}" if statistic == "detection_count" else ""
-    return f"{statistic}:{output}:{window}{suffix}"
+from orchestrator.core.policy import STATISTICS
 
 
 def row_features(statistic: str, output: np.ndarray, row_size: int, threshold: float) -> np.ndarray:

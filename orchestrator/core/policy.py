@@ -11,6 +11,8 @@ field optional; the defaults are what an operator gets with no file.
       keep_resident: 1        # verified fallbacks kept loaded below the served version
       golden: golden          # folder (relative to the model) with inputs.npy and labels.npy
       batch_size: 8           # golden inputs per request
+      memory_headroom_mb: 256 # device memory that must stay free with the candidate loaded
+      free_fallback_for_memory: false  # when short of memory, unload the resident fallback first
 
     shadow:                   # the gate of ``orchestrate shadow`` (core/shadow_gate.py)
       require: false            # promote refuses a version without a passed shadow run
@@ -65,7 +67,15 @@ import typing
 from dataclasses import dataclass, field, fields
 from typing import Any, TypeVar
 
-from orchestrator.core.drift import STATISTICS, baseline_key
+# The drift statistics (core/drift.py computes them; numpy is imported only there, not for reading a policy).
+STATISTICS = ("class_histogram", "detection_count", "mean")
+
+
+def baseline_key(statistic: str, output: str, window: int, threshold: float) -> str:
+    """What a baseline was measured with: one measured otherwise cannot be compared."""
+    suffix = f":{threshold:g}" if statistic == "detection_count" else ""
+    return f"{statistic}:{output}:{window}{suffix}"
+
 
 T = TypeVar("T")
 
@@ -83,9 +93,17 @@ class PromotionPolicy:
     keep_resident: int = 1
     golden: str = "golden"
     batch_size: int = 8
+    memory_headroom_mb: float = 256.0
+    free_fallback_for_memory: bool = False
+
+    @property
+    def memory_headroom_bytes(self) -> int:
+        return int(self.memory_headroom_mb * 2**20)
 
     def __post_init__(self) -> None:
         problems = []
+        if not (self.memory_headroom_mb >= 0 and math.isfinite(self.memory_headroom_mb)):
+            problems.append("memory_headroom_mb must be a number >= 0")
         if self.warmup_requests < 0:
             problems.append("warmup_requests must be >= 0")
         if not (self.output_bound > 0 and math.isfinite(self.output_bound)):

@@ -12,9 +12,10 @@ import enum
 import math
 from collections import deque
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
+if TYPE_CHECKING:
+    import numpy as np
 
 LATENCY_WINDOW = 4096
 _EPS = 1e-12
@@ -55,6 +56,10 @@ class TensorAccumulator:
         self.shape_mismatches = 0
 
     def add(self, candidate: np.ndarray, served: np.ndarray) -> None:
+        # Here, not at the top: the report values below are read by every command (status, promote), which
+        # need not pay numpy's ~100 ms import; only the shadow worker accumulates.
+        import numpy as np  # noqa: PLC0415
+
         if candidate.shape != served.shape:
             self.shape_mismatches += 1
             return

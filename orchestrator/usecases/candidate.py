@@ -21,6 +21,7 @@ from orchestrator.store.modelconfig import to_json
 from orchestrator.store.repository import ModelStore, candidate_name
 from orchestrator.store.snapshot import ModelSnapshot
 from orchestrator.triton.golden import run_golden
+from orchestrator.usecases.candidate_entry import await_previous, drop_candidate
 from orchestrator.usecases.context import Context
 
 log = logging.getLogger(__name__)
@@ -33,7 +34,7 @@ def check_candidate(ctx: Context, store: ModelStore, snap: ModelSnapshot, versio
     outputs = snap.outputs
     batch = min(policy.batch_size, config.max_batch_size) if config.max_batch_size else policy.batch_size
     entry = candidate_name(store.name)
-    _await_previous(ctx, entry)
+    await_previous(ctx, entry)
     try:
         _, candidate_config = store.write_candidate_entry(snap, version)
         faults.checkpoint("promote:candidate_entry")
@@ -68,27 +69,6 @@ def check_candidate(ctx: Context, store: ModelStore, snap: ModelSnapshot, versio
         return verdict
     finally:
         drop_candidate(ctx, store, wait=False)
-
-
-def drop_candidate(ctx: Context, store: ModelStore, quiet: bool = False, wait: bool = True) -> None:
-    """Unload the candidate entry and remove its folder; ``wait``: first until Triton has let go of it."""
-    entry = candidate_name(store.name)
-    try:
-        ctx.triton.unload(entry)
-        if wait:
-            _await_previous(ctx, entry)
-    except TritonError as exc:
-        if not quiet:
-            log.warning("could not unload %s: %s", entry, exc)
-    store.remove_candidate_entry()
-
-
-def _await_previous(ctx: Context, entry: str) -> None:
-    try:
-        if not ctx.triton.wait_unloaded(entry, None, ctx.settings.timeout_s):
-            log.warning("%s still unloading after %.0fs", entry, ctx.settings.timeout_s)
-    except TritonUnreachable:
-        pass  # the load that follows says so
 
 
 def reject(ctx: Context, store: ModelStore, snap: ModelSnapshot, version: int, op: str, reason: str,

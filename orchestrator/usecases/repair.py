@@ -18,7 +18,7 @@ from orchestrator.store.repository import ModelStore, remove_tree
 from orchestrator.store.shadow_state import active_shadow
 from orchestrator.store.snapshot import ModelSnapshot
 from orchestrator.usecases import executor
-from orchestrator.usecases.candidate import drop_candidate
+from orchestrator.usecases.candidate_entry import drop_candidate
 from orchestrator.usecases.context import Context
 
 log = logging.getLogger(__name__)

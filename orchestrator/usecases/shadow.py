@@ -44,7 +44,7 @@ from orchestrator.store.shadow_state import (
     write_state,
 )
 from orchestrator.triton.traces import TRACING_OFF, TraceTail, trace_location
-from orchestrator.usecases.candidate import drop_candidate
+from orchestrator.usecases.candidate_entry import drop_candidate
 from orchestrator.usecases.context import Context
 from orchestrator.usecases.repair import repair
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import errno
 from collections.abc import Callable
 
+import click
 import pytest
-import typer
-from typer.testing import CliRunner
+from click.testing import CliRunner
 
 from orchestrator.cli.common import run
 from orchestrator.cli.main import app
@@ -15,7 +15,7 @@ from orchestrator.errors import UNEXPECTED_EXIT, Busy, LoadFailed, TritonUnreach
 
 
 def _exit(fn: Callable[[], object], capsys: pytest.CaptureFixture[str]) -> tuple[int, list[str]]:
-    with pytest.raises(typer.Exit) as caught:
+    with pytest.raises(click.exceptions.Exit) as caught:
         run(fn)
     return caught.value.exit_code, capsys.readouterr().err.strip().splitlines()
 

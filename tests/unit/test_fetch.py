@@ -16,10 +16,10 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+import click
 import pytest
 import requests
-import typer
-from typer.testing import CliRunner
+from click.testing import CliRunner
 
 from orchestrator.cli.main import State
 from orchestrator.cli.trust import register
@@ -334,10 +334,9 @@ def test_cli_fetch_downloads_and_imports(site: tuple[Site, str], tmp_path: Path,
     monkeypatch.setenv("ORCH_ALLOW_UNSIGNED", "1")
     monkeypatch.setenv("NO_PROXY", "127.0.0.1")
 
-    app = typer.Typer()
-
-    @app.callback()
-    def main(ctx: typer.Context) -> None:
+    @click.group()
+    @click.pass_context
+    def app(ctx: click.Context) -> None:
         ctx.obj = State()
         ctx.obj.options = {"repository": str(repository), "state_dir": str(tmp_path / "state"), "url": None,
                            "default_model": None, "timeout_s": 5.0, "lock_timeout_s": 5.0}

@@ -10,9 +10,9 @@ import stat
 import tarfile
 from pathlib import Path
 
+import click
 import pytest
-import typer
-from typer.testing import CliRunner
+from click.testing import CliRunner
 
 from orchestrator.cli.trust import register
 from orchestrator.delivery.package import unpacked, verify_package
@@ -210,7 +210,10 @@ def test_record_signer_overrides_what_the_package_claims(package: Path) -> None:
 
 
 def test_cli_keygen_and_sign(package: Path, tmp_path: Path) -> None:
-    app = typer.Typer()
+    @click.group()
+    def app() -> None:
+        pass
+
     register(app)
     runner = CliRunner()
     made = runner.invoke(app, ["keygen", "--out", str(tmp_path / "keys"), "--name", "ci"])

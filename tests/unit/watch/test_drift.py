@@ -8,12 +8,12 @@ import pytest
 from orchestrator.core.drift import (
     Baseline,
     WindowAccumulator,
-    baseline_key,
     row_features,
     sigma_floor,
     summarize,
     worst_deviation,
 )
+from orchestrator.core.policy import baseline_key
 
 
 def test_row_features_per_statistic() -> None:

@@ -1,0 +1,35 @@
+"""The candidate entry's life in Triton: ``<model>__candidate`` unloaded and its folder removed.
+
+Apart from ``candidate.py`` (the checks, numpy) because repair and shadow need only this.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from orchestrator.errors import TritonError, TritonUnreachable
+from orchestrator.store.repository import ModelStore, candidate_name
+from orchestrator.usecases.context import Context
+
+log = logging.getLogger(__name__)
+
+
+def drop_candidate(ctx: Context, store: ModelStore, quiet: bool = False, wait: bool = True) -> None:
+    """Unload the candidate entry and remove its folder; ``wait``: first until Triton has let go of it."""
+    entry = candidate_name(store.name)
+    try:
+        ctx.triton.unload(entry)
+        if wait:
+            await_previous(ctx, entry)
+    except TritonError as exc:
+        if not quiet:
+            log.warning("could not unload %s: %s", entry, exc)
+    store.remove_candidate_entry()
+
+
+def await_previous(ctx: Context, entry: str) -> None:
+    try:
+        if not ctx.triton.wait_unloaded(entry, None, ctx.settings.timeout_s):
+            log.warning("%s still unloading after %.0fs", entry, ctx.settings.timeout_s)
+    except TritonUnreachable:
+        pass  # the load that follows says so

@@ -1,8 +1,9 @@
 """Every error the orchestrator raises on purpose, with the exit code the CLI gives it.
 
 The CLI (``orchestrator/cli/main.py``) is the only place that turns these into one line on
-stderr and an exit code; foreign errors are translated where they arise (tritonclient in
-``triton/client.py``, the disk as ``WriteFailed``), so the CLI meets nothing else but a bug.
+stderr and an exit code; foreign errors are translated where they arise (Triton's answers in
+``triton/control.py`` and ``triton/client.py``, the disk as ``WriteFailed``), so the CLI meets
+nothing else but a bug.
 
     OrchestratorError                                                       (exit 1)
     ├── UsageError              bad arguments, unknown model or version      (exit 2)
@@ -10,6 +11,7 @@ stderr and an exit code; foreign errors are translated where they arise (tritonc
     │   └── UnknownVersion      a version the model does not have            (exit 2)
     ├── PackageRejected         an import refused; nothing was filed         (exit 3)
     ├── PolicyViolation         a rule forbids the requested switch          (exit 4)
+    │   └── NotEnoughMemory     the candidate does not fit beside production (exit 4)
     ├── CandidateRejected       a candidate failed a check; serving kept     (exit 5)
     │   └── ShadowFailed        a shadow run failed its gate                 (exit 5)
     ├── RepositoryCorrupt       config.pbtxt / meta.yaml / policy unreadable (exit 6)
@@ -67,6 +69,10 @@ class PackageRejected(OrchestratorError):
 
 class PolicyViolation(OrchestratorError):
     exit_code = 4
+
+
+class NotEnoughMemory(PolicyViolation):
+    """The device cannot hold the candidate beside what serves: refused before it loads."""
 
 
 class CandidateRejected(OrchestratorError):
@@ -165,6 +171,6 @@ class Interrupted(OrchestratorError):
 # Every class above, for the test that keeps the exit codes distinct.
 ERROR_TYPES: tuple[type[OrchestratorError], ...] = (
     OrchestratorError, UsageError, UnknownModel, UnknownVersion, PackageRejected, PolicyViolation,
-    CandidateRejected, ShadowFailed, RepositoryCorrupt, Busy, TritonError, TritonUnreachable, TritonForbidden,
-    LoadFailed, FetchFailed, WriteFailed, EngineBuildError, EmbeddedTritonError, Interrupted,
+    NotEnoughMemory, CandidateRejected, ShadowFailed, RepositoryCorrupt, Busy, TritonError, TritonUnreachable,
+    TritonForbidden, LoadFailed, FetchFailed, WriteFailed, EngineBuildError, EmbeddedTritonError, Interrupted,
 )

@@ -13,6 +13,8 @@ import os
 import signal
 import sys
 import threading
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -105,15 +107,32 @@ def _model_and_version(target: tuple[str, ...]) -> tuple[str | None, int]:
     raise UsageError(f"expected [MODEL] VERSION, got {len(target)} arguments: {' '.join(target)}")
 
 
+def progress_printer(started: float) -> Callable[[str], None]:
+    """Each step on stderr with the seconds since the command started: data stays alone on stdout."""
+    def show(step: str) -> None:
+        click.echo(f"[{time.monotonic() - started:6.1f} s] {step}", err=True)
+    return show
+
+
 @app.command()
 @click.argument("target", nargs=-1, required=True, metavar="[MODEL] VERSION")
 @click.option("--force", is_flag=True, help="Promote a quarantined version")
+@click.option("--retry", is_flag=True, help="Load a version again although its last load failed")
+@click.option("--progress/--no-progress", default=None,
+              help="Show each step as it starts [default: on a terminal, unless --json]")
 @as_json_option
 @click.pass_context
-def promote(ctx: click.Context, target: tuple[str, ...], force: bool, as_json: bool) -> None:
-    """Verify a version beside production, then make it the served version."""
+def promote(ctx: click.Context, target: tuple[str, ...], force: bool, retry: bool, progress: bool | None,
+            as_json: bool) -> None:
+    """Verify a version beside production, then make it the served version.
+
+    Steps: memory check, candidate load, warm-up, golden set (candidate and served), switch."""
+    started = time.monotonic()
     model, version = run(lambda: _model_and_version(target))
-    result = run(lambda: orchestrator_of(ctx).promote(model, version, force=force))
+    orch = orchestrator_of(ctx)
+    if progress if progress is not None else (sys.stderr.isatty() and not as_json):
+        orch.progress = progress_printer(started)
+    result = run(lambda: orch.promote(model, version, force=force, retry=retry))
     _print_json(result.__dict__) if as_json else click.echo(_switch_line(result))
 
 

@@ -82,7 +82,8 @@ class VersionPolicy:
 
 @dataclass(frozen=True)
 class Attestation:
-    """What became known of a version after it was filed: its verification and its last shadow run.
+    """What became known of a version after it was filed: its verification, its last shadow run, and
+    what its loads cost.
 
     Kept in the orchestrator's state folder, never in the version folder, so that writing it
     never waits for Triton to let go of the version's files. ``filed_at`` ties it to one filing
@@ -92,6 +93,12 @@ class Attestation:
     verification: Verification = field(default_factory=Verification)
     shadow: dict[str, Any] | None = None  # core.shadow_gate.shadow_record of the last finished run
     filed_at: str = ""
+    # Memory the device lost while the version loaded (MemAvailable before - after; on a Jetson the same
+    # pool as the GPU's): what the next candidate is expected to need beside it.
+    footprint_bytes: int | None = None
+    # Loads that failed since the last one that worked: a broken plan can leak device memory on every
+    # failed load, so promote loads it again only when asked to (--retry).
+    load_failures: int = 0
 
     @property
     def status(self) -> VersionStatus:

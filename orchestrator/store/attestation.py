@@ -62,6 +62,7 @@ def forget_attestation(state_folder: Path, version: int) -> None:
 def _to_dict(attestation: Attestation) -> dict[str, Any]:
     v = attestation.verification
     return {"filed_at": attestation.filed_at, "shadow": attestation.shadow,
+            "footprint_bytes": attestation.footprint_bytes, "load_failures": attestation.load_failures,
             "verification": {"status": v.status.value, "verified_by": v.verified_by, "verified_at": v.verified_at,
                              "golden": dict(v.golden), "reason": v.reason}}
 
@@ -73,4 +74,6 @@ def _from_dict(raw: dict[str, Any]) -> Attestation:
                                 golden={str(k): float(x) for k, x in (v.get("golden") or {}).items()},
                                 reason=v.get("reason"))
     shadow = raw.get("shadow")
-    return Attestation(verification, shadow if isinstance(shadow, dict) else None, str(raw.get("filed_at", "")))
+    footprint = raw.get("footprint_bytes")
+    return Attestation(verification, shadow if isinstance(shadow, dict) else None, str(raw.get("filed_at", "")),
+                       None if footprint is None else int(footprint), int(raw.get("load_failures", 0)))

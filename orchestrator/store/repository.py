@@ -140,10 +140,19 @@ class ModelStore:
         write_atomic(self.folder / CONFIG_FILE, text)
         return replace(snapshot, config_text=text, config=config)
 
-    def record_verification(self, snapshot: ModelSnapshot, version: int, verification: Verification
-                            ) -> ModelSnapshot:
-        """The version's verification, in its attestation (its meta.yaml never changes after filing)."""
-        return self._attest(snapshot, version, replace(snapshot.attestation(version), verification=verification))
+    def record_verification(self, snapshot: ModelSnapshot, version: int, verification: Verification,
+                            footprint_bytes: int | None = None) -> ModelSnapshot:
+        """The version's verification, in its attestation (its meta.yaml never changes after filing);
+        ``footprint_bytes``: what its load just measured, written in the same file."""
+        attestation = replace(snapshot.attestation(version), verification=verification)
+        if footprint_bytes is not None:
+            attestation = replace(attestation, footprint_bytes=footprint_bytes)
+        return self._attest(snapshot, version, attestation)
+
+    def record_load(self, snapshot: ModelSnapshot, version: int, failed: bool) -> ModelSnapshot:
+        """Count a failed load of ``version``, or clear the count once a load worked."""
+        before = snapshot.attestation(version)
+        return self._attest(snapshot, version, replace(before, load_failures=before.load_failures + 1 if failed else 0))
 
     def record_shadow(self, snapshot: ModelSnapshot, version: int, record: dict[str, object]) -> ModelSnapshot:
         return self._attest(snapshot, version, replace(snapshot.attestation(version), shadow=record))

@@ -8,6 +8,7 @@ instead, in the rare case the previous one is still on its way out."""
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 
 from orchestrator import faults
 from orchestrator.core.checks import compare_scores, sanity, top1_accuracy
@@ -27,8 +28,15 @@ from orchestrator.usecases.context import Context
 log = logging.getLogger(__name__)
 
 
+@dataclass(frozen=True)
+class CandidateResult:
+    verdict: Verdict
+    footprint_bytes: int | None  # memory the device lost while the candidate loaded (None: not measured)
+    snapshot: ModelSnapshot
+
+
 def check_candidate(ctx: Context, store: ModelStore, snap: ModelSnapshot, version: int, op: str,
-                    policy: PromotionPolicy, golden: GoldenSet) -> Verdict:
+                    policy: PromotionPolicy, golden: GoldenSet) -> CandidateResult:
     """The candidate's verdict; a failed check raises CandidateRejected after marking it failed."""
     config = snap.config
     outputs = snap.outputs
@@ -38,16 +46,26 @@ def check_candidate(ctx: Context, store: ModelStore, snap: ModelSnapshot, versio
     try:
         _, candidate_config = store.write_candidate_entry(snap, version)
         faults.checkpoint("promote:candidate_entry")
+        ctx.progress(f"loading v{version} as {entry}")
+        before = ctx.mem_available()
         try:
             ctx.triton.load(entry, to_json(candidate_config))
         except LoadFailed as exc:
+            snap = store.record_load(snap, version, failed=True)
             reject(ctx, store, snap, version, op, f"load failed: {exc.reason}")
+        after = ctx.mem_available()
+        footprint = max(0, before - after) if before is not None and after is not None else None
+        if snap.attestation(version).load_failures:
+            snap = store.record_load(snap, version, failed=False)  # loaded after --retry
         snap = ctx.record(store, snap, Action.PROMOTE, Result.STEP, op, to_version=version,
-                          details={"step": "candidate_loaded"})
+                          details={"step": "candidate_loaded", "footprint_bytes": footprint})
         faults.checkpoint("promote:candidate_loaded")
         try:
-            for warm in golden.batches(batch)[: policy.warmup_requests]:
+            warmups = golden.batches(batch)[: policy.warmup_requests]
+            ctx.progress(f"warming up ({len(warmups)} requests)")
+            for warm in warmups:
                 ctx.triton.infer(entry, warm, outputs)
+            ctx.progress(f"golden set on v{version} ({golden.size} samples)")
             results = run_golden(ctx.triton, entry, None, golden, outputs, batch)
         except TritonUnreachable:
             raise  # the server went away: not the candidate's fault, it stays unverified
@@ -57,16 +75,17 @@ def check_candidate(ctx: Context, store: ModelStore, snap: ModelSnapshot, versio
         if not verdict.passed:
             reject(ctx, store, snap, version, op, f"bad outputs on the golden set: {verdict.reason}")
         if golden.labels is None:
-            return Verdict.of(True)
+            return CandidateResult(Verdict.of(True), footprint, snap)
         score = top1_accuracy(results[outputs[0]], golden.labels)
         served_score = None
         if snap.served is not None:
+            ctx.progress(f"golden set on served v{snap.served}")
             served_results = run_golden(ctx.triton, store.name, snap.served, golden, outputs, batch)
             served_score = top1_accuracy(served_results[outputs[0]], golden.labels)
         verdict = compare_scores(score, served_score, policy)
         if not verdict.passed:
             reject(ctx, store, snap, version, op, verdict.reason, verdict.metrics)
-        return verdict
+        return CandidateResult(verdict, footprint, snap)
     finally:
         drop_candidate(ctx, store, wait=False)
 

@@ -16,6 +16,7 @@ from orchestrator.core.journal import Action, Record, Result
 from orchestrator.delivery.trust import TrustPolicy
 from orchestrator.errors import UsageError
 from orchestrator.settings import Settings
+from orchestrator.store import meminfo
 from orchestrator.store.lock import model_lock
 from orchestrator.store.repository import ModelRepository, ModelStore
 from orchestrator.store.snapshot import ModelSnapshot
@@ -50,6 +51,10 @@ class Context:
     trust: TrustPolicy
     repository: ModelRepository
     clock: Callable[[], float] = time.monotonic
+    # Told each step of a long command as it starts (the CLI prints them on a terminal); silent by default.
+    progress: Callable[[str], None] = field(default=lambda step: None)
+    # What memory the device has left, in bytes (None: unknown); the twin's tests give a device's figures.
+    mem_available: Callable[[], int | None] = meminfo.mem_available
 
     @classmethod
     def from_settings(cls, settings: Settings, triton: TritonAPI | None = None,

@@ -31,10 +31,10 @@ class Orchestrator(Context):
 
         return importing.import_package(self, package)
 
-    def promote(self, model: str | None, version: int, force: bool = False) -> SwitchResult:
+    def promote(self, model: str | None, version: int, force: bool = False, retry: bool = False) -> SwitchResult:
         from orchestrator.usecases import promote  # noqa: PLC0415
 
-        return promote.promote(self, model, version, force)
+        return promote.promote(self, model, version, force, retry)
 
     def rollback(self, model: str | None, to: int | None = None, force: bool = False,
                  reason: str = "requested by operator", quarantine: bool = False,

@@ -1,7 +1,8 @@
 """Promote: verify a version beside production, then make it the served version.
 
-Under the model's lock: repair, refuse what policy forbids before anything is touched, check
-the candidate where it takes no traffic, mark it verified, then switch (``executor``).
+Under the model's lock: repair, refuse what policy forbids before anything is touched, make room
+for the candidate (``memory``), check it where it takes no traffic, mark it verified, then switch
+(``executor``). A version whose last load failed is loaded again only with ``retry``.
 """
 
 from __future__ import annotations
@@ -22,11 +23,13 @@ from orchestrator.store.snapshot import ModelSnapshot
 from orchestrator.usecases import executor
 from orchestrator.usecases.candidate import check_candidate, reject
 from orchestrator.usecases.context import Context, SwitchResult
+from orchestrator.usecases.memory import make_room
 from orchestrator.usecases.reconcile import settle
 from orchestrator.usecases.repair import repair
 
 
-def promote(ctx: Context, model: str | None, version: int, force: bool = False) -> SwitchResult:
+def promote(ctx: Context, model: str | None, version: int, force: bool = False, retry: bool = False
+            ) -> SwitchResult:
     store = ctx.store(model)
     with ctx.locked(store):
         snap = repair(ctx, store).snapshot
@@ -39,6 +42,7 @@ def promote(ctx: Context, model: str | None, version: int, force: bool = False) 
                                   f"promote it with --force if you are sure")
         if version == served:
             return settle(ctx, store, snap, version, Action.PROMOTE)
+        require_loadable(snap, version, retry)
         # A broken policy, meta or golden set stops us before anything is touched.
         policy = snap.policies.promotion
         incompatible = plan_incompatibility(snap.config, snap.meta(version), snap.require(version), ctx.settings)
@@ -55,7 +59,9 @@ def promote(ctx: Context, model: str | None, version: int, force: bool = False) 
         snap = ctx.record(store, snap, Action.PROMOTE, Result.STARTED, op, from_version=served, to_version=version,
                           details={"resident_before": list(snap.resident)})
         try:
-            verdict = check_candidate(ctx, store, snap, version, op, policy, golden)
+            ctx.progress("checking memory")
+            snap, unloaded = make_room(ctx, store, snap, version, op)
+            checked = check_candidate(ctx, store, snap, version, op, policy, golden)
         except CandidateRejected:
             raise
         except (OrchestratorError, OSError) as exc:
@@ -63,18 +69,20 @@ def promote(ctx: Context, model: str | None, version: int, force: bool = False) 
             ctx.record(store, snap, Action.PROMOTE, Result.FAILED, op, from_version=served, to_version=version,
                        reason=str(exc))
             raise
+        verdict, snap = checked.verdict, checked.snapshot
         try:
             snap = store.record_verification(snap, version, Verification(
                 status=VersionStatus.VERIFIED, verified_by=ctx.settings.actor, verified_at=now_iso(),
-                golden=verdict.metrics))
+                golden=verdict.metrics), footprint_bytes=checked.footprint_bytes)
             snap = ctx.record(store, snap, Action.PROMOTE, Result.STEP, op, to_version=version,
                               details={"step": "verified", "metrics": verdict.metrics})
             faults.checkpoint("promote:verified")
 
             def rejected(after: ModelSnapshot, reason: str) -> None:
-                reject(ctx, store, after, version, op, reason)
+                reject(ctx, store, store.record_load(after, version, failed=True), version, op, reason)
 
-            snap, switched_at = executor.switch(ctx, store, snap, version, op, Action.PROMOTE, exclude=set(),
+            ctx.progress(f"switching {store.name} to v{version}")
+            snap, switched_at = executor.switch(ctx, store, snap, version, op, Action.PROMOTE, exclude=set(unloaded),
                                                 reject=rejected)
         except OSError as exc:
             close_if_nothing_switched(ctx, store, Action.PROMOTE, op, served, version, exc)
@@ -85,6 +93,16 @@ def promote(ctx: Context, model: str | None, version: int, force: bool = False) 
                                                   "switch_ms": switch_ms})
         return SwitchResult(store.name, "promote", served, version, snap.resident, duration, True, verdict.metrics,
                             switch_ms)
+
+
+def require_loadable(snap: ModelSnapshot, version: int, retry: bool) -> None:
+    """A version whose last load failed is not loaded again unless asked: a broken plan can leak device
+    memory on every failed load."""
+    failures = snap.attestation(version).load_failures
+    if failures and not retry:
+        reason = snap.attestation(version).verification.reason or "load failed"
+        raise PolicyViolation(f"{snap.name} v{version} failed to load ({reason}); a broken engine can leak device "
+                              f"memory on every failed load: fix the package, or promote it again with --retry")
 
 
 def require_passed_shadow(snap: ModelSnapshot, version: int, policy: ShadowPolicy) -> None:

@@ -168,3 +168,43 @@ def test_admin_key_is_read_from_a_file(stack: Stack, packages, tmp_path):
     env["ORCH_ADMIN_KEY_FILE"] = str(key_file)
     result = stack.cli("promote", "v2", env=env)
     assert result.returncode == 0, result.stderr
+
+
+def test_promote_shows_progress_on_stderr_and_keeps_stdout_parseable(stack: Stack, packages):
+    import json  # noqa: PLC0415
+
+    settle_startup_reload(stack)
+    _import(stack, packages[Variant.BETTER])
+    result = stack.cli("promote", "v2", "--json", "--progress")
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["to_version"] == 2
+    steps = [line.split("] ", 1)[1] for line in result.stderr.splitlines() if line.startswith("[")]
+    assert steps[:2] == ["checking memory", "loading v2 as classifier__candidate"]
+    assert steps[-1] == "switching classifier to v2"
+
+
+def test_promote_is_quiet_off_a_terminal(stack: Stack, packages):
+    settle_startup_reload(stack)
+    _import(stack, packages[Variant.BETTER])
+    result = stack.cli("promote", "v2")
+    assert result.returncode == 0 and result.stderr == "", result.stderr
+
+
+def test_a_candidate_larger_than_the_device_is_refused_in_one_line(stack: Stack, packages, build_key, tmp_path):
+    import shutil  # noqa: PLC0415
+
+    package = tmp_path / "huge"
+    shutil.copytree(packages[Variant.BETTER], package)
+    meta = package / "meta.yaml"
+    meta.write_text(meta.read_text() + "memory_mb: 1000000000000\n")  # an exabyte or so
+    _import(stack, build_key.sign(package))
+    before = stack.snapshot()
+    result = stack.cli("promote", "v2")
+    assert result.returncode == 4, result.stderr
+    assert result.stderr.count("\n") == 1 and "does not fit beside what serves" in result.stderr
+    assert "MiB available" in result.stderr
+    assert stack.served_by_triton() == 1
+    assert not (stack.repository / candidate_name("classifier")).exists()
+    after = stack.snapshot()
+    changed = {k for k in after if before.get(k) != after[k]}
+    assert all("version_history" in k for k in changed), changed  # only the journal's refusal record

@@ -111,19 +111,19 @@ def detection(args: argparse.Namespace, work: Path, repository: Path, state: Pat
                 mark = work / f"first-bad-{run}"
                 package = write_faulty_package(work / f"pkg-{run}", "drift", 0, mark)
                 version = orch.import_package(package).version
-                offset = store.journal.size()
+                since = store.journal.cursor()
                 orch.promote(MODEL, version)
                 rollback, until = None, time.monotonic() + 60
                 while rollback is None and time.monotonic() < until:
                     time.sleep(0.05)
-                    rollback = next((r for r in store.journal.read_since(offset)[0] if r.action == "rollback"
+                    rollback = next((r for r in store.journal.read_since(since)[0] if r.action == "rollback"
                                      and r.actor == "watch" and r.result == "succeeded"), None)
                 if rollback is None or not mark.exists():
                     missed += 1
                     orch.rollback(MODEL, reason="bench: watcher missed it")
                     continue
                 first_bad = float(mark.read_text())
-                started = next(r for r in store.journal.read_since(offset)[0]
+                started = next(r for r in store.journal.read_since(since)[0]
                                if r.op == rollback.op and r.result == "started")
                 time.sleep(1.0)
                 answers = clients.since(first_bad - 0.001)

@@ -69,13 +69,13 @@ def main() -> None:
                 package = write_faulty_package(work / f"pkg-{kind}-{run}", kind, args.after, mark)
                 version = orchestrator.import_package(package).version
                 shutil.rmtree(package)
-                offset = store.journal.size()
+                since = store.journal.cursor()
                 orchestrator.promote(MODEL, version)
                 deadline = time.monotonic() + 30
                 rollback = None
                 while time.monotonic() < deadline and rollback is None:
                     time.sleep(0.05)
-                    records, _ = store.journal.read_since(offset)
+                    records, _ = store.journal.read_since(since)
                     rollback = next((r for r in records if r.action == "rollback" and r.actor == "watch"
                                      and r.result == "succeeded"), None)
                 if rollback is None or not mark.exists():
@@ -83,7 +83,7 @@ def main() -> None:
                     orchestrator.rollback(MODEL, reason="bench: watcher missed it")
                     continue
                 first_bad = float(mark.read_text())
-                started = next(r for r in store.journal.read_since(offset)[0]
+                started = next(r for r in store.journal.read_since(since)[0]
                                if r.op == rollback.op and r.result == "started")
                 time.sleep(1.0)  # let in-flight requests finish before judging recovery
                 answers = clients.since(first_bad - 0.001)

@@ -78,7 +78,7 @@ class ModelWatcher:
         self.requests_per_s: float | None = None
         self.latency_baselines = read_latency_baselines(store.state)
         self.gave_up_on: int | None = None  # served version with no verified fallback: alert once, no retries
-        self.journal_offset = store.journal.size()
+        self.journal_cursor = store.journal.cursor()
         self.seen_live: bool | None = None  # what this tick's probe showed of the server; None: no probe
 
     # --- one check ----------------------------------------------------------------------
@@ -242,7 +242,7 @@ class ModelWatcher:
 
     def _follow_journal(self) -> None:
         """Count promote outcomes written by other processes (the CLI) since the last look."""
-        records, self.journal_offset = self.store.journal.read_since(self.journal_offset)
+        records, self.journal_cursor = self.store.journal.read_since(self.journal_cursor)
         for record in records:
             if record.action is Action.PROMOTE and record.is_final:
                 self.metrics.promotions.labels(self.store.name, record.result.value).inc()

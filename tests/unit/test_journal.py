@@ -1,5 +1,5 @@
 from orchestrator.core.journal import Record, Result
-from orchestrator.store.journal import Journal
+from orchestrator.store.journal import Cursor, Journal
 
 
 def test_records_round_trip_and_unfinished_operation(tmp_path):
@@ -40,10 +40,10 @@ def test_followers_read_only_complete_new_records(tmp_path):
     path = tmp_path / "version_history.log"
     journal = Journal(path)
     journal.append(Record("import", Result.SUCCEEDED, "a", to_version=2))
-    records, offset = journal.read_since(0)
-    assert [r.op for r in records] == ["a"] and offset == path.stat().st_size
+    records, cursor = journal.read_since(Cursor(0, 0))
+    assert [r.op for r in records] == ["a"] and cursor == Cursor(0, path.stat().st_size)
     with path.open("a") as handle:
         handle.write('{"action":"promote"')  # another process mid-write
-    records, later = journal.read_since(offset)
-    assert records == [] and later == offset
-    assert journal.read_since(journal.size())[0] == []
+    records, later = journal.read_since(cursor)
+    assert records == [] and later == cursor
+    assert journal.read_since(journal.cursor())[0] == []

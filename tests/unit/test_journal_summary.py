@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from orchestrator.core.journal import Action, History, JournalSummary, Record, Result
-from orchestrator.store.journal import INDEX_EVERY_BYTES, INDEX_SUFFIX, Journal
+from orchestrator.store.journal import INDEX_EVERY_BYTES, INDEX_SUFFIX, Cursor, Journal
 
 
 def reference_served(records: list[Record]) -> list[int]:
@@ -74,9 +74,9 @@ def test_a_command_reads_only_what_was_appended_since_the_cached_summary(tmp_pat
     offsets: list[int] = []
     read_since = Journal.read_since
 
-    def spy(self: Journal, offset: int):  # type: ignore[no-untyped-def]
-        offsets.append(offset)
-        return read_since(self, offset)
+    def spy(self: Journal, cursor: Cursor):  # type: ignore[no-untyped-def]
+        offsets.append(cursor.offset)
+        return read_since(self, cursor)
 
     monkeypatch.setattr(Journal, "read_since", spy)
     assert journal.summary() == JournalSummary().add(*records, *more)

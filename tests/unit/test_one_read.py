@@ -13,7 +13,7 @@ import pytest
 
 from orchestrator.settings import Settings
 from orchestrator.store import snapshot
-from orchestrator.store.journal import Journal
+from orchestrator.store.journal import Cursor, Journal
 from orchestrator.store.repository import ModelStore
 from orchestrator.triton.twin import Behaviour, TritonTwin
 from orchestrator.usecases.orchestrator import Orchestrator
@@ -44,9 +44,9 @@ class Reads:
             self.files["journal, whole"] += 1
             return journal_read(journal)
 
-        def counted_tail(journal: Journal, offset: int):  # type: ignore[no-untyped-def]
+        def counted_tail(journal: Journal, cursor: Cursor):  # type: ignore[no-untyped-def]
             self.files["journal, tail"] += 1
-            return read_since(journal, offset)
+            return read_since(journal, cursor)
 
         def counted_meta(path: Path):  # type: ignore[no-untyped-def]
             self.files[f"v{path.parent.name}/meta.yaml"] += 1

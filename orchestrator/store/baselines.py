@@ -10,13 +10,16 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-from orchestrator.core.drift import Baseline
 from orchestrator.core.policy import Drift
 from orchestrator.errors import RepositoryCorrupt
 from orchestrator.store.atomic import write_atomic
 from orchestrator.store.policyfile import read_policies
 from orchestrator.store.repository import ModelStore
+
+if TYPE_CHECKING:  # core.drift computes with numpy: `status` reads only counts and keys
+    from orchestrator.core.drift import Baseline
 
 LATENCY_BASELINE_FILE = "latency_baseline.json"
 DRIFT_BASELINE_FILE = "drift_baseline.json"
@@ -43,11 +46,20 @@ def write_drift_baselines(state_folder: Path, baselines: dict[str, Baseline], ve
 
 def read_drift_baselines(state_folder: Path) -> dict[str, Baseline]:
     """Version (as text) -> its drift baseline, from ``drift_baseline.json``."""
+    from orchestrator.core.drift import Baseline  # noqa: PLC0415 - numpy, for the watcher only
+
+    try:
+        return {k: Baseline.from_dict(v) for k, v in _raw_drift_baselines(state_folder).items()}
+    except (ValueError, AttributeError, KeyError, TypeError):
+        return {}  # a damaged file: baselines are recorded again
+
+
+def _raw_drift_baselines(state_folder: Path) -> dict[str, Any]:
     try:
         raw = json.loads((state_folder / DRIFT_BASELINE_FILE).read_text())
-        return {str(k): Baseline.from_dict(v) for k, v in raw.items()}
-    except (OSError, ValueError, AttributeError, KeyError, TypeError):
+    except (OSError, ValueError):
         return {}  # a lost or damaged file: baselines are recorded again
+    return {str(k): v for k, v in raw.items()} if isinstance(raw, dict) else {}
 
 
 def drift_progress(store: ModelStore) -> dict[int, str]:
@@ -60,5 +72,10 @@ def drift_progress(store: ModelStore) -> dict[int, str]:
     if not isinstance(rule, Drift) or not rule.sampling or not outputs:
         return {}
     key = rule.baseline_key(outputs)
-    return {int(v): f"{min(b.windows, rule.baseline_windows)}/{rule.baseline_windows}"
-            for v, b in read_drift_baselines(store.state).items() if v.isdigit() and b.key == key}
+    progress = {}
+    for version, raw in _raw_drift_baselines(store.state).items():
+        if version.isdigit() and isinstance(raw, dict) and raw.get("key") == key:
+            windows = raw.get("windows")
+            if isinstance(windows, int):
+                progress[int(version)] = f"{min(windows, rule.baseline_windows)}/{rule.baseline_windows}"
+    return progress

@@ -96,3 +96,13 @@ def sync_triton(ctx: Context, store: ModelStore, snap: ModelSnapshot, strict: bo
                to_version=snap.served, reason=f"Triton held {sorted(ready)}, disk says {sorted(want)}",
                duration_ms=ctx.ms_since(started))
     return [f"loaded {sorted(want)} into Triton (it held {sorted(ready)})"]
+
+
+def close_if_nothing_switched(ctx: Context, store: ModelStore, action: Action, op: str, served: int | None,
+                              target: int, exc: OSError) -> None:
+    """A write failed (disk full): close the operation as failed if the disk still serves ``served``;
+    otherwise leave it open so the next command completes the switch it had started."""
+    snap = store.snapshot()  # after a failed write, only the disk knows what landed
+    if snap.served == served:
+        ctx.record(store, snap, action, Result.FAILED, op, from_version=served, to_version=target,
+                   reason=f"write failed: {exc}")

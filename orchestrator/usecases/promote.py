@@ -17,7 +17,6 @@ from orchestrator.errors import CandidateRejected, OrchestratorError, PolicyViol
 from orchestrator.store.golden import load_golden
 from orchestrator.store.modelconfig import contract
 from orchestrator.store.policyfile import POLICY_FILE
-from orchestrator.store.repository import ModelStore
 from orchestrator.store.shadow_state import refuse_while_shadowing
 from orchestrator.store.snapshot import ModelSnapshot
 from orchestrator.usecases import executor
@@ -85,7 +84,7 @@ def promote(ctx: Context, model: str | None, version: int, force: bool = False, 
             snap, switched_at = executor.switch(ctx, store, snap, version, op, Action.PROMOTE, exclude=set(unloaded),
                                                 reject=rejected)
         except OSError as exc:
-            close_if_nothing_switched(ctx, store, Action.PROMOTE, op, served, version, exc)
+            executor.close_if_nothing_switched(ctx, store, Action.PROMOTE, op, served, version, exc)
             raise
         duration, switch_ms = ctx.ms_since(started), round((switched_at - started) * 1000.0, 2)
         ctx.record(store, snap, Action.PROMOTE, Result.SUCCEEDED, op, from_version=served, to_version=version,
@@ -124,13 +123,3 @@ def require_passed_shadow(snap: ModelSnapshot, version: int, policy: ShadowPolic
                               f"passed one: {hint}")
     if not verdict.passed:
         raise PolicyViolation(f"{where} has no passed shadow run ({verdict.outcome.value}: {verdict.reason}); {hint}")
-
-
-def close_if_nothing_switched(ctx: Context, store: ModelStore, action: Action, op: str, served: int | None,
-                              target: int, exc: OSError) -> None:
-    """A write failed (disk full): close the operation as failed if the disk still serves ``served``;
-    otherwise leave it open so the next command completes the switch it had started."""
-    snap = store.snapshot()  # after a failed write, only the disk knows what landed
-    if snap.served == served:
-        ctx.record(store, snap, action, Result.FAILED, op, from_version=served, to_version=target,
-                   reason=f"write failed: {exc}")

@@ -11,7 +11,6 @@ from orchestrator.core.journal import Action, Result, new_op_id
 from orchestrator.core.switch import rollback_target
 from orchestrator.usecases import executor
 from orchestrator.usecases.context import Context, SwitchResult
-from orchestrator.usecases.promote import close_if_nothing_switched
 from orchestrator.usecases.reconcile import settle
 from orchestrator.usecases.repair import mark_rolled_back, repair
 
@@ -50,7 +49,7 @@ def rollback(ctx: Context, model: str | None, to: int | None = None, force: bool
         try:
             snap, switched_at = executor.switch(ctx, store, snap, to, op, Action.ROLLBACK, exclude={served})
         except OSError as exc:
-            close_if_nothing_switched(ctx, store, Action.ROLLBACK, op, served, to, exc)
+            executor.close_if_nothing_switched(ctx, store, Action.ROLLBACK, op, served, to, exc)
             raise
         switch_ms = round((switched_at - started) * 1000.0, 2)
         # Triton unloads the dropped version in the background; its attestation is not in its folder.

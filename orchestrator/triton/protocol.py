@@ -1,8 +1,9 @@
 """What the use cases and daemons need from Triton: one protocol, two implementations.
 
-``client.Triton`` speaks to a real server over tritonclient; ``twin.TritonTwin`` models the
-same behaviour in memory (tests, simulated fleets). ``tests/contract/`` runs one set of
-assertions against both, so the twin cannot drift from the server.
+``client.Triton`` speaks to a real server (``control.TritonControl`` over the stdlib, tritonclient
+for inference only); ``twin.TritonTwin`` models the same behaviour in memory (tests, simulated
+fleets). ``tests/contract/`` runs one set of assertions against both, so the twin cannot drift
+from the server.
 """
 
 from __future__ import annotations

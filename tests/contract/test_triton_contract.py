@@ -150,9 +150,11 @@ def test_a_failed_load_keeps_the_old_set_serving(triton: TritonAPI, expected: di
     with pytest.raises(LoadFailed) as caught:
         triton.load(MODEL, policy(GOOD, NEW, BROKEN))
     assert caught.value.model == MODEL and f"version {BROKEN}" in caught.value.reason
+    assert "\n" not in caught.value.reason and "At:" not in caught.value.reason  # the reason, not the traceback
     states = triton.states(MODEL)
     assert states[GOOD].state is READY
-    assert states[BROKEN].state is UNAVAILABLE and states[BROKEN].reason
+    assert states[BROKEN].state is UNAVAILABLE and states[BROKEN].reason and "\n" not in states[BROKEN].reason
+    assert not triton.model_ready(MODEL, BROKEN)
     assert states[NEW].state in (UNLOADING, UNAVAILABLE)  # loaded with it, then discarded: all or nothing
     result = infer(triton)
     assert result.version == GOOD
@@ -172,6 +174,29 @@ def test_requests_to_what_is_not_loaded_are_errors(triton: TritonAPI) -> None:
     assert triton.model_ready(MODEL) and triton.model_ready(MODEL, GOOD)
     assert not triton.model_ready(MODEL, NEW)
     assert not triton.model_ready("no-such-model") and not triton.model_ready(SPARE)
+
+
+def test_readiness_per_version_follows_the_loaded_set(triton: TritonAPI) -> None:
+    assert [triton.model_ready(MODEL, v) for v in (GOOD, NEW, BROKEN, 99)] == [True, False, False, False]
+    triton.load(MODEL, policy(GOOD, NEW))
+    assert [triton.model_ready(MODEL, v) for v in (GOOD, NEW, 99)] == [True, True, False]
+    triton.load(MODEL, policy(NEW))
+    assert triton.model_ready(MODEL) and not triton.model_ready(MODEL, GOOD)  # dropped: at once not ready
+    assert triton.model_ready(MODEL, NEW)
+
+
+def test_a_name_with_url_characters_is_one_unknown_model(triton: TritonAPI) -> None:
+    """Quoted, such a name can neither reach another model nor another endpoint. Triton does not
+    decode the name it is sent (measured: "a%20b" is looked up as is), so no such model is reachable."""
+    for name in ("spare/1", "classifier/versions/1", "spare?x=1", "spare#x", "spare copy", "spare%20copy"):
+        assert not triton.model_ready(name) and not triton.model_ready(name, GOOD)
+        with pytest.raises(LoadFailed) as caught:
+            triton.load(name)
+        assert caught.value.model == name
+        assert_answered_error(lambda name=name: triton.inference_stats(name))
+        assert_answered_error(lambda name=name: triton.trace_settings(name))
+        triton.unload(name)  # unloading what is not there is no error
+    assert state(triton, GOOD) is READY and not triton.model_ready(SPARE)
 
 
 def test_requests_the_config_refuses_are_errors_and_not_counted(triton: TritonAPI) -> None:
@@ -266,6 +291,22 @@ def test_trace_settings_per_model(backend: Backend, triton: TritonAPI) -> None:
     assert reset["trace_rate"] == server_rate
 
 
+def test_server_wide_trace_settings(triton: TritonAPI) -> None:
+    before = triton.trace_settings()
+    try:
+        updated = triton.update_trace_settings(None, {"trace_rate": "5", "log_frequency": "3"})
+        assert (updated["trace_rate"], updated["log_frequency"]) == ("5", "3")
+        assert triton.trace_settings()["trace_rate"] == "5"
+        assert triton.trace_settings(MODEL)["trace_rate"] == "5"  # a model without its own value follows
+        assert triton.update_trace_settings(None, {"trace_level": ["OFF"]})["trace_level"] == ["OFF"]
+        assert_answered_error(lambda: triton.update_trace_settings(None, {"trace_count": "many"}))
+        assert triton.update_trace_settings(None, {"no_such_setting": "1"})["trace_rate"] == "5"  # ignored
+    finally:
+        triton.update_trace_settings(None, {"trace_rate": str(before["trace_rate"]),
+                                            "log_frequency": str(before["log_frequency"])})
+    assert triton.trace_settings() == before
+
+
 def test_a_stopped_server_is_unreachable_and_restarts_with_only_its_start_models(backend: Backend,
                                                                                   triton: TritonAPI) -> None:
     triton.load(MODEL, policy(GOOD, NEW))
@@ -274,7 +315,10 @@ def test_a_stopped_server_is_unreachable_and_restarts_with_only_its_start_models
         assert not triton.is_live()
         for call in (triton.index, triton.require_live, triton.trace_settings, lambda: triton.load(MODEL),
                      lambda: triton.unload(MODEL), lambda: infer(triton), lambda: triton.model_ready(MODEL),
-                     lambda: triton.inference_stats(MODEL)):
+                     lambda: triton.model_ready(MODEL, GOOD), lambda: triton.inference_stats(MODEL),
+                     lambda: triton.states(MODEL), lambda: triton.trace_settings(MODEL),
+                     lambda: triton.update_trace_settings(MODEL, {"trace_rate": "5"}),
+                     lambda: triton.wait_unloaded(MODEL, None, 1.0), backend.client(None).index):
             with pytest.raises(TritonUnreachable) as caught:
                 call()
             assert caught.value.url == triton.url

@@ -103,13 +103,18 @@ def test_history_does_not_connect_to_triton(sample_copy: Path) -> None:
     assert _heavy(modules, ("tritonclient", "gevent", "grpc", "requests", "prometheus_client")) == []
 
 
-def test_status_uses_only_the_http_client(sample_copy: Path) -> None:
+# Both ask Triton (rollback to the served version only checks that Triton holds it) and find it unreachable.
+@pytest.mark.parametrize(("command", "says"), [(("status",), "Triton unreachable"),
+                                               (("rollback", "--to", "1", "--force"), "v1 already serves")])
+def test_status_and_rollback_reach_triton_without_tritonclient(sample_copy: Path, command: tuple[str, ...],
+                                                               says: str) -> None:
+    """The control API goes over the stdlib (triton/control.py); tritonclient and gevent are for inference."""
     code, out, modules = _cli_modules("-r", str(sample_copy), "--url", "http://127.0.0.1:9", "--timeout", "1",
-                                      "status")
+                                      *command)
     assert code == 0
-    assert "Triton unreachable" in out
-    assert "tritonclient.http" in modules
-    assert _heavy(modules, ("tritonclient.grpc", "grpc", "prometheus_client")) == []
+    assert says in out
+    assert "orchestrator.triton.control" in modules
+    assert _heavy(modules, ("tritonclient", "gevent", "geventhttpclient", "grpc", "prometheus_client")) == []
 
 
 def test_the_clis_copies_of_defaults_agree() -> None:

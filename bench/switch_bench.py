@@ -44,7 +44,6 @@ from orchestrator.store.repository import candidate_name  # noqa: E402
 from orchestrator.triton.client import Triton  # noqa: E402
 from orchestrator.triton.embedded import EmbeddedTriton  # noqa: E402
 from orchestrator.triton.golden import run_golden  # noqa: E402
-from orchestrator.triton.protocol import TritonState  # noqa: E402
 from orchestrator.usecases.orchestrator import Orchestrator  # noqa: E402
 
 MODEL = "classifier"
@@ -67,7 +66,8 @@ def tree_rss(root: int) -> int:
 
 
 class Sampler:
-    """Instances of the model and its candidate entry that hold memory (READY, UNLOADING), and Triton's memory, every 10 ms."""
+    """Every 10 ms: instances of the model and its candidate entry that hold memory (READY, LOADING,
+    UNLOADING), Triton's resident memory, and MemAvailable."""
 
     def __init__(self, url: str, pid: int) -> None:
         self.url, self.pid = url, pid
@@ -247,7 +247,7 @@ def main() -> None:
     print(f"\npromote / its floor (median ratio): {median(promote) / median(floor):.2f}x")
     print(f"promote / one bare load_model (median ratio): {median(promote) / median(bare):.1f}x")
     print(f"rollback switch / bare load_model (median ratio): {median(rollback_switch) / median(bare):.2f}x")
-    print(f"during promotes: peak instances holding memory (model + candidate: READY or UNLOADING) {max(sampler.instances, default=0)}, "
+    print(f"during promotes: peak instances holding memory (model + candidate) {max(sampler.instances, default=0)}, "
           f"Triton's processes peak {max(sampler.rss, default=0) / 2**20:.0f} MiB resident "
           f"(idle {rss_idle / 2**20:.0f} MiB), MemAvailable low {min(sampler.available, default=0) / 2**20:.0f} MiB")
     print(f"client requests: {total}, failed: {failed}")

@@ -100,7 +100,8 @@ def test_history_does_not_connect_to_triton(sample_copy: Path) -> None:
     code, out, modules = _cli_modules("-r", str(sample_copy), "--url", "http://127.0.0.1:9", "history")
     assert code == 0
     assert out.startswith("TIME ")
-    assert _heavy(modules, ("tritonclient", "gevent", "grpc", "requests", "prometheus_client")) == []
+    assert _heavy(modules, ("tritonclient", "gevent", "grpc", "requests", "prometheus_client", "numpy",
+                            "cryptography")) == []
 
 
 # Both ask Triton (rollback to the served version only checks that Triton holds it) and find it unreachable.
@@ -114,7 +115,8 @@ def test_status_and_rollback_reach_triton_without_tritonclient(sample_copy: Path
     assert code == 0
     assert says in out
     assert "orchestrator.triton.control" in modules
-    assert _heavy(modules, ("tritonclient", "gevent", "geventhttpclient", "grpc", "prometheus_client")) == []
+    assert _heavy(modules, ("tritonclient", "gevent", "geventhttpclient", "grpc", "prometheus_client", "numpy",
+                            "cryptography")) == []
 
 
 def test_the_clis_copies_of_defaults_agree() -> None:

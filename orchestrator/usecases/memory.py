@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 
+from orchestrator import faults
 from orchestrator.core.journal import Action, Result
 from orchestrator.core.memory import DECLARED_FIELD, MemoryNeed, candidate_need, decide_memory
 from orchestrator.errors import NotEnoughMemory, RepositoryCorrupt
@@ -47,6 +48,7 @@ def make_room(ctx: Context, store: ModelStore, snap: ModelSnapshot, version: int
     ctx.triton.wait_unloaded(store.name, set(decision.drop), ctx.settings.timeout_s)
     snap = ctx.record(store, snap, Action.PROMOTE, Result.STEP, op, to_version=version,
                       reason=decision.reason, details={"step": "fallback_unloaded", "versions": list(decision.drop)})
+    faults.checkpoint("promote:fallback_unloaded")
     measured = ctx.mem_available()
     if measured is not None and measured < need.bytes + policy.memory_headroom_bytes:
         # Unloading did not free enough: put the fallback back, leave the device as it was.

@@ -166,3 +166,20 @@ def test_promote_reports_each_step_as_it_starts(env: Env) -> None:
     assert steps[0] == "checking memory" and steps[1] == f"loading v2 as {CANDIDATE}"
     assert steps[2].startswith("warming up (") and steps[3].startswith("golden set on v2 (")
     assert steps[4:] == ["golden set on served v1", "switching classifier to v2"]
+
+
+def test_a_promote_killed_after_unloading_the_fallback_is_repaired_with_the_served_version_kept(env: Env) -> None:
+    env.promote_better()
+    env.set_policy("promotion", free_fallback_for_memory=True, memory_headroom_mb=50)
+    env.orchestrator().import_package(declaring(env, 100))
+    orch = env.orchestrator()
+    orch.mem_available = SimulatedDevice(env.twin, total=300, each=100)
+    with env.crash_at("promote:fallback_unloaded"):
+        orch.promote(MODEL, 3)
+    assert env.served_by_twin() == 2 and env.store().resident() == (2,)
+    env.orchestrator().reconcile()
+    env.assert_consistent(2, [1, 2, 3])
+    finals = [r.result.value for r in env.records() if r.action == "promote" and r.to_version == 3
+              and r.result.is_final]
+    assert finals == ["aborted"]
+    assert env.status(3) == "unverified"

@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 from types import ModuleType
 
-from google.protobuf import json_format, text_format
+from google.protobuf import text_format
 
 from orchestrator.core.model import Contract, TensorSpec, VersionPolicy
 
@@ -91,6 +91,9 @@ def version_policy(config: ModelConfig) -> VersionPolicy:
 
 def to_json(config: ModelConfig) -> str:
     """The form ``load_model(config=...)`` takes."""
+    # Imported here: only a load sends a config (~20 ms that `status` and `history` need not pay).
+    from google.protobuf import json_format  # noqa: PLC0415
+
     return json_format.MessageToJson(config, preserving_proto_field_name=True, indent=None)
 
 

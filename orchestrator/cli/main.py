@@ -16,6 +16,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from types import SimpleNamespace
 from typing import TYPE_CHECKING
 
 import click
@@ -141,13 +142,36 @@ def promote(ctx: click.Context, target: tuple[str, ...], force: bool, retry: boo
 @click.option("--to", metavar="VERSION", help="Version to roll back to [default: the last verified one]")
 @click.option("--force", is_flag=True, help="Allow a version that is not verified")
 @click.option("--reason", default="requested by operator", help="Recorded in the journal")
+@click.option("--local", is_flag=True, help="Run it in this process even when `orchestrate watch` takes commands")
 @as_json_option
 @click.pass_context
-def rollback(ctx: click.Context, model: str | None, to: str | None, force: bool, reason: str, as_json: bool) -> None:
-    """Serve the last verified version again (no load when it is resident)."""
+def rollback(ctx: click.Context, model: str | None, to: str | None, force: bool, reason: str, local: bool,
+             as_json: bool) -> None:
+    """Serve the last verified version again (no load when it is resident).
+
+    Handed to a running `orchestrate watch` of the same state folder and Triton when there is one (it has
+    everything loaded: traffic moves without this process's start-up), else done here."""
     target = run(lambda: parse_version(to)) if to else None
-    result = run(lambda: orchestrator_of(ctx).rollback(model, target, force=force, reason=reason))
-    _print_json(result.__dict__) if as_json else click.echo(_switch_line(result))
+    answer = None if local else run(lambda: _rollback_by_watcher(ctx.obj, model, target, force, reason))
+    if answer is not None:
+        result: object = SimpleNamespace(**answer)
+    else:
+        result = run(lambda: orchestrator_of(ctx).rollback(model, target, force=force, reason=reason))
+    _print_json(result.__dict__) if as_json else click.echo(_switch_line(result))  # type: ignore[arg-type]
+
+
+def _rollback_by_watcher(state: State, model: str | None, to: int | None, force: bool, reason: str
+                         ) -> dict[str, object] | None:
+    """The watcher's result, or None when no watcher listens (the command then runs here)."""
+    from orchestrator.daemons.command_socket import NoDaemon, request_rollback  # noqa: PLC0415
+    from orchestrator.settings import from_environment  # noqa: PLC0415
+
+    settings = from_environment(**state.options)
+    try:
+        return request_rollback(settings, model, to, force, reason,
+                                timeout_s=settings.lock_timeout_s + settings.load_timeout_s)
+    except NoDaemon:
+        return None
 
 
 @app.command()

@@ -1,7 +1,8 @@
 """``orchestrate watch``: every managed model checked on its interval until SIGTERM.
 
 With ``--inbox DIR`` it also files packages dropped into DIR (complete .tar.gz files that
-stopped changing), moving each to ``DIR/done`` or ``DIR/rejected`` with the reason.
+stopped changing), moving each to ``DIR/done`` or ``DIR/rejected`` with the reason. While it
+runs it takes operators' rollbacks on its command socket (``command_socket.py``).
 
 Triton down or unreachable is reported (metric, log) and never causes a rollback; when it
 answers again, each model is reconciled to the disk and its watcher starts over with a
@@ -19,6 +20,7 @@ from pathlib import Path
 
 from prometheus_client import CollectorRegistry, start_http_server
 
+from orchestrator.daemons.command_socket import CommandSocket
 from orchestrator.daemons.exporter import WatchMetrics
 from orchestrator.daemons.watcher import ModelWatcher
 from orchestrator.delivery.fetch import DEFAULT_QUIET_S, scan_inbox, settle
@@ -40,7 +42,10 @@ class Watch:
     def __init__(self, settings: Settings, models: list[str] | None, metrics_url: str,
                  registry: CollectorRegistry | None = None, inbox: Path | None = None,
                  inbox_quiet_s: float = DEFAULT_QUIET_S, trace_dir: Path | None = None,
-                 triton: TritonAPI | None = None, clock: Callable[[], float] = time.monotonic) -> None:
+                 triton: TritonAPI | None = None, clock: Callable[[], float] = time.monotonic,
+                 take_commands: bool = True) -> None:
+        self.settings = settings  # as given: what the command socket's rollbacks run with
+        self.take_commands = take_commands
         # The watcher must not queue behind a long operator command; it retries next tick.
         self.orchestrator = Orchestrator(replace(settings, lock_timeout_s=0.5, actor="watch"), triton=triton)
         self.triton, self.clock = triton, clock
@@ -112,12 +117,17 @@ class Watch:
 
     def run(self, stop: threading.Event) -> None:
         log.warning("watching %s", ", ".join(self.watchers) or "no models")
-        next_tick = time.monotonic()
-        while not stop.is_set():
-            self.tick()
-            self.scan_inbox()
-            next_tick = max(next_tick + self.interval(), time.monotonic())
-            stop.wait(max(0.0, next_tick - time.monotonic()))
+        commands = CommandSocket(self.settings).start() if self.take_commands else None
+        try:
+            next_tick = time.monotonic()
+            while not stop.is_set():
+                self.tick()
+                self.scan_inbox()
+                next_tick = max(next_tick + self.interval(), time.monotonic())
+                stop.wait(max(0.0, next_tick - time.monotonic()))
+        finally:
+            if commands is not None:
+                commands.stop()
         for watcher in self.watchers.values():
             watcher.close()
         log.warning("watch stopped")

@@ -11,7 +11,9 @@ Per run, with client threads inferring throughout:
     switch), while a sampler records the READY instances and the memory of Triton's processes
     (server and python backend stubs) every 10 ms;
   * rollback to v1 (resident: no load): in-process on even runs, and on odd runs as an operator
-    types it, ``orchestrate rollback`` in a new process (its whole start-up included).
+    types it, ``orchestrate rollback`` in a new process (its whole start-up included): in the
+    first half of the runs with no watcher, so the command does it itself; in the second half
+    with a real ``orchestrate watch`` process running, which the command hands it to.
 Reports median / p95 / max, promote against its floor and against one bare load, the time from
 command start until every newly sent request is answered by the target, the peaks during the
 promotes, and failed client requests over all the switches.
@@ -33,6 +35,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.common import start_watcher, stop_watcher  # noqa: E402
 from orchestrator.delivery.trust import TrustPolicy  # noqa: E402
 from orchestrator.sample import Variant, golden_set, write_sample_package  # noqa: E402
 from orchestrator.settings import Settings  # noqa: E402
@@ -42,7 +45,7 @@ from orchestrator.store.metafile import Verification, VersionStatus  # noqa: E40
 from orchestrator.store.modelconfig import contract, to_json  # noqa: E402
 from orchestrator.store.repository import candidate_name  # noqa: E402
 from orchestrator.triton.client import Triton  # noqa: E402
-from orchestrator.triton.embedded import EmbeddedTriton  # noqa: E402
+from orchestrator.triton.embedded import EmbeddedTriton, free_ports  # noqa: E402
 from orchestrator.triton.golden import run_golden  # noqa: E402
 from orchestrator.usecases.orchestrator import Orchestrator  # noqa: E402
 
@@ -124,7 +127,7 @@ class Clients:
 def summary(name: str, values: list[float]) -> str:
     ordered = sorted(values)
     p95 = ordered[min(len(ordered) - 1, round(0.95 * (len(ordered) - 1)))]
-    return (f"{name:<46} median {statistics.median(ordered) * 1000:8.1f} ms   p95 {p95 * 1000:8.1f} ms   "
+    return (f"{name:<48} median {statistics.median(ordered) * 1000:8.1f} ms   p95 {p95 * 1000:8.1f} ms   "
             f"max {ordered[-1] * 1000:8.1f} ms")
 
 
@@ -167,10 +170,14 @@ def main() -> None:
         time.sleep(0.5)
         rss_idle = tree_rss(server.process.pid)
         bare, cand_load, golden_s, floor, promote, promote_switch = [], [], [], [], [], []
-        rollback, rollback_switch, cli_rollback, cli_switch = [], [], [], []
+        rollback, rollback_switch, cli_rollback, cli_switch, handed, handed_switch = [], [], [], [], [], []
+        watcher = None
         env = cli_env(repository, state, server.url)
         bench_start = time.monotonic()
         for run in range(args.runs):
+            if run == args.runs // 2:
+                watcher = start_watcher(env, free_ports(1)[0], work / "watch.log")
+                time.sleep(3.0)  # its imports, first probes and the command socket
             # The floor: the same loads and golden runs a promote needs, by hand, no orchestrator.
             snap = store.snapshot()
             _, config = store.write_candidate_entry(snap, 2)
@@ -213,8 +220,8 @@ def main() -> None:
                 ended = time.monotonic()
                 if done.returncode != 0:
                     raise SystemExit(f"orchestrate rollback exited {done.returncode}: {done.stderr}")
-                cli_rollback.append(ended - started)
-                cli_switch.append(clients.switch_time(started, ended, 1))
+                (handed if watcher else cli_rollback).append(ended - started)
+                (handed_switch if watcher else cli_switch).append(clients.switch_time(started, ended, 1))
             else:
                 orchestrator.rollback(MODEL, reason=f"bench run {run}")
                 ended = time.monotonic()
@@ -222,6 +229,8 @@ def main() -> None:
                 rollback_switch.append(clients.switch_time(started, ended, 1))
             time.sleep(0.2)
         failed = clients.failures(bench_start)
+        if watcher is not None:
+            stop_watcher(watcher)
         clients.stop.set()
         sampler.stop.set()
         for worker in clients.workers:
@@ -244,6 +253,8 @@ def main() -> None:
     print(summary("rollback in-process: start -> all on v1", rollback_switch))
     print(summary("`orchestrate rollback` typed, whole process", cli_rollback))
     print(summary("`orchestrate rollback`: typed -> all on v1", cli_switch))
+    print(summary("`rollback` handed to the watcher, whole process", handed))
+    print(summary("`rollback` handed: typed -> all on v1", handed_switch))
     print(f"\npromote / its floor (median ratio): {median(promote) / median(floor):.2f}x")
     print(f"promote / one bare load_model (median ratio): {median(promote) / median(bare):.1f}x")
     print(f"rollback switch / bare load_model (median ratio): {median(rollback_switch) / median(bare):.2f}x")

@@ -30,6 +30,8 @@ class WatchMetrics:
         self.last_check = Gauge("orchestrator_last_check_timestamp_seconds", "Unix time of the last completed check",
                                 ["model"], registry=registry)
         self.checks = Counter("orchestrator_checks", "Checks completed", ["model"], registry=registry)
+        self.errors = Counter("orchestrator_watch_errors", "Failures the watcher survived, by where and kind "
+                              "(orchestrator, disk, bug)", ["model", "where", "kind"], registry=registry)
         self.triton_up = Gauge("orchestrator_triton_up", "1 when Triton answered the last check", registry=registry)
         self.probe_latency = Histogram("orchestrator_probe_latency_seconds", "Latency of the watcher's probes",
                                        ["model"], registry=registry)

@@ -7,6 +7,11 @@ runs it takes operators' rollbacks on its command socket (``command_socket.py``)
 Triton down or unreachable is reported (metric, log) and never causes a rollback; when it
 answers again, each model is reconciled to the disk and its watcher starts over with a
 grace period, since a restarted server cold-starts every version.
+
+Nothing but SIGTERM ends it: an error in a model's check (Triton's answers, the disk, a bug) or
+in the inbox scan is logged and counted in ``orchestrator_watch_errors_total`` and the next tick
+tries again. Each model is watched by one daemon at a time (``store.lock.WatchLock``): a second
+one says who holds it and takes over when that one stops.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ from orchestrator.daemons.watcher import ModelWatcher
 from orchestrator.delivery.fetch import DEFAULT_QUIET_S, scan_inbox, settle
 from orchestrator.errors import OrchestratorError
 from orchestrator.settings import Settings
+from orchestrator.store.lock import WatchLock
 from orchestrator.store.policyfile import read_policies
 from orchestrator.triton.protocol import TritonAPI
 from orchestrator.usecases.orchestrator import Orchestrator
@@ -55,6 +61,8 @@ class Watch:
         self.trace_dir = trace_dir
         names = models or self.orchestrator.repository.models()
         self.watchers = {name: self._watcher(name) for name in names}
+        self.locks = {name: WatchLock(self.orchestrator.repository.model(name).state) for name in names}
+        self.waiting: set[str] = set()  # models another daemon watches, reported once
         self.down_since: float | None = None
         self.inbox, self.inbox_quiet_s = inbox, inbox_quiet_s
         self.next_inbox_scan = 0.0
@@ -66,10 +74,12 @@ class Watch:
 
     def tick(self) -> None:
         for name, watcher in self.watchers.items():
+            if not self._holds(name):
+                continue
             try:
                 watcher.tick()
-            except OrchestratorError as exc:
-                log.error("%s: check failed: %s", name, exc)
+            except Exception as exc:  # the daemon outlives any one check
+                self._failed(name, "check", exc)
         # A probe that got any answer (or none from a server that is not live) already told.
         seen = [w.seen_live for w in self.watchers.values() if w.seen_live is not None]
         live = all(seen) if seen else self.orchestrator.triton.is_live()
@@ -80,6 +90,28 @@ class Watch:
             log.warning("Triton is back after %.1f s; reconciling", self.clock() - self.down_since)
             self.down_since = None
             self._recover()
+
+    def _holds(self, name: str) -> bool:
+        try:
+            held = self.locks[name].acquire()
+        except OSError as exc:
+            self._failed(name, "lock", exc)
+            return False
+        if held and name in self.waiting:
+            self.waiting.discard(name)
+            log.warning("%s: now watched by this daemon", name)
+        elif not held and name not in self.waiting:
+            self.waiting.add(name)
+            log.warning("%s: watched by another daemon (%s); this one waits for it", name, self.locks[name].holder())
+        return held
+
+    def _failed(self, name: str, where: str, exc: Exception) -> None:
+        kind = "orchestrator" if isinstance(exc, OrchestratorError) else "disk" if isinstance(exc, OSError) else "bug"
+        self.metrics.errors.labels(name, where, kind).inc()
+        if kind == "bug":
+            log.error("%s: %s failed: unexpected %s: %s", name, where, type(exc).__name__, exc, exc_info=True)
+        else:
+            log.error("%s: %s failed: %s", name, where, exc)
 
     def scan_inbox(self) -> list[str]:
         """File every complete package that landed in the inbox; move it to done/ or rejected/ (with why)."""
@@ -95,6 +127,12 @@ class Watch:
                 notes.append(f"inbox: refused {package.name}: {exc}")
             except OSError as exc:  # disk full: leave it in the inbox for the next scan
                 notes.append(f"inbox: could not file {package.name}: {exc}")
+            except Exception as exc:  # a package we fail on must not come back on every start
+                reason = f"unexpected {type(exc).__name__} while filing it: {exc} (a bug; please report it)"
+                log.error("inbox: %s", reason, exc_info=True)
+                self.metrics.errors.labels("", "inbox", "bug").inc()
+                settle(package, ok=False, reason=reason)
+                notes.append(f"inbox: refused {package.name}: {reason}")
             else:
                 settle(package, ok=True)
                 notes.append(f"inbox: filed {package.name} as {result.model} v{result.version}")
@@ -122,7 +160,10 @@ class Watch:
             next_tick = time.monotonic()
             while not stop.is_set():
                 self.tick()
-                self.scan_inbox()
+                try:
+                    self.scan_inbox()
+                except Exception as exc:  # an unreadable inbox folder, a full disk: next scan
+                    self._failed("", "inbox", exc)
                 next_tick = max(next_tick + self.interval(), time.monotonic())
                 stop.wait(max(0.0, next_tick - time.monotonic()))
         finally:
@@ -130,6 +171,8 @@ class Watch:
                 commands.stop()
         for watcher in self.watchers.values():
             watcher.close()
+        for lock in self.locks.values():
+            lock.release()
         log.warning("watch stopped")
 
 

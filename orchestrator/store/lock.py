@@ -37,3 +37,42 @@ def model_lock(folder: Path, model: str, timeout_s: float) -> Iterator[None]:
         yield
     finally:
         os.close(fd)
+
+
+WATCH_LOCK_FILE = ".watch.lock"
+
+
+class WatchLock:
+    """One watcher per model: held for the daemon's life, so that two daemons never both act on a model.
+
+    ``acquire`` does not wait: a second daemon reports who holds it and tries again on its next tick.
+    """
+
+    def __init__(self, folder: Path) -> None:
+        self.path = folder / WATCH_LOCK_FILE
+        self.fd: int | None = None
+
+    def acquire(self) -> bool:
+        if self.fd is not None:
+            return True
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            return False
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"watch pid {os.getpid()}".encode(), 0)
+        self.fd = fd
+        return True
+
+    def holder(self) -> str:
+        try:
+            return self.path.read_text(errors="replace").strip() or "another watcher"
+        except OSError:
+            return "another watcher"
+
+    def release(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None

@@ -71,7 +71,20 @@ _KNOWN = {"model", "version", "artifacts", "contract", "framework", "target_devi
           "created_at", "filed_at", "verification", "verified", "verified_by", "verified_at"}
 
 
+MAX_VERSION = 999_999_999  # version folders are numbers Triton reads as int64; far below, and documented
+
+
 def parse_meta(text: str) -> VersionMeta:
+    """A meta.yaml; anything in it of the wrong shape is a MetaError naming the field, never another error."""
+    try:
+        return _parse_meta(text)
+    except MetaError:
+        raise
+    except (TypeError, ValueError, AttributeError, KeyError) as exc:
+        raise MetaError(f"a field has the wrong type ({type(exc).__name__}: {' '.join(str(exc).split())})") from exc
+
+
+def _parse_meta(text: str) -> VersionMeta:
     try:
         raw = yaml.load(text, Loader=_LOADER)
     except yaml.YAMLError as exc:
@@ -94,14 +107,18 @@ def parse_meta(text: str) -> VersionMeta:
     if not isinstance(contract, dict):
         raise MetaError("contract must have inputs and outputs")
     version = raw.get("version")
-    if version is not None and (not isinstance(version, int) or version < 1):
-        raise MetaError(f"version {version!r} must be a positive integer")
+    if version is not None and (isinstance(version, bool) or not isinstance(version, int)
+                                or not 1 <= version <= MAX_VERSION):
+        raise MetaError(f"version {version!r} must be a whole number from 1 to {MAX_VERSION:,}")
+    framework = raw.get("framework") or {}
+    if not isinstance(framework, dict):
+        raise MetaError(f"framework must map names to versions, not {framework!r}")
     return VersionMeta(
         model=str(raw["model"]),
         version=version,
         artifacts=checksums,
         contract=Contract(_tensors(contract.get("inputs"), "inputs"), _tensors(contract.get("outputs"), "outputs")),
-        framework={str(k): str(v) for k, v in (raw.get("framework") or {}).items()},
+        framework={str(k): str(v) for k, v in framework.items()},
         target_device=str(raw.get("target_device", "cpu")),
         source=str(raw.get("source", "")),
         created_at=str(raw.get("created_at", "")),

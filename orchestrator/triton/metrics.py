@@ -64,7 +64,10 @@ def scrape(url: str, timeout_s: float) -> Snapshot | None:
         response.raise_for_status()
     except requests.RequestException:
         return None
-    return parse(response.text)
+    try:
+        return parse(response.text)
+    except (ValueError, TypeError, KeyError, IndexError):  # not Prometheus text (an HTML page, a proxy's error)
+        return None
 
 
 def delta(now: Snapshot, before: Snapshot, model: str, version: int) -> VersionCounters | None:

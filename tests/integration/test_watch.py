@@ -146,3 +146,42 @@ def test_inbox_packages_are_filed_or_rejected_with_the_reason(stack: Stack, pack
     assert "truncated or corrupt" in next((inbox / "rejected").glob("half.tar.gz*.reason")).read_text()
     assert (inbox / "still-downloading.tar.gz.part").exists()
     assert stack.store().versions() == [1, 2] and stack.served_by_triton() == 1
+
+
+def test_a_poisoned_inbox_file_is_rejected_and_the_watch_process_keeps_running(stack: Stack, packages,
+                                                                              tmp_path: Path):
+    """The reproduction of the hardening issue: `framework: 5` in meta.yaml used to end the daemon at
+    every start. Unsigned development mode, since `sign` refuses such a manifest."""
+    import shutil  # noqa: PLC0415
+    import signal  # noqa: PLC0415
+    import subprocess  # noqa: PLC0415
+    import sys  # noqa: PLC0415
+    import tarfile  # noqa: PLC0415
+
+    package = tmp_path / "poisoned"
+    shutil.copytree(packages[Variant.BETTER], package)
+    meta = package / "meta.yaml"
+    meta.write_text(meta.read_text().replace("framework:", "framework: 5\nold_framework:", 1))
+    (package / "meta.yaml.sig").unlink()
+    env = stack.env() | {"ORCH_ALLOW_UNSIGNED": "1"}
+    refused = stack.cli("import", str(package), env=env)
+    assert refused.returncode == 3 and refused.stderr.count("\n") == 1 and "framework must map" in refused.stderr
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    with tarfile.open(inbox / "poisoned.tar.gz", "w:gz") as tar:
+        tar.add(package, arcname="pkg")
+    port = free_ports(1)[0]
+    process = subprocess.Popen([sys.executable, "-m", "orchestrator", "watch", "--inbox", str(inbox),
+                                "--metrics-port", str(port), "--metrics-address", "127.0.0.1"], env=env,
+                               stderr=(tmp_path / "watch.log").open("w"))
+    try:
+        assert wait_for((inbox / "rejected" / "poisoned.tar.gz").exists, 60), "never rejected"
+        time.sleep(3.0)
+        assert process.poll() is None, "the watcher ended"
+        assert "framework must map" in (inbox / "rejected" / "poisoned.tar.gz.reason").read_text()
+        assert requests.get(f"http://127.0.0.1:{port}/metrics", timeout=5).ok
+        assert stack.store().versions() == [1]
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.wait(20)
+    assert process.returncode == 0, (tmp_path / "watch.log").read_text()

@@ -11,7 +11,8 @@ nothing else but a bug.
     │   └── UnknownVersion      a version the model does not have            (exit 2)
     ├── PackageRejected         an import refused; nothing was filed         (exit 3)
     ├── PolicyViolation         a rule forbids the requested switch          (exit 4)
-    │   └── NotEnoughMemory     the candidate does not fit beside production (exit 4)
+    │   ├── NotEnoughMemory     the candidate does not fit beside production (exit 4)
+    │   └── StaleJudgement      the version the watcher judged no longer serves (exit 4)
     ├── CandidateRejected       a candidate failed a check; serving kept     (exit 5)
     │   └── ShadowFailed        a shadow run failed its gate                 (exit 5)
     ├── RepositoryCorrupt       config.pbtxt / meta.yaml / policy unreadable (exit 6)
@@ -73,6 +74,10 @@ class PolicyViolation(OrchestratorError):
 
 class NotEnoughMemory(PolicyViolation):
     """The device cannot hold the candidate beside what serves: refused before it loads."""
+
+
+class StaleJudgement(PolicyViolation):
+    """An automatic rollback of a version that no longer serves (an operator switched meanwhile): dropped."""
 
 
 class CandidateRejected(OrchestratorError):
@@ -171,6 +176,7 @@ class Interrupted(OrchestratorError):
 # Every class above, for the test that keeps the exit codes distinct.
 ERROR_TYPES: tuple[type[OrchestratorError], ...] = (
     OrchestratorError, UsageError, UnknownModel, UnknownVersion, PackageRejected, PolicyViolation,
-    NotEnoughMemory, CandidateRejected, ShadowFailed, RepositoryCorrupt, Busy, TritonError, TritonUnreachable,
-    TritonForbidden, LoadFailed, FetchFailed, WriteFailed, EngineBuildError, EmbeddedTritonError, Interrupted,
+    NotEnoughMemory, StaleJudgement, CandidateRejected, ShadowFailed, RepositoryCorrupt, Busy, TritonError,
+    TritonUnreachable, TritonForbidden, LoadFailed, FetchFailed, WriteFailed, EngineBuildError, EmbeddedTritonError,
+    Interrupted,
 )

@@ -28,6 +28,8 @@ field optional; the defaults are what an operator gets with no file.
       probe_batch: 4          # golden samples per probe
       metrics_interval_s: 1.0 # Triton /metrics scrape
       grace_s: 10             # after a switch, latency/error-rate/resources wait this long
+      max_rollbacks: 3        # the loop breaker: this many automatic rollbacks within
+      rollback_window_s: 600  # ...this window, or a fallback that breaches within it: stop, alert
       webhook: null           # URL notified (POST JSON) on rollbacks and alerts
       rules:
         output_sanity: {severity: rollback, for_checks: 1, bound: 1.0e6}
@@ -268,11 +270,17 @@ class WatchPolicy:
     metrics_interval_s: float = 1.0
     grace_s: float = 10.0
     webhook: str | None = None
+    # The loop breaker: after this many automatic rollbacks of the model within the window, or when a
+    # version it rolled back to breaches within the window, the watcher stops acting and alerts.
+    max_rollbacks: int = 3
+    rollback_window_s: float = 600.0
     rules: dict[str, Rule] = field(default_factory=lambda: {name: cls() for name, cls in RULE_TYPES.items()})
 
     def __post_init__(self) -> None:
         if self.interval_s <= 0 or self.metrics_interval_s <= 0 or self.grace_s < 0 or self.probe_batch < 1:
             raise ValueError("interval_s, metrics_interval_s and probe_batch must be positive, grace_s >= 0")
+        if self.max_rollbacks < 1 or not self.rollback_window_s >= 0:
+            raise ValueError("max_rollbacks must be >= 1 and rollback_window_s >= 0")
 
 
 @dataclass(frozen=True)
@@ -314,16 +322,23 @@ def _coerce(kind: Any, value: Any, name: str, where: str) -> Any:
         if value is None and type(None) in options:
             return None
         kind = next(o for o in options if o is not type(None))
+    if kind is bool and not isinstance(value, bool):  # "false" in quotes would be True
+        raise PolicyError(f"{where}: {name} must be true or false, not {value!r}")
     try:
         if kind is bool:
-            return bool(value)
+            return value
         if isinstance(kind, type) and issubclass(kind, enum.Enum):
             return kind(value)
         if kind in (int, float, str):
             # YAML 1.1 reads "1.0e4" as a string: coerce to the field's type.
-            return kind(value)
+            coerced = kind(value)
     except (TypeError, ValueError):
         raise PolicyError(f"{where}: {name} must be a {getattr(kind, '__name__', kind)}, not {value!r}") from None
+    else:
+        if kind in (int, float, str):
+            if kind is float and math.isnan(coerced):
+                raise PolicyError(f"{where}: {name} must be a number, not NaN")
+            return coerced
     return value
 
 
@@ -358,6 +373,8 @@ class _WatchSettings:
     metrics_interval_s: float = WatchPolicy.metrics_interval_s
     grace_s: float = WatchPolicy.grace_s
     webhook: str | None = None
+    max_rollbacks: int = WatchPolicy.max_rollbacks
+    rollback_window_s: float = WatchPolicy.rollback_window_s
 
 
 def build_policies(raw: Any, where: str) -> Policies:

@@ -147,8 +147,10 @@ class Watch:
                     log.warning("%s: %s", name, note)
             except OrchestratorError as exc:
                 log.error("%s: reconcile after Triton came back failed: %s", name, exc)
-            self.watchers[name].close()
+            old = self.watchers[name]
+            old.close()
             self.watchers[name] = self._watcher(name)  # fresh baseline, streaks and grace period
+            self.watchers[name].recent_rollbacks = old.recent_rollbacks  # the loop breaker remembers
 
     def interval(self) -> float:
         return min((w.policy.interval_s for w in self.watchers.values()), default=1.0)

@@ -26,7 +26,7 @@ from orchestrator.core.watch_decision import Response, WatchAction, decide_check
 from orchestrator.daemons.drift_watch import DriftWatch, drift_rule
 from orchestrator.daemons.exporter import WatchMetrics
 from orchestrator.daemons.probes import GoldenProbe
-from orchestrator.errors import Busy, OrchestratorError, PolicyViolation, TritonError
+from orchestrator.errors import Busy, OrchestratorError, PolicyViolation, StaleJudgement, TritonError
 from orchestrator.store.baselines import read_latency_baselines, write_latency_baselines
 from orchestrator.store.golden import load_golden
 from orchestrator.store.modelconfig import contract
@@ -78,6 +78,9 @@ class ModelWatcher:
         self.requests_per_s: float | None = None
         self.latency_baselines = read_latency_baselines(store.state)
         self.gave_up_on: int | None = None  # served version with no verified fallback: alert once, no retries
+        # (clock time, from, to) of this model's automatic rollbacks, for the loop breaker; carried over
+        # when the daemon makes a fresh watcher after a Triton restart.
+        self.recent_rollbacks: list[tuple[float, int | None, int]] = []
         self.journal_cursor = store.journal.cursor()
         self.seen_live: bool | None = None  # what this tick's probe showed of the server; None: no probe
 
@@ -206,11 +209,34 @@ class ModelWatcher:
         write_latency_baselines(self.store.state, self.latency_baselines)
 
     # --- acting ---------------------------------------------------------------------------
+    def _loop_breaker(self, action: WatchAction) -> str | None:
+        """Why the watcher must stop acting on this model, or None."""
+        now, window = self.clock(), self.policy.rollback_window_s
+        self.recent_rollbacks = [r for r in self.recent_rollbacks if now - r[0] < window]
+        back_to = [at for at, _, to in self.recent_rollbacks if to == action.judged]
+        if back_to:
+            return (f"v{action.judged}, rolled back to {now - back_to[-1]:.0f} s ago, breaches too: the fault is "
+                    f"likely not the version's")
+        if len(self.recent_rollbacks) >= self.policy.max_rollbacks:
+            return f"{len(self.recent_rollbacks)} automatic rollbacks within {window:g} s"
+        return None
+
     def _roll_back(self, action: WatchAction) -> None:
         name, anomaly = self.store.name, action.anomaly
         started = time.monotonic()
+        tripped = self._loop_breaker(action)
+        if tripped is not None:
+            self.gave_up_on = self.served  # alerts from now on, no more switching until a switch happens
+            log.error("%s: loop breaker: %s; no more automatic rollbacks, v%s keeps serving", name, tripped,
+                      self.served)
+            self._alert(anomaly, action.evidence | {"loop_breaker": tripped})
+            return
         try:
-            result = rollback(self.ctx, name, reason=action.reason, quarantine=True, evidence=action.evidence)
+            result = rollback(self.ctx, name, reason=action.reason, quarantine=True, evidence=action.evidence,
+                              judged=action.judged)
+        except StaleJudgement as exc:
+            log.warning("%s: %s", name, exc)  # the next tick sees the switch and starts over
+            return
         except Busy:
             # Another command holds the model (an operator's promote): judge again next tick.
             for breached in (anomaly, *action.also):
@@ -224,6 +250,7 @@ class ModelWatcher:
             log.error("%s: automatic rollback failed: %s", name, exc)
             self._alert(anomaly, action.evidence | {"rollback_failed": str(exc)})
             return
+        self.recent_rollbacks.append((self.clock(), result.from_version, result.to_version))
         self.metrics.rollbacks.labels(name, anomaly.rule).inc()
         self.metrics.detection_latency.labels(name, anomaly.rule).observe(anomaly.detection_latency_s)
         self.metrics.switch_duration.labels(name, "rollback").observe(result.switch_ms / 1000.0)

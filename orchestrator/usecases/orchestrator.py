@@ -38,10 +38,10 @@ class Orchestrator(Context):
 
     def rollback(self, model: str | None, to: int | None = None, force: bool = False,
                  reason: str = "requested by operator", quarantine: bool = False,
-                 evidence: dict[str, object] | None = None) -> SwitchResult:
+                 evidence: dict[str, object] | None = None, judged: int | None = None) -> SwitchResult:
         from orchestrator.usecases import rollback  # noqa: PLC0415
 
-        return rollback.rollback(self, model, to, force, reason, quarantine, evidence)
+        return rollback.rollback(self, model, to, force, reason, quarantine, evidence, judged)
 
     def reconcile(self, model: str | None = None) -> list[str]:
         from orchestrator.usecases import reconcile  # noqa: PLC0415

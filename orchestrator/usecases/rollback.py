@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from orchestrator.core.journal import Action, Result, new_op_id
 from orchestrator.core.switch import rollback_target
+from orchestrator.errors import StaleJudgement
 from orchestrator.usecases import executor
 from orchestrator.usecases.context import Context, SwitchResult
 from orchestrator.usecases.reconcile import settle
@@ -17,13 +18,21 @@ from orchestrator.usecases.repair import mark_rolled_back, repair
 
 def rollback(ctx: Context, model: str | None, to: int | None = None, force: bool = False,
              reason: str = "requested by operator", quarantine: bool = False,
-             evidence: dict[str, object] | None = None) -> SwitchResult:
+             evidence: dict[str, object] | None = None, judged: int | None = None) -> SwitchResult:
     """``quarantine`` (the watcher's automatic rollback) marks the version rolled back from so that it
-    is never promoted again without --force; ``evidence`` goes into the journal."""
+    is never promoted again without --force; ``evidence`` goes into the journal. ``judged``: the version
+    the evidence is about; when another serves by the time the lock is held, nothing switches
+    (StaleJudgement, journaled): the evidence says nothing about the version now serving."""
     store = ctx.store(model)
     with ctx.locked(store):
         repaired = repair(ctx, store)
         snap = repaired.snapshot
+        if judged is not None and snap.served != judged:
+            message = (f"{store.name}: v{judged} was judged, but v{snap.served} serves now (switched meanwhile); "
+                       f"the judgement is dropped")
+            ctx.record(store, snap, Action.ROLLBACK, Result.REFUSED, new_op_id(), from_version=snap.served,
+                       reason=f"{message}: {reason}", details={"judged": judged, "evidence": evidence or {}})
+            raise StaleJudgement(message)
         done = repaired.decision
         if done is not None and done.switched and done.started.action is Action.ROLLBACK \
                 and to in (None, done.started.to_version):

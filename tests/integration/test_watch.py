@@ -185,3 +185,18 @@ def test_a_poisoned_inbox_file_is_rejected_and_the_watch_process_keeps_running(s
         process.send_signal(signal.SIGTERM)
         process.wait(20)
     assert process.returncode == 0, (tmp_path / "watch.log").read_text()
+
+
+def test_a_judgement_about_a_version_no_longer_serving_switches_nothing(stack: Stack, packages):
+    from orchestrator.errors import StaleJudgement  # noqa: PLC0415
+
+    assert stack.cli("import", str(packages[Variant.BETTER])).returncode == 0
+    assert stack.cli("promote", "v2").returncode == 0
+    assert stack.cli("rollback").returncode == 0  # the operator, first
+    watcher_side = stack.orchestrator(actor="watch")
+    with pytest.raises(StaleJudgement, match="v2 was judged, but v1 serves now"):
+        watcher_side.rollback(MODEL, reason="watch: output_sanity", quarantine=True, judged=2)
+    assert stack.served_by_triton() == 1
+    assert stack.store().status(2) is VersionStatus.ROLLED_BACK  # not quarantined
+    last = stack.store().journal.read().records[-1]
+    assert (last.action.value, last.result.value, last.details["judged"]) == ("rollback", "refused", 2)

@@ -18,6 +18,7 @@ ENV_DEFAULT_MODEL = "ORCH_DEFAULT_MODEL"
 ENV_STATE_DIR = "ORCH_STATE_DIR"
 ENV_TENSORRT_VERSION = "ORCH_TENSORRT_VERSION"
 ENV_COMPUTE_CAPABILITY = "ORCH_COMPUTE_CAPABILITY"
+ENV_MAX_VERSION_JUMP = "ORCH_MAX_VERSION_JUMP"
 
 
 @dataclass(frozen=True)
@@ -33,6 +34,9 @@ class Settings:
     tensorrt_version: str | None = None  # the server's TensorRT, to refuse plans built for another one
     compute_capability: str | None = None  # the server's GPU, e.g. "8.7" on Orin
     actor: str = ""
+    # How far past the highest filed version a package may number itself (a typo'd 1000000 would
+    # otherwise be filed, and every later version would have to be larger still).
+    max_version_jump: int = 1000
 
     def __post_init__(self) -> None:
         if not self.repository.is_dir():
@@ -43,6 +47,8 @@ class Settings:
         for name in ("timeout_s", "load_timeout_s", "lock_timeout_s"):
             if getattr(self, name) <= 0:
                 raise UsageError(f"{name} must be positive")
+        if self.max_version_jump < 1:
+            raise UsageError(f"{ENV_MAX_VERSION_JUMP} must be a whole number >= 1")
 
     def __repr__(self) -> str:  # never print the key
         return (f"Settings(repository={self.repository}, state_dir={self.state_dir}, "
@@ -89,4 +95,13 @@ def from_environment(repository: str | None = None, state_dir: str | None = None
         tensorrt_version=os.environ.get(ENV_TENSORRT_VERSION) or None,
         compute_capability=os.environ.get(ENV_COMPUTE_CAPABILITY) or None,
         actor=default_actor(),
+        max_version_jump=_whole_number(ENV_MAX_VERSION_JUMP, os.environ.get(ENV_MAX_VERSION_JUMP), 1000),
     )
+
+
+def _whole_number(name: str, value: str | None, default: int) -> int:
+    if value is None or not value.strip():
+        return default
+    if not value.strip().isdigit():
+        raise UsageError(f"{name}={value!r}: a whole number, please")
+    return int(value)

@@ -29,7 +29,7 @@ from orchestrator.daemons.command_socket import CommandSocket
 from orchestrator.daemons.exporter import WatchMetrics
 from orchestrator.daemons.watcher import ModelWatcher
 from orchestrator.delivery.fetch import DEFAULT_QUIET_S, scan_inbox, settle
-from orchestrator.errors import OrchestratorError
+from orchestrator.errors import OrchestratorError, WriteFailed
 from orchestrator.settings import Settings
 from orchestrator.store.lock import WatchLock
 from orchestrator.store.policyfile import read_policies
@@ -122,6 +122,8 @@ class Watch:
         for package in scan_inbox(self.inbox, quiet_s=self.inbox_quiet_s):
             try:
                 result = self.orchestrator.import_package(package)
+            except WriteFailed as exc:  # this device's disk, not the package: it stays for the next scan
+                notes.append(f"inbox: could not file {package.name}: {exc}")
             except OrchestratorError as exc:
                 settle(package, ok=False, reason=str(exc))
                 notes.append(f"inbox: refused {package.name}: {exc}")

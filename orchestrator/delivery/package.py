@@ -6,6 +6,7 @@ verifies it (``open_package``) before anything reaches the repository.
 
 from __future__ import annotations
 
+import errno
 import shutil
 import tarfile
 import tempfile
@@ -14,18 +15,28 @@ from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 
-from orchestrator.delivery.archive import MAX_ARCHIVE_FILES, MAX_COMPRESSION_RATIO, MAX_UNPACKED_BYTES, SIGNATURE_FILE
-from orchestrator.errors import PackageRejected
+from orchestrator.delivery.archive import (
+    MAX_ARCHIVE_FILES,
+    MAX_COMPRESSION_RATIO,
+    MAX_MANIFEST_BYTES,
+    MAX_UNPACKED_BYTES,
+    SIGNATURE_FILE,
+    read_capped,
+)
+from orchestrator.errors import PackageRejected, WriteFailed
 from orchestrator.store.metafile import (
     META_FILE,
     Contract,
     MetaError,
     VersionMeta,
-    read_meta,
+    parse_meta,
     sha256_file,
     write_meta,
 )
 from orchestrator.store.modelconfig import ModelConfig, contract, primary_file
+
+# The device's own failures while unpacking: the package is not at fault, and is kept.
+_DEVICE_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EROFS, errno.ENOMEM}
 
 
 def write_package(dest: Path, meta: VersionMeta, files: dict[str, bytes]) -> Path:
@@ -53,7 +64,11 @@ def unpacked(package: Path) -> Iterator[Path]:
             copy = Path(tmp) / "package"
             try:
                 shutil.copytree(package, copy, symlinks=True)
-            except (OSError, shutil.Error) as exc:
+            except OSError as exc:
+                if exc.errno in _DEVICE_ERRORS:
+                    raise WriteFailed(exc) from exc
+                raise PackageRejected(str(package), f"cannot read it ({exc})") from exc
+            except shutil.Error as exc:
                 raise PackageRejected(str(package), f"cannot read it ({exc})") from exc
             yield copy
             return
@@ -68,14 +83,17 @@ def _extract(archive: Path, dest: Path) -> None:
     name = str(archive)
     try:
         with tarfile.open(archive, "r:*") as tar:
-            members = tar.getmembers()
-            if len(members) > MAX_ARCHIVE_FILES:
-                raise PackageRejected(name, f"archive holds {len(members)} entries (limit {MAX_ARCHIVE_FILES})")
+            members = []
             total = 0
-            for member in members:
+            for member in tar:  # counted while the index is read: a million-entry archive stops at the limit
+                members.append(member)
+                if len(members) > MAX_ARCHIVE_FILES:
+                    raise PackageRejected(name, f"archive holds more than {MAX_ARCHIVE_FILES} entries")
                 if not (member.isfile() or member.isdir()):
                     raise PackageRejected(name, f"archive entry {member.name!r} is not a plain file or folder")
                 total += member.size
+                if total > MAX_UNPACKED_BYTES:
+                    raise PackageRejected(name, "archive unpacks to more than the size limit")
             if total > MAX_UNPACKED_BYTES:
                 raise PackageRejected(name, "archive unpacks to more than the size limit")
             ratio = total / max(archive.stat().st_size, 1)
@@ -83,19 +101,32 @@ def _extract(archive: Path, dest: Path) -> None:
                 raise PackageRejected(name, f"archive expands {ratio:.0f}x (limit {MAX_COMPRESSION_RATIO}x): "
                                             f"not a model package")
             # The 'data' filter refuses absolute paths, '..' and links leaving the folder.
-            tar.extractall(dest, filter="data")
+            tar.extractall(dest, members=members, filter="data")
     except PackageRejected:
         raise
-    except (tarfile.TarError, EOFError, OSError, ValueError) as exc:
+    except OSError as exc:
+        if exc.errno in _DEVICE_ERRORS:  # this device's disk, not the package: keep it for a retry
+            raise WriteFailed(exc) from exc
         raise PackageRejected(name, f"archive is truncated or corrupt ({exc})") from exc
+    except (tarfile.TarError, EOFError, ValueError) as exc:
+        raise PackageRejected(name, f"archive is truncated or corrupt ({exc})") from exc
+
+
+def read_manifest(folder: Path, label: str) -> VersionMeta:
+    """The package's meta.yaml: a plain file of at most MAX_MANIFEST_BYTES, parsed (after its signature
+    was checked: ``TrustPolicy.check`` comes first)."""
+    data = read_capped(folder / META_FILE, MAX_MANIFEST_BYTES, label)
+    try:
+        return parse_meta(data.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise PackageRejected(label, "meta.yaml is not UTF-8 text") from exc
+    except MetaError as exc:
+        raise PackageRejected(label, f"meta.yaml: {exc}") from exc
 
 
 def verify_package(folder: Path, label: str, model: str, config: ModelConfig) -> VersionMeta:
     """The package's meta, once every artifact matches its checksum and the contract fits ``config``."""
-    try:
-        meta = read_meta(folder / META_FILE)
-    except MetaError as exc:
-        raise PackageRejected(label, f"meta.yaml: {exc}") from exc
+    meta = read_manifest(folder, label)
     if meta.model != model:
         raise PackageRejected(label, f"it is for model {meta.model!r}, not {model!r}")
     present = {p.name for p in folder.iterdir() if p.name not in (META_FILE, SIGNATURE_FILE)}

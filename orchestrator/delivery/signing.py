@@ -40,7 +40,13 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from orchestrator.delivery.archive import MAX_ARCHIVE_FILES, SIGNATURE_FILE
+from orchestrator.delivery.archive import (
+    MAX_ARCHIVE_FILES,
+    MAX_MANIFEST_BYTES,
+    MAX_SIGNATURE_BYTES,
+    SIGNATURE_FILE,
+    read_capped,
+)
 from orchestrator.errors import PackageRejected, UsageError
 from orchestrator.store.atomic import fsync_dir, write_atomic
 from orchestrator.store.metafile import META_FILE, MetaError, VersionMeta, parse_meta, sha256_file
@@ -50,7 +56,6 @@ log = logging.getLogger(__name__)
 ALGORITHM = "ed25519"
 SIGNED_BY = "signed_by"  # the VersionMeta.extra key that records the signer of a filed version
 PUBLIC_SUFFIX, PRIVATE_SUFFIX = ".pub", ".key"
-_MAX_SIGNATURE_BYTES = 4096  # a real one is about 150 bytes; anything huge is not ours
 _SIGNATURE_BYTES = 64
 _KEY_ID_LEN = 16
 _CHUNK = 1 << 20
@@ -220,8 +225,8 @@ def _parse_signature(data: bytes, label: str) -> tuple[str, bytes]:
     def malformed(why: str) -> PackageRejected:
         return PackageRejected(label, f"{SIGNATURE_FILE} is malformed: {why}")
 
-    if len(data) > _MAX_SIGNATURE_BYTES:
-        raise malformed(f"{len(data)} bytes (limit {_MAX_SIGNATURE_BYTES})")
+    if len(data) > MAX_SIGNATURE_BYTES:
+        raise malformed(f"{len(data)} bytes (limit {MAX_SIGNATURE_BYTES})")
     try:
         doc: Any = json.loads(data.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
@@ -252,13 +257,10 @@ def verify_signature(folder: Path, trusted: Path | Iterable[Path] | Mapping[str,
     keys = trusted if isinstance(trusted, Mapping) else load_trusted_keys(trusted)
     where = f" in {trusted}" if isinstance(trusted, Path) else ""
     sig_path = folder / SIGNATURE_FILE
-    if not sig_path.is_file():
+    if not sig_path.exists() and not sig_path.is_symlink():
         raise PackageRejected(label, f"unsigned: no {SIGNATURE_FILE}")
-    try:
-        signer, signature = _parse_signature(sig_path.read_bytes(), label)
-        manifest = (folder / META_FILE).read_bytes()
-    except OSError as exc:
-        raise PackageRejected(label, f"cannot read {exc.filename}: {exc.strerror}") from exc
+    signer, signature = _parse_signature(read_capped(sig_path, MAX_SIGNATURE_BYTES, label), label)
+    manifest = read_capped(folder / META_FILE, MAX_MANIFEST_BYTES, label)
     key = keys.get(signer)
     if key is None:
         known = f"trusted keys{where}: {', '.join(sorted(keys))}" if keys else f"no trusted keys{where}"

@@ -7,6 +7,7 @@ version is filed; only the ``verification`` block is updated, atomically.
 from __future__ import annotations
 
 import hashlib
+import re
 from pathlib import Path
 from typing import Any
 
@@ -71,6 +72,7 @@ _KNOWN = {"model", "version", "artifacts", "contract", "framework", "target_devi
           "created_at", "filed_at", "verification", "verified", "verified_by", "verified_at"}
 
 
+_DECIMAL = re.compile(r"0|[1-9][0-9]*")
 MAX_VERSION = 999_999_999  # version folders are numbers Triton reads as int64; far below, and documented
 
 
@@ -84,8 +86,31 @@ def parse_meta(text: str) -> VersionMeta:
         raise MetaError(f"a field has the wrong type ({type(exc).__name__}: {' '.join(str(exc).split())})") from exc
 
 
+def _check_yaml(text: str) -> None:
+    """What YAML allows and a manifest must not use: aliases (a few lines that expand into gigabytes),
+    and a version in any form but plain decimal (YAML 1.1 reads ``010`` as 8 and ``0x10`` as 16)."""
+    root = yaml.compose(text, Loader=_LOADER)
+    seen: set[int] = set()
+    stack = [root] if root is not None else []
+    while stack:
+        node = stack.pop()
+        if id(node) in seen:
+            raise MetaError("YAML aliases (*name) are not allowed in a manifest")
+        seen.add(id(node))
+        if isinstance(node, yaml.MappingNode):
+            stack.extend(part for pair in node.value for part in pair)
+        elif isinstance(node, yaml.SequenceNode):
+            stack.extend(node.value)
+    if isinstance(root, yaml.MappingNode):
+        for key, value in root.value:
+            if isinstance(key, yaml.ScalarNode) and key.value == "version" and isinstance(value, yaml.ScalarNode) \
+                    and value.tag.endswith(":int") and not _DECIMAL.fullmatch(value.value):
+                raise MetaError(f"version {value.value!r} must be written as a plain decimal number")
+
+
 def _parse_meta(text: str) -> VersionMeta:
     try:
+        _check_yaml(text)
         raw = yaml.load(text, Loader=_LOADER)
     except yaml.YAMLError as exc:
         raise MetaError(f"not valid YAML ({str(exc).splitlines()[0]})") from exc

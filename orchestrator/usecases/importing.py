@@ -10,11 +10,11 @@ from pathlib import Path
 
 from orchestrator import faults
 from orchestrator.core.journal import Action, Record, Result, new_op_id
-from orchestrator.delivery.package import unpacked, verify_package
+from orchestrator.delivery.package import read_manifest, unpacked, verify_package
 from orchestrator.delivery.plan_compat import plan_incompatibility
 from orchestrator.delivery.signing import record_signer
 from orchestrator.errors import OrchestratorError, PackageRejected, UnknownModel
-from orchestrator.store.metafile import META_FILE, MetaError, read_meta
+from orchestrator.settings import ENV_MAX_VERSION_JUMP
 from orchestrator.store.repository import ModelStore
 from orchestrator.store.snapshot import ModelSnapshot
 from orchestrator.usecases.context import Context, ImportResult
@@ -24,35 +24,34 @@ from orchestrator.usecases.repair import repair
 def import_package(ctx: Context, package: Path) -> ImportResult:
     try:
         with unpacked(package) as folder:
+            # The signature over meta.yaml's exact bytes first: nothing unverified is parsed.
+            signer = ctx.trust.check(folder, str(package))
             store = _package_model(ctx, folder, str(package))
             with ctx.locked(store):
                 snap = repair(ctx, store).snapshot
-                return _file(ctx, store, snap, folder, str(package))
+                return _file(ctx, store, snap, folder, str(package), signer)
     except PackageRejected as exc:
         _journal_refusal(ctx, package, exc)
         raise
 
 
 def _package_model(ctx: Context, folder: Path, package: str) -> ModelStore:
-    try:
-        model = read_meta(folder / META_FILE).model
-    except MetaError as exc:
-        raise PackageRejected(package, f"meta.yaml: {exc}") from exc
+    model = read_manifest(folder, package).model
     try:
         return ctx.repository.model(model)
     except UnknownModel as exc:
         raise PackageRejected(package, str(exc)) from exc
 
 
-def _file(ctx: Context, store: ModelStore, snap: ModelSnapshot, folder: Path, package: str) -> ImportResult:
+def _file(ctx: Context, store: ModelStore, snap: ModelSnapshot, folder: Path, package: str,
+          signer: str | None) -> ImportResult:
     op = new_op_id()
     try:
-        signer = ctx.trust.check(folder, package)
         meta = record_signer(verify_package(folder, package, store.name, snap.config), signer)
         incompatible = plan_incompatibility(snap.config, meta, folder, ctx.settings)
         if incompatible:
             raise PackageRejected(package, incompatible)
-        version = _version_number(store, snap, meta.version, package)
+        version = _version_number(store, snap, meta.version, package, ctx.settings.max_version_jump)
     except PackageRejected as exc:
         ctx.record(store, snap, Action.IMPORT, Result.REFUSED, op, reason=exc.reason, details={"package": package})
         exc.journaled = True
@@ -83,11 +82,14 @@ def _journal_refusal(ctx: Context, package: Path, exc: PackageRejected) -> None:
                                 actor=ctx.settings.actor, reason=exc.reason, details={"package": str(package)}))
 
 
-def _version_number(store: ModelStore, snap: ModelSnapshot, declared: int | None, package: str) -> int:
+def _version_number(store: ModelStore, snap: ModelSnapshot, declared: int | None, package: str, jump: int) -> int:
     latest = store.next_version(snap) - 1
     if declared is None:
         return latest + 1
     if declared <= latest:
         raise PackageRejected(package, f"it declares version {declared}, but v{latest} exists: a package may "
                                        f"not re-use or lower a version number")
+    if declared > latest + jump:
+        raise PackageRejected(package, f"it declares version {declared}, more than {jump} past v{latest} "
+                                       f"({ENV_MAX_VERSION_JUMP} allows a larger jump)")
     return declared

@@ -100,7 +100,7 @@ TRUST = {
     "unknown signer": (_sign_with_stranger, "signed by unknown key"),
 }
 # Damage the builder signed anyway: caught by the checks behind the signature.
-SIGNED_BAD = {"checksum", "missing artifact", "contract", "replayed version"}
+SIGNED_BAD = {"checksum", "missing artifact", "contract", "replayed version", "other model"}
 
 
 @pytest.mark.parametrize("kind", [*BAD, *TRUST, "truncated archive"])

@@ -129,7 +129,6 @@ def test_tampered_artifact_passes_the_signature_but_not_verify_package(package: 
     (json.dumps({"algorithm": "ed25519", "key_id": "XYZ", "signature": ""}).encode(), "key_id must be"),
     (json.dumps({"algorithm": "ed25519", "key_id": "0" * 16, "signature": "@@@"}).encode(), "not base64"),
     (json.dumps({"algorithm": "ed25519", "key_id": "0" * 16, "signature": "AAAA"}).encode(), "is 3 bytes"),
-    (b" " * 5000, "limit"),
 ])
 def test_malformed_signature_file_is_refused(package: Path, keys: tuple[Path, Path, str], content: bytes,
                                              reason: str) -> None:
@@ -138,6 +137,18 @@ def test_malformed_signature_file_is_refused(package: Path, keys: tuple[Path, Pa
         verify_signature(package, keys[1])
     assert reason in str(caught.value)
     assert "\n" not in str(caught.value)
+
+
+def test_an_oversized_or_linked_signature_or_manifest_is_refused_before_it_is_read(package: Path,
+                                                                                 keys: tuple[Path, Path, str],
+                                                                                 tmp_path: Path) -> None:
+    (package / SIGNATURE_FILE).write_bytes(b" " * 5000)
+    with pytest.raises(PackageRejected, match=r"meta\.yaml\.sig is 5,000 bytes \(limit 4,096\)"):
+        verify_signature(package, keys[1])
+    (package / SIGNATURE_FILE).unlink()
+    (package / SIGNATURE_FILE).symlink_to("/dev/zero")
+    with pytest.raises(PackageRejected, match=r"meta\.yaml\.sig is not a plain file"):
+        verify_signature(package, keys[1])
 
 
 def test_a_broken_trusted_key_file_is_an_error_not_ignored(package: Path, keys: tuple[Path, Path, str]) -> None:

@@ -1,12 +1,33 @@
-"""Crash-safe file writes: write a temporary sibling, fsync it, rename, fsync the folder."""
+"""Crash-safe file writes: write a temporary sibling, fsync it, rename, fsync the folder.
+
+The files the orchestrator writes are its own: a symbolic link planted where one of them goes
+(config.pbtxt, the journal, a lock, an attestation) is refused with its path, never followed.
+"""
 
 from __future__ import annotations
 
+import errno
 import os
 import tempfile
 from pathlib import Path
 
 from orchestrator import faults
+from orchestrator.errors import RepositoryCorrupt
+
+
+def planted_link(path: Path) -> RepositoryCorrupt:
+    return RepositoryCorrupt(f"{path} is a symbolic link; the orchestrator writes only its own files there: "
+                             f"remove the link (and find out who put it there)")
+
+
+def open_own(path: Path, flags: int, mode: int = 0o644) -> int:
+    """``os.open`` that refuses to follow a link at ``path``."""
+    try:
+        return os.open(path, flags | os.O_NOFOLLOW, mode)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise planted_link(path) from exc
+        raise
 
 
 def fsync_dir(path: Path) -> None:
@@ -21,6 +42,8 @@ def write_atomic(path: Path, data: bytes | str) -> None:
     """Replace ``path`` so that a reader (or a crash) sees the old or the new content, never a mix."""
     payload = data.encode() if isinstance(data, str) else data
     faults.before_write(path)
+    if path.is_symlink():
+        raise planted_link(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         os.fchmod(fd, 0o644)

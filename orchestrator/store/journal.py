@@ -45,7 +45,7 @@ from typing import BinaryIO
 
 from orchestrator import faults
 from orchestrator.core.journal import History, JournalSummary, Record
-from orchestrator.store.atomic import fsync_dir, write_atomic
+from orchestrator.store.atomic import fsync_dir, open_own, write_atomic
 
 JOURNAL_FILE = "version_history.log"
 MAX_BYTES = 8 * 1024 * 1024  # the live file is rotated before an append would take it above this
@@ -87,7 +87,7 @@ class Journal:
                 self._rotate()
                 fence = False  # a segment's end ends its last line
             existed = self.path.exists()
-            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+            fd = open_own(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
             try:
                 if fence:
                     os.write(fd, b"\n")
@@ -101,7 +101,7 @@ class Journal:
 
     @contextmanager
     def _locked(self) -> Iterator[None]:
-        fd = os.open(str(self.path) + LOCK_SUFFIX, os.O_RDWR | os.O_CREAT, 0o644)
+        fd = open_own(Path(str(self.path) + LOCK_SUFFIX), os.O_RDWR | os.O_CREAT)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
             yield

@@ -14,13 +14,14 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from orchestrator.errors import Busy
+from orchestrator.store.atomic import open_own
 
 LOCK_FILE = ".orchestrator.lock"
 
 
 @contextmanager
 def model_lock(folder: Path, model: str, timeout_s: float) -> Iterator[None]:
-    fd = os.open(folder / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+    fd = open_own(folder / LOCK_FILE, os.O_RDWR | os.O_CREAT)
     try:
         deadline = time.monotonic() + timeout_s
         while True:
@@ -55,7 +56,7 @@ class WatchLock:
     def acquire(self) -> bool:
         if self.fd is not None:
             return True
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+        fd = open_own(self.path, os.O_RDWR | os.O_CREAT)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

@@ -226,7 +226,7 @@ class ShadowWorker:
         if state is None or state.phase == ShadowPhase.STOPPED:
             return  # ``shadow stop`` closed the run: never reopen it
         phase = report.phase if report.phase != ShadowPhase.STOPPED else state.phase
-        write_state(self.state_folder, replace(state, phase=phase, reason=report.reason, heartbeat=time.time(),
+        write_state(self.state_folder, replace(state, phase=phase, reason=report.reason, heartbeat=time.monotonic(),
                                                report=report.to_dict()))
 
 
@@ -250,7 +250,7 @@ def run_detached(state_folder: Path, admin_key: str | None) -> int:
         worker.start()
     except OrchestratorError as exc:
         write_state(state_folder, replace(state, phase=ShadowPhase.FAILED, reason=f"worker could not start: {exc}",
-                                          heartbeat=time.time()))
+                                          heartbeat=time.monotonic()))
         return 1
     while not stop.wait(0.2) and not worker.stopped.is_set():
         pass

@@ -28,7 +28,7 @@ from prometheus_client import CollectorRegistry, start_http_server
 from orchestrator.daemons.command_socket import CommandSocket
 from orchestrator.daemons.exporter import WatchMetrics
 from orchestrator.daemons.watcher import ModelWatcher
-from orchestrator.delivery.fetch import DEFAULT_QUIET_S, scan_inbox, settle
+from orchestrator.delivery.fetch import DEFAULT_QUIET_S, QuietPackages, settle
 from orchestrator.errors import OrchestratorError, WriteFailed
 from orchestrator.settings import Settings
 from orchestrator.store.lock import WatchLock
@@ -65,6 +65,7 @@ class Watch:
         self.waiting: set[str] = set()  # models another daemon watches, reported once
         self.down_since: float | None = None
         self.inbox, self.inbox_quiet_s = inbox, inbox_quiet_s
+        self.quiet = QuietPackages(clock)
         self.next_inbox_scan = 0.0
 
     def _watcher(self, name: str) -> ModelWatcher:
@@ -119,7 +120,7 @@ class Watch:
         if self.inbox is None or self.clock() < self.next_inbox_scan:
             return notes
         self.next_inbox_scan = self.clock() + INBOX_INTERVAL_S
-        for package in scan_inbox(self.inbox, quiet_s=self.inbox_quiet_s):
+        for package in self.quiet.ready(self.inbox, self.inbox_quiet_s):
             try:
                 result = self.orchestrator.import_package(package)
             except WriteFailed as exc:  # this device's disk, not the package: it stays for the next scan

@@ -6,7 +6,7 @@ the first response's ETag or Last-Modified through ``If-Range``, so a file that 
 the server restarts from zero instead of being spliced. The file is renamed to ``NAME``
 only once its size and sha256 (given, or read from ``URL.sha256``) check out.
 
-``scan_inbox`` lists the packages a writer has finished; ``settle`` files each one under
+``QuietPackages`` lists the packages a writer has finished; ``settle`` files each one under
 ``done/`` or ``rejected/`` (with a ``.reason`` file) once it has been processed.
 
 Errors: ``FetchFailed`` (exit 10) when the server cannot be read, ``PackageRejected``
@@ -249,26 +249,43 @@ def _place(url: str, part: Path, target: Path, expected: str | None) -> None:
 
 
 # --- inbox --------------------------------------------------------------------------------
-def scan_inbox(inbox_dir: Path, quiet_s: float = DEFAULT_QUIET_S, now: float | None = None) -> list[Path]:
-    """Packages whose writer has finished, oldest first.
+class QuietPackages:
+    """The inbox's packages whose writer has finished, oldest first.
 
-    A package is a regular file (not a link) named ``*.tar.gz`` or ``*.tgz``, not hidden, and not
-    modified for ``quiet_s`` seconds; writers' ``.part``/``.tmp`` files never match the suffix.
+    A package is a regular file (not a link) named ``*.tar.gz`` or ``*.tgz``, not hidden, whose size and
+    mtime have not changed for ``quiet_s`` seconds of a monotonic clock, counted from when this object
+    first saw them so: a wall-clock jump neither files a half-written package (a jump forward) nor
+    holds a finished one back forever (a jump back). Writers' ``.part``/``.tmp`` files never match.
     """
-    if not inbox_dir.is_dir():
-        return []
-    now = time.time() if now is None else now
-    ready: list[tuple[float, str, Path]] = []
-    for path in inbox_dir.iterdir():
-        if path.name.startswith(".") or not path.name.endswith(PACKAGE_SUFFIXES):
-            continue
-        try:
-            info = path.lstat()
-        except FileNotFoundError:  # settled by someone else meanwhile
-            continue
-        if stat.S_ISREG(info.st_mode) and now - info.st_mtime >= quiet_s:
-            ready.append((info.st_mtime, path.name, path))
-    return [path for _, _, path in sorted(ready)]
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self.clock = clock
+        self.seen: dict[Path, tuple[tuple[int, int], float]] = {}  # path -> ((size, mtime_ns), unchanged since)
+
+    def ready(self, inbox_dir: Path, quiet_s: float = DEFAULT_QUIET_S) -> list[Path]:
+        if not inbox_dir.is_dir():
+            self.seen = {}
+            return []
+        now = self.clock()
+        current: dict[Path, tuple[tuple[int, int], float]] = {}
+        ready: list[tuple[float, str, Path]] = []
+        for path in inbox_dir.iterdir():
+            if path.name.startswith(".") or not path.name.endswith(PACKAGE_SUFFIXES):
+                continue
+            try:
+                info = path.lstat()
+            except FileNotFoundError:  # settled by someone else meanwhile
+                continue
+            if not stat.S_ISREG(info.st_mode):
+                continue
+            key = (info.st_size, info.st_mtime_ns)
+            before = self.seen.get(path)
+            since = before[1] if before is not None and before[0] == key else now
+            current[path] = (key, since)
+            if now - since >= quiet_s:
+                ready.append((since, path.name, path))
+        self.seen = current
+        return [path for _, _, path in sorted(ready)]
 
 
 def settle(path: Path, ok: bool, reason: str = "") -> Path:

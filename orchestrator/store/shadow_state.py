@@ -50,7 +50,9 @@ class ShadowState:
     started_at: str
     op: str = ""  # journal operation id
     pid: int | None = None  # the detached worker; None when it runs inside another process
-    heartbeat: float = 0.0  # time.time() of the worker's last write
+    # time.monotonic() of the worker's last write: the system-wide clock since boot, which no NTP step or
+    # operator's `date` moves (a wall-clock heartbeat would look stale, or fresh forever, after a jump)
+    heartbeat: float = 0.0
     reason: str = ""
     report: dict[str, Any] = field(default_factory=dict)
     verdict: dict[str, Any] = field(default_factory=dict)  # filled by stop
@@ -73,7 +75,8 @@ class ShadowState:
 
 
 def initial_state(config: ShadowConfig, started_at: str, op: str) -> ShadowState:
-    return ShadowState(config=config, phase=ShadowPhase.STARTING, started_at=started_at, op=op, heartbeat=time.time())
+    return ShadowState(config=config, phase=ShadowPhase.STARTING, started_at=started_at, op=op,
+                       heartbeat=time.monotonic())
 
 
 def shadow_dir(state_folder: Path) -> Path:
@@ -111,9 +114,11 @@ def observed(state: ShadowState, now: float | None = None) -> ShadowState:
     """The state as a reader should see it: a running worker that is gone or silent has failed."""
     if not state.phase.expects_worker:
         return state
-    now = time.time() if now is None else now
+    now = time.monotonic() if now is None else now
     if state.pid is not None and not pid_alive(state.pid):
         reason = f"the shadow worker (pid {state.pid}) exited without closing the run"
+    elif state.heartbeat and now < state.heartbeat:
+        reason = "the shadow worker's last heartbeat is from before this machine started"
     elif state.heartbeat and now - state.heartbeat > STALE_AFTER_S:
         reason = f"no heartbeat from the shadow worker for {now - state.heartbeat:.0f}s"
     else:

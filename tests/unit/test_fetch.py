@@ -23,7 +23,7 @@ from click.testing import CliRunner
 
 from orchestrator.cli.main import State
 from orchestrator.cli.trust import register
-from orchestrator.delivery.fetch import fetch, scan_inbox, settle
+from orchestrator.delivery.fetch import QuietPackages, fetch, settle
 from orchestrator.errors import FetchFailed, PackageRejected, UsageError
 from orchestrator.sample import Variant, write_sample_package
 
@@ -276,21 +276,57 @@ def _aged(path: Path, content: bytes, age_s: float, now: float) -> Path:
     return path
 
 
-def test_scan_inbox_lists_only_finished_packages_oldest_first(tmp_path: Path) -> None:
+class _Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_quiet_packages_lists_only_finished_packages_oldest_first(tmp_path: Path) -> None:
     now = time.time()
+    clock = _Clock()
+    quiet = QuietPackages(clock)
     older = _aged(tmp_path / "b.tgz", b"x", 300, now)
-    old = _aged(tmp_path / "a.tar.gz", b"x", 120, now)
-    recent = _aged(tmp_path / "c.tar.gz", b"x", 2, now)
     for name in ("d.tar.gz.part", "e.tar.gz.tmp", ".f.tar.gz", "notes.txt"):
         _aged(tmp_path / name, b"x", 600, now)
-    (tmp_path / "link.tar.gz").symlink_to(old)
     (tmp_path / "folder.tar.gz").mkdir()
     (tmp_path / "done").mkdir()
     _aged(tmp_path / "done" / "g.tar.gz", b"x", 600, now)
+    assert quiet.ready(tmp_path, quiet_s=10) == []  # first sight: its writer may still be at it
+    clock.now += 5
+    old = _aged(tmp_path / "a.tar.gz", b"x", 120, now)
+    (tmp_path / "link.tar.gz").symlink_to(old)
+    assert quiet.ready(tmp_path, quiet_s=10) == []
+    clock.now += 5
+    assert quiet.ready(tmp_path, quiet_s=10) == [older]
+    clock.now += 5
+    assert quiet.ready(tmp_path, quiet_s=10) == [older, old]
+    assert quiet.ready(tmp_path / "absent") == []
 
-    assert scan_inbox(tmp_path, quiet_s=10, now=now) == [older, old]
-    assert scan_inbox(tmp_path, quiet_s=1, now=now) == [older, old, recent]
-    assert scan_inbox(tmp_path / "absent") == []
+
+def test_a_package_still_growing_is_not_ready_whatever_the_wall_clock_says(tmp_path: Path) -> None:
+    clock = _Clock()
+    quiet = QuietPackages(clock)
+    growing = _aged(tmp_path / "a.tar.gz", b"x", 3600, time.time())  # mtime an hour back: a clock jumped forward
+    assert quiet.ready(tmp_path, quiet_s=10) == []
+    clock.now += 8
+    with growing.open("ab") as handle:
+        handle.write(b"more")
+    clock.now += 8
+    assert quiet.ready(tmp_path, quiet_s=10) == []  # it changed: its quiet period starts again
+    clock.now += 10
+    assert quiet.ready(tmp_path, quiet_s=10) == [growing]
+
+
+def test_a_package_with_an_mtime_in_the_future_is_filed_once_quiet(tmp_path: Path) -> None:
+    clock = _Clock()
+    quiet = QuietPackages(clock)
+    ahead = _aged(tmp_path / "a.tar.gz", b"x", -86400, time.time())  # the wall clock jumped back a day
+    assert quiet.ready(tmp_path, quiet_s=10) == []
+    clock.now += 10
+    assert quiet.ready(tmp_path, quiet_s=10) == [ahead]
 
 
 def test_settle_files_packages_under_done_and_rejected(tmp_path: Path) -> None:
@@ -307,7 +343,7 @@ def test_settle_files_packages_under_done_and_rejected(tmp_path: Path) -> None:
     assert (rejected / "b.tar.gz").read_bytes() == b"1" and (rejected / "b-1.tar.gz").read_bytes() == b"2"
     reason = (rejected / "b.tar.gz.reason").read_text()
     assert reason.endswith(" rejected: package b.tar.gz refused: sha256 mismatch\n")
-    assert scan_inbox(tmp_path, quiet_s=0) == []
+    assert QuietPackages().ready(tmp_path, quiet_s=0) == []
 
 
 def test_a_complete_part_left_by_a_crash_is_verified_without_a_transfer(site: tuple[Site, str],

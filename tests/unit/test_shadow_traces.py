@@ -53,6 +53,8 @@ def test_a_silent_or_dead_worker_reads_as_failed() -> None:
     assert observed(state, now=200.0).phase == "failed"
     dead = ShadowState(state.config, "running", "now", pid=2**22 + 12345, heartbeat=100.0)
     assert observed(dead, now=101.0).phase == "failed"
+    rebooted = observed(state, now=50.0)  # a heartbeat from a boot before this one
+    assert rebooted.phase == "failed" and "before this machine started" in rebooted.reason
 
 
 def test_tail_takes_its_models_files_once_and_leaves_others(tmp_path: Path) -> None:

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from orchestrator.core.journal import JournalSummary, Record
-from orchestrator.core.model import Attestation, VersionMeta, VersionStatus
+from orchestrator.core.model import Attestation, VersionMeta, VersionPolicy, VersionStatus
 from orchestrator.core.policy import Policies
 from orchestrator.core.switch import fallback_order
 from orchestrator.errors import RepositoryCorrupt, UnknownVersion
@@ -119,9 +119,14 @@ class ModelSnapshot:
     read_once: dict[str, object] = field(default_factory=dict, repr=False, compare=False)
 
     @property
+    def config_policy(self) -> VersionPolicy:
+        """The config's version_policy (Triton's default, the latest one, when it has none)."""
+        return version_policy(self.config)
+
+    @property
     def resident(self) -> tuple[int, ...]:
         """Versions the config on disk tells Triton to load."""
-        return version_policy(self.config).resident(list(self.versions))
+        return self.config_policy.resident(list(self.versions))
 
     @property
     def served(self) -> int | None:

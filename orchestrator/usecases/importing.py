@@ -60,6 +60,7 @@ def _file(ctx: Context, store: ModelStore, snap: ModelSnapshot, folder: Path, pa
     snap = ctx.record(store, snap, Action.IMPORT, Result.STARTED, op, to_version=version,
                       details={"package": package})
     try:
+        snap = _pin_versions(ctx, store, snap, op)
         store.file_version(folder, meta, version, op)
     except OSError as exc:  # disk full, I/O error: staging is gone, nothing was filed
         ctx.record(store, snap, Action.IMPORT, Result.FAILED, op, to_version=version, reason=f"write failed: {exc}")
@@ -68,6 +69,20 @@ def _file(ctx: Context, store: ModelStore, snap: ModelSnapshot, folder: Path, pa
     ctx.record(store, snap, Action.IMPORT, Result.SUCCEEDED, op, to_version=version,
                duration_ms=ctx.ms_since(started), details={"package": package, "artifacts": meta.artifacts})
     return ImportResult(store.name, version, dict(meta.artifacts))
+
+
+def _pin_versions(ctx: Context, store: ModelStore, snap: ModelSnapshot, op: str) -> ModelSnapshot:
+    """A config that lets Triton choose (no version_policy: the latest; ``latest``, ``all``) would serve the
+    new, unverified folder at the next load or restart: it is pinned to what it serves now, first."""
+    policy = snap.config_policy
+    if policy.kind == "specific":
+        return snap
+    pinned = snap.resident
+    snap = store.write_resident(snap, pinned)
+    return ctx.record(store, snap, Action.IMPORT, Result.STEP, op,
+                      reason=f"config.pbtxt let Triton load the latest version(s) ({policy.kind}); pinned to "
+                             f"{', '.join(f'v{v}' for v in pinned) or 'none'} before filing an unverified one",
+                      details={"step": "version_policy_pinned", "versions": list(pinned)})
 
 
 def _journal_refusal(ctx: Context, package: Path, exc: PackageRejected) -> None:

@@ -49,3 +49,14 @@ def test_reconcile_with_triton_down_fails_clearly(stack: Stack):
     result = stack.cli("--timeout", "1", "reconcile")
     assert result.returncode == 9
     assert f"Triton at {stack.server.url} is unreachable" in result.stderr
+
+
+def test_a_config_without_version_policy_never_lets_a_restart_serve_an_unverified_version(stack: Stack, packages):
+    config = stack.repository / MODEL / "config.pbtxt"
+    config.write_text("".join(line for line in config.read_text().splitlines(keepends=True)
+                              if not line.startswith("version_policy")))  # Triton's default: the latest
+    assert stack.cli("import", str(packages[Variant.BETTER])).returncode == 0
+    assert "specific" in config.read_text()
+    _restart(stack, load_models=(MODEL,))
+    assert stack.served_by_triton() == 1
+    assert {v: e.state for v, e in stack.triton().states(MODEL).items() if e.state == "READY"} == {1: "READY"}

@@ -78,3 +78,21 @@ def test_disk_full_while_importing_files_nothing(env: Env, monkeypatch: pytest.M
     assert "write failed" in env.last().reason
     monkeypatch.delenv("ORCH_FAIL_WRITE")
     assert env.import_() == 2
+
+
+@pytest.mark.parametrize("policy", ["", "version_policy: { latest: { num_versions: 2 } }\n",
+                                    "version_policy: { all: {} }\n"])
+def test_a_config_that_lets_triton_pick_the_latest_is_pinned_before_an_unverified_version_lands(
+        env: Env, policy: str) -> None:
+    config = env.repository / MODEL / "config.pbtxt"
+    text = "".join(line for line in config.read_text().splitlines(keepends=True)
+                   if not line.startswith("version_policy"))
+    config.write_text(text + policy)
+    assert env.import_() == 2
+    assert "specific" in config.read_text() and env.store().resident() == (1,)
+    assert env.store().served() == 1
+    env.twin.stop()
+    env.twin.start()  # a restart loads what the disk says: v1, never the unverified v2
+    assert env.ready() == {1} and env.served_by_twin() == 1
+    step = next(r for r in env.records() if r.details.get("step") == "version_policy_pinned")
+    assert step.details["versions"] == [1] and "before filing an unverified one" in step.reason

@@ -39,6 +39,7 @@ from orchestrator.usecases.orchestrator import Orchestrator
 log = logging.getLogger(__name__)
 
 INBOX_INTERVAL_S = 5.0
+ERROR_LOG_EVERY_S = 60.0
 
 
 class Watch:
@@ -63,6 +64,7 @@ class Watch:
         self.watchers = {name: self._watcher(name) for name in names}
         self.locks = {name: WatchLock(self.orchestrator.repository.model(name).state) for name in names}
         self.waiting: set[str] = set()  # models another daemon watches, reported once
+        self.logged: dict[tuple[str, str], tuple[str, float]] = {}  # (model, where) -> last error logged, when
         self.down_since: float | None = None
         self.inbox, self.inbox_quiet_s = inbox, inbox_quiet_s
         self.quiet = QuietPackages(clock)
@@ -95,7 +97,7 @@ class Watch:
     def _holds(self, name: str) -> bool:
         try:
             held = self.locks[name].acquire()
-        except OSError as exc:
+        except Exception as exc:  # a full disk, a planted link: this daemon does not watch it, and says so
             self._failed(name, "lock", exc)
             return False
         if held and name in self.waiting:
@@ -109,6 +111,12 @@ class Watch:
     def _failed(self, name: str, where: str, exc: Exception) -> None:
         kind = "orchestrator" if isinstance(exc, OrchestratorError) else "disk" if isinstance(exc, OSError) else "bug"
         self.metrics.errors.labels(name, where, kind).inc()
+        # Counted every time; logged when it changes or once a minute: a full disk fails every tick.
+        message, now = f"{type(exc).__name__}: {exc}", self.clock()
+        last = self.logged.get((name, where))
+        if last is not None and last[0] == message and now - last[1] < ERROR_LOG_EVERY_S:
+            return
+        self.logged[(name, where)] = (message, now)
         if kind == "bug":
             log.error("%s: %s failed: unexpected %s: %s", name, where, type(exc).__name__, exc, exc_info=True)
         else:

@@ -149,3 +149,18 @@ def test_one_daemon_watches_a_model_and_a_second_takes_over_when_it_stops(env: E
     ticks(env, second, 2)
     assert MODEL not in second.waiting
     assert second_registry.get_sample_value("orchestrator_checks_total", {"model": MODEL}) == 2
+
+
+def test_a_lock_it_cannot_take_is_counted_and_the_other_models_are_watched(env: Env) -> None:
+    env.promote_better()
+    watch, registry = daemon(env)
+    lock = watch.locks[MODEL].path
+    lock.unlink(missing_ok=True)
+    lock.symlink_to(env.tmp / "elsewhere")  # planted: refused, never followed
+    ticks(env, watch, 3)
+    assert registry.get_sample_value("orchestrator_watch_errors_total",
+                                     {"model": MODEL, "where": "lock", "kind": "orchestrator"}) == 3
+    assert not (env.tmp / "elsewhere").exists()
+    lock.unlink()
+    ticks(env, watch, 1)
+    assert registry.get_sample_value("orchestrator_checks_total", {"model": MODEL}) == 1

@@ -32,6 +32,7 @@ from pathlib import Path
 from orchestrator import faults
 from orchestrator.core.journal import Record, now_iso
 from orchestrator.core.model import Attestation
+from orchestrator.core.shadow_gate import META_KEY as SHADOW_META_KEY
 from orchestrator.core.versions import is_version_folder
 from orchestrator.errors import RepositoryCorrupt, UnknownModel
 from orchestrator.store.atomic import fsync_dir, write_atomic
@@ -175,7 +176,10 @@ class ModelStore:
             for name in meta.artifacts:
                 shutil.copyfile(source / name, staging / name)
                 _fsync_file(staging / name)
-            filed = replace(meta, version=version, filed_at=now_iso(), verification=Verification())
+            # What gates a promotion (verification, a shadow run) comes from this orchestrator's records only:
+            # a package's claims about itself are not filed.
+            filed = replace(meta, version=version, filed_at=now_iso(), verification=Verification(),
+                            extra={k: v for k, v in meta.extra.items() if k != SHADOW_META_KEY})
             forget_attestation(self.state, version)
             write_meta(staging / META_FILE, filed)
             faults.checkpoint("import:staged")

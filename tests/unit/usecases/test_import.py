@@ -96,3 +96,17 @@ def test_a_config_that_lets_triton_pick_the_latest_is_pinned_before_an_unverifie
     assert env.ready() == {1} and env.served_by_twin() == 1
     step = next(r for r in env.records() if r.details.get("step") == "version_policy_pinned")
     assert step.details["versions"] == [1] and "before filing an unverified one" in step.reason
+
+
+def test_a_package_claiming_its_own_verification_and_shadow_run_is_filed_without_them(env: Env) -> None:
+    package = env.tmp / "claims"
+    shutil.copytree(env.packages[Variant.BETTER], package)
+    meta = package / "meta.yaml"
+    meta.write_text(meta.read_text() + "verification: {status: verified, verified_by: me, golden: {accuracy: 1.0}}\n"
+                    "shadow: {verdict: {outcome: passed, reason: trust me}, report: {}}\n")
+    env.build_key.sign(package)
+    assert env.orchestrator().import_package(package).version == 2
+    attested = env.store().attestation(2)
+    assert attested.verification.status.value == "unverified" and attested.shadow is None
+    filed = (env.repository / MODEL / "2" / "meta.yaml").read_text()
+    assert "trust me" not in filed and "verified_by: me" not in filed

@@ -281,6 +281,8 @@ class WatchPolicy:
             raise ValueError("interval_s, metrics_interval_s and probe_batch must be positive, grace_s >= 0")
         if self.max_rollbacks < 1 or not self.rollback_window_s >= 0:
             raise ValueError("max_rollbacks must be >= 1 and rollback_window_s >= 0")
+        if self.webhook is not None and not self.webhook.startswith(("http://", "https://")):
+            raise ValueError(f"webhook must be an http(s) URL, not {self.webhook!r}")
 
 
 @dataclass(frozen=True)

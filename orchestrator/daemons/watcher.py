@@ -9,13 +9,11 @@ an alert, or a rollback through the same use case as ``orchestrate rollback``.
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
-import requests
 
 from orchestrator.core.drift import DriftWindow
 from orchestrator.core.journal import Action, Record, Result, new_op_id
@@ -26,6 +24,7 @@ from orchestrator.core.watch_decision import Response, WatchAction, decide_check
 from orchestrator.daemons.drift_watch import DriftWatch, drift_rule
 from orchestrator.daemons.exporter import WatchMetrics
 from orchestrator.daemons.probes import GoldenProbe
+from orchestrator.daemons.webhook import notify
 from orchestrator.errors import Busy, OrchestratorError, PolicyViolation, StaleJudgement, TritonError
 from orchestrator.store.baselines import read_latency_baselines, write_latency_baselines
 from orchestrator.store.golden import load_golden
@@ -288,18 +287,3 @@ def _own_client(ctx: Context) -> TritonAPI:
     from orchestrator.triton.client import Triton  # noqa: PLC0415 - tests inject a twin instead
 
     return Triton(ctx.settings.triton_url, ctx.settings.admin_key, timeout_s=min(2.0, ctx.settings.timeout_s))
-
-
-def notify(url: str | None, payload: dict[str, object]) -> None:
-    """Fire-and-forget webhook: a slow receiver must never delay a rollback."""
-    if not url:
-        return
-
-    def send() -> None:
-        try:
-            requests.post(url, json=payload, timeout=5)
-        except requests.RequestException as exc:
-            log.warning("webhook %s failed: %s", url, exc)
-
-    threading.Thread(target=send, daemon=True).start()
-

@@ -256,7 +256,8 @@ def _default_metrics_url(triton_url: str) -> str:
 @app.command()
 @click.argument("models", nargs=-1, metavar="[MODEL]...")
 @click.option("--metrics-port", type=int, default=9400, help="Port of the orchestrator's Prometheus exporter")
-@click.option("--metrics-address", default="0.0.0.0", help="Address the exporter listens on")
+@click.option("--metrics-address", default="127.0.0.1",
+              help="Address the exporter listens on (0.0.0.0 for every interface, as in a container)")
 @click.option("--triton-metrics-url", metavar="URL", help="Triton's metrics endpoint [env ORCH_TRITON_METRICS_URL, "
               "default port 8002 of --url's host]")
 @click.option("--inbox", type=PATH, help="Folder to file signed .tar.gz packages from")

@@ -50,3 +50,10 @@ def test_commands_are_listed_in_release_order() -> None:
     _, out = _run("--help")
     commands = [line.split()[0] for line in out.split("\nCommands:\n", 1)[1].splitlines() if line.startswith("  ")]
     assert commands[:4] == ["import", "promote", "rollback", "reconcile"]
+
+
+def test_the_watchers_exporter_listens_on_loopback_unless_told_otherwise() -> None:
+    from orchestrator.cli.main import watch  # noqa: PLC0415
+
+    [address] = [p for p in watch.params if p.name == "metrics_address"]
+    assert address.default == "127.0.0.1"

@@ -302,6 +302,17 @@ def test_published_ports_are_the_ports_triton_listens_on(services: dict[str, dic
     assert published == {one_flag(triton_flags, f"--{kind}-port") for kind in ("http", "grpc", "metrics")}
 
 
+
+def test_every_published_port_is_on_loopback_unless_the_operator_opens_it(services: dict[str, dict[str, Any]]
+                                                                         ) -> None:
+    for name, service in services.items():
+        for port in service.get("ports", []):
+            host = str(port).rsplit(":", 2)[0]
+            assert host in ("127.0.0.1", "${TRITON_BIND:-127.0.0.1}"), f"{name} publishes {port} beyond loopback"
+    env = (DOCKER / "env.example").read_text()
+    assert "TRITON_BIND=127.0.0.1" in env
+
+
 # --- the orchestrator --------------------------------------------------------------------------
 
 def test_orchestrator_runs_the_watcher_through_the_cli_entrypoint(services: dict[str, dict[str, Any]]) -> None:
@@ -311,6 +322,9 @@ def test_orchestrator_runs_the_watcher_through_the_cli_entrypoint(services: dict
     assert callable(script.load())
     command = services["orchestrator"]["command"]
     assert command[0] == "watch" and option_value(command, "--metrics-port") == "9400"
+    # Inside the container every interface (Prometheus scrapes over the compose network); the CLI's own
+    # default is loopback.
+    assert option_value(command, "--metrics-address") == "0.0.0.0"
 
 
 def test_dockerfile_copies_only_what_the_build_context_sends() -> None:

@@ -7,6 +7,8 @@ for the candidate (``memory``), check it where it takes no traffic, mark it veri
 
 from __future__ import annotations
 
+import logging
+
 from orchestrator import faults
 from orchestrator.core.journal import Action, Result, new_op_id, now_iso
 from orchestrator.core.model import Verification, VersionStatus
@@ -15,8 +17,9 @@ from orchestrator.core.shadow_gate import recorded_verdict
 from orchestrator.delivery.plan_compat import plan_incompatibility
 from orchestrator.errors import CandidateRejected, OrchestratorError, PolicyViolation, RepositoryCorrupt
 from orchestrator.store.golden import load_golden
-from orchestrator.store.modelconfig import contract
+from orchestrator.store.modelconfig import contract, to_json
 from orchestrator.store.policyfile import POLICY_FILE
+from orchestrator.store.repository import ModelStore
 from orchestrator.store.shadow_state import refuse_while_shadowing
 from orchestrator.store.snapshot import ModelSnapshot
 from orchestrator.usecases import executor
@@ -25,6 +28,8 @@ from orchestrator.usecases.context import Context, SwitchResult
 from orchestrator.usecases.memory import make_room
 from orchestrator.usecases.reconcile import settle
 from orchestrator.usecases.repair import repair
+
+log = logging.getLogger(__name__)
 
 
 def promote(ctx: Context, model: str | None, version: int, force: bool = False, retry: bool = False
@@ -57,16 +62,19 @@ def promote(ctx: Context, model: str | None, version: int, force: bool = False, 
         started = ctx.clock()
         snap = ctx.record(store, snap, Action.PROMOTE, Result.STARTED, op, from_version=served, to_version=version,
                           details={"resident_before": list(snap.resident)})
+        unloaded: frozenset[int] = frozenset()
         try:
             ctx.progress("checking memory")
             snap, unloaded = make_room(ctx, store, snap, version, op)
             checked = check_candidate(ctx, store, snap, version, op, policy, golden)
         except CandidateRejected:
+            reload_fallbacks(ctx, store, unloaded)
             raise
         except (OrchestratorError, OSError) as exc:
             # Not the candidate's fault (Triton went away, a file is unreadable): serving untouched.
             ctx.record(store, snap, Action.PROMOTE, Result.FAILED, op, from_version=served, to_version=version,
                        reason=str(exc))
+            reload_fallbacks(ctx, store, unloaded)
             raise
         verdict, snap = checked.verdict, checked.snapshot
         try:
@@ -92,6 +100,23 @@ def promote(ctx: Context, model: str | None, version: int, force: bool = False, 
                                                   "switch_ms": switch_ms})
         return SwitchResult(store.name, "promote", served, version, snap.resident, duration, True, verdict.metrics,
                             switch_ms)
+
+
+def reload_fallbacks(ctx: Context, store: ModelStore, unloaded: frozenset[int]) -> None:
+    """The fallbacks unloaded to make room, loaded again after a promote that did not switch (the candidate is
+    gone): the served version keeps its instant rollback. Best effort: the original error is the one to report."""
+    if not unloaded:
+        return
+    try:
+        snap = store.snapshot()
+        snap = store.write_resident(snap, tuple(sorted(set(snap.resident) | unloaded)))
+        ctx.triton.load(store.name, to_json(snap.config))
+        ctx.record(store, snap, Action.RECONCILE, Result.SUCCEEDED, new_op_id(), to_version=snap.served,
+                   reason=f"fallback {', '.join(f'v{v}' for v in sorted(unloaded))} loaded again after the promote "
+                          f"that unloaded it did not switch")
+    except (OrchestratorError, OSError) as exc:
+        log.error("%s: could not load fallback %s again (%s); `orchestrate reconcile` or the next switch will",
+                  store.name, sorted(unloaded), exc)
 
 
 def require_loadable(snap: ModelSnapshot, version: int, retry: bool) -> None:

@@ -183,3 +183,16 @@ def test_a_promote_killed_after_unloading_the_fallback_is_repaired_with_the_serv
               and r.result.is_final]
     assert finals == ["aborted"]
     assert env.status(3) == "unverified"
+
+
+def test_a_fallback_unloaded_for_a_candidate_that_is_refused_is_loaded_again(env: Env) -> None:
+    env.promote_better()
+    env.set_policy("promotion", free_fallback_for_memory=True, memory_headroom_mb=50)
+    env.orchestrator().import_package(declaring(env, 100, Variant.WORSE))
+    orch = env.orchestrator()
+    orch.mem_available = SimulatedDevice(env.twin, total=300, each=100)
+    with pytest.raises(CandidateRejected, match="worse than the served version"):
+        orch.promote(MODEL, 3)
+    assert env.store().resident() == (1, 2) and env.ready() == {1, 2} and env.served_by_twin() == 2
+    reloaded = env.last("reconcile")
+    assert reloaded.result.value == "succeeded" and "fallback v1 loaded again" in reloaded.reason

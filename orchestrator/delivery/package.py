@@ -147,10 +147,25 @@ def verify_package(folder: Path, label: str, model: str, config: ModelConfig) ->
     needed = primary_file(config)
     if needed not in meta.artifacts:
         raise PackageRejected(label, f"the model's backend needs {needed!r}, which the package lacks")
+    code = sorted(name for name in meta.artifacts if loadable_code(name, config))
+    if code:
+        raise PackageRejected(label, f"{', '.join(code)}: code Triton would load that the model's backend "
+                                     f"({config.backend or config.platform or 'unknown'}) does not need")
     mismatch = contract_mismatch(meta.contract, contract(config))
     if mismatch:
         raise PackageRejected(label, f"contract does not match the model's config: {mismatch}")
     return meta
+
+
+def loadable_code(name: str, config: ModelConfig) -> bool:
+    """A file Triton (or a backend) would run as code although this model's backend does not need it: shared
+    libraries (a TensorRT plugin beside a plan runs with the server's rights) and Python where the backend
+    is not python. What the backend opens itself (its primary file) is never that."""
+    if name == primary_file(config):
+        return False
+    if name.endswith(".so") or ".so." in name:
+        return True
+    return name.endswith(".py") and config.backend != "python"
 
 
 def contract_mismatch(offered: Contract, expected: Contract) -> str | None:

@@ -129,3 +129,47 @@ def test_hard_links_and_devices_in_an_archive_are_refused(tmp_path):
             tar.addfile(info)
         with pytest.raises(PackageRejected, match="not a plain file"), unpacked(archive):
             pass
+
+
+def _copy(good: Path, tmp_path: Path) -> Path:
+    return copy(good, tmp_path)
+
+
+def _add_artifact(package: Path, name: str, data: bytes) -> None:
+    """An extra file, listed in meta.yaml with its checksum (as a builder would sign it)."""
+    import hashlib  # noqa: PLC0415
+
+    (package / name).write_bytes(data)
+    meta = package / META_FILE
+    text = meta.read_text()
+    digest = hashlib.sha256(data).hexdigest()
+    meta.write_text(text.replace("artifacts:\n", f"artifacts:\n  {name}:\n    sha256: {digest}\n", 1))
+
+
+@pytest.mark.parametrize(("name", "config_text"), [
+    ("libplugin.so", None),  # a TensorRT plugin beside the model: runs with the server's rights
+    ("libcustom.so.8", None),
+    ("model.py", "onnx"),  # Python the onnxruntime backend never needs
+])
+def test_code_the_backend_does_not_need_is_refused(good, tmp_path, name, config_text):
+    copy = _copy(good, tmp_path)
+    config = MODEL_CONFIG
+    if config_text == "onnx":
+        config = parse_config(CONFIG.replace('backend: "python"', 'backend: "onnxruntime"'))
+        from dataclasses import replace  # noqa: PLC0415
+
+        from orchestrator.store.metafile import write_meta  # noqa: PLC0415
+
+        (copy / "model.py").unlink()
+        meta = read_meta(copy / META_FILE)
+        write_meta(copy / META_FILE, replace(meta, artifacts={k: v for k, v in meta.artifacts.items()
+                                                              if k != "model.py"}))
+    _add_artifact(copy, name, b"\x7fELF or python")
+    with pytest.raises(PackageRejected, match=f"{name}: code Triton would load"):
+        verify_package(copy, "pkg", "classifier", config)
+
+
+def test_a_python_backend_may_carry_helper_modules(good, tmp_path):
+    copy = _copy(good, tmp_path)
+    _add_artifact(copy, "helpers.py", b"def f():\n    return 1\n")
+    assert "helpers.py" in verify_package(copy, "pkg", "classifier", MODEL_CONFIG).artifacts

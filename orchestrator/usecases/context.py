@@ -20,7 +20,7 @@ from orchestrator.store import meminfo
 from orchestrator.store.lock import model_lock
 from orchestrator.store.repository import ModelRepository, ModelStore
 from orchestrator.store.snapshot import ModelSnapshot
-from orchestrator.triton.lazy import LazyTriton
+from orchestrator.triton.client import Triton
 from orchestrator.triton.protocol import TritonAPI
 
 
@@ -61,8 +61,9 @@ class Context:
                       trust: TrustPolicy | None = None) -> Context:
         assert settings.state_dir is not None  # Settings fills it in
         if triton is None:
-            triton = LazyTriton(settings.triton_url, settings.admin_key, settings.timeout_s,  # type: ignore[assignment]
-                                settings.load_timeout_s)
+            # Opens no connection until its first call, imports tritonclient on its first inference only.
+            triton = Triton(settings.triton_url, settings.admin_key, settings.timeout_s,  # type: ignore[assignment]
+                            settings.load_timeout_s)
         return cls(settings, triton, trust or TrustPolicy.from_environment(settings.state_dir),
                    ModelRepository(settings.repository, settings.state_dir))
 

@@ -9,7 +9,10 @@ from __future__ import annotations
 import errno
 import os
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import BinaryIO
 
 from orchestrator import faults
 from orchestrator.errors import RepositoryCorrupt
@@ -38,17 +41,17 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def write_atomic(path: Path, data: bytes | str) -> None:
-    """Replace ``path`` so that a reader (or a crash) sees the old or the new content, never a mix."""
-    payload = data.encode() if isinstance(data, str) else data
-    faults.before_write(path)
+@contextmanager
+def atomic_file(path: Path) -> Iterator[BinaryIO]:
+    """A binary file that replaces ``path`` when the block ends without an error (fsynced, renamed, the
+    folder fsynced); on any error the temporary sibling is removed and ``path`` is as it was."""
     if path.is_symlink():
         raise planted_link(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         os.fchmod(fd, 0o644)
         with os.fdopen(fd, "wb") as handle:
-            handle.write(payload)
+            yield handle
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
@@ -56,3 +59,11 @@ def write_atomic(path: Path, data: bytes | str) -> None:
         Path(tmp).unlink(missing_ok=True)
         raise
     fsync_dir(path.parent)
+
+
+def write_atomic(path: Path, data: bytes | str) -> None:
+    """Replace ``path`` so that a reader (or a crash) sees the old or the new content, never a mix."""
+    payload = data.encode() if isinstance(data, str) else data
+    faults.before_write(path)
+    with atomic_file(path) as handle:
+        handle.write(payload)

@@ -36,7 +36,6 @@ import json
 import os
 import re
 import shutil
-import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -45,7 +44,7 @@ from typing import BinaryIO
 
 from orchestrator import faults
 from orchestrator.core.journal import History, JournalSummary, Record
-from orchestrator.store.atomic import fsync_dir, open_own, write_atomic
+from orchestrator.store.atomic import atomic_file, fsync_dir, open_own, write_atomic
 
 JOURNAL_FILE = "version_history.log"
 MAX_BYTES = 8 * 1024 * 1024  # the live file is rotated before an append would take it above this
@@ -123,20 +122,9 @@ class Journal:
 
     def _compress(self, number: int) -> None:
         plain, packed = self._plain(number), self._packed(number)
-        fd, tmp = tempfile.mkstemp(prefix=f".{packed.name}.", suffix=".tmp", dir=self.path.parent)
-        try:
-            os.fchmod(fd, 0o644)
-            with os.fdopen(fd, "wb") as raw:
-                with plain.open("rb") as source, gzip.GzipFile(
-                        filename=plain.name, mode="wb", compresslevel=_GZIP_LEVEL, fileobj=raw, mtime=0) as target:
-                    shutil.copyfileobj(source, target, 1024 * 1024)
-                raw.flush()
-                os.fsync(raw.fileno())
-            os.replace(tmp, packed)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-        fsync_dir(self.path.parent)
+        with atomic_file(packed) as raw, plain.open("rb") as source, gzip.GzipFile(
+                filename=plain.name, mode="wb", compresslevel=_GZIP_LEVEL, fileobj=raw, mtime=0) as target:
+            shutil.copyfileobj(source, target, 1024 * 1024)
         faults.checkpoint("journal:compressed")
         plain.unlink()
         fsync_dir(self.path.parent)

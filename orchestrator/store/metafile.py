@@ -86,10 +86,20 @@ def parse_meta(text: str) -> VersionMeta:
         raise MetaError(f"a field has the wrong type ({type(exc).__name__}: {' '.join(str(exc).split())})") from exc
 
 
-def _check_yaml(text: str) -> None:
+def _load_yaml(text: str) -> Any:
+    """The document, parsed once: its node tree checked (``_check_nodes``), then built."""
+    loader = _LOADER(text)
+    try:
+        root = loader.get_single_node()
+        _check_nodes(root)
+        return loader.construct_document(root) if root is not None else None
+    finally:
+        loader.dispose()
+
+
+def _check_nodes(root: yaml.Node | None) -> None:
     """What YAML allows and a manifest must not use: aliases (a few lines that expand into gigabytes),
     and a version in any form but plain decimal (YAML 1.1 reads ``010`` as 8 and ``0x10`` as 16)."""
-    root = yaml.compose(text, Loader=_LOADER)
     seen: set[int] = set()
     stack = [root] if root is not None else []
     while stack:
@@ -110,8 +120,7 @@ def _check_yaml(text: str) -> None:
 
 def _parse_meta(text: str) -> VersionMeta:
     try:
-        _check_yaml(text)
-        raw = yaml.load(text, Loader=_LOADER)
+        raw = _load_yaml(text)
     except yaml.YAMLError as exc:
         raise MetaError(f"not valid YAML ({str(exc).splitlines()[0]})") from exc
     if not isinstance(raw, dict):

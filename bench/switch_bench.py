@@ -35,7 +35,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.common import start_watcher, stop_watcher  # noqa: E402
+from bench.common import pct, sample_stack, start_watcher, stop_watcher  # noqa: E402
 from orchestrator.delivery.trust import TrustPolicy  # noqa: E402
 from orchestrator.sample import Variant, golden_set, write_sample_package  # noqa: E402
 from orchestrator.settings import Settings  # noqa: E402
@@ -45,7 +45,7 @@ from orchestrator.store.metafile import Verification, VersionStatus  # noqa: E40
 from orchestrator.store.modelconfig import contract, to_json  # noqa: E402
 from orchestrator.store.repository import candidate_name  # noqa: E402
 from orchestrator.triton.client import Triton  # noqa: E402
-from orchestrator.triton.embedded import EmbeddedTriton, free_ports  # noqa: E402
+from orchestrator.triton.embedded import free_ports  # noqa: E402
 from orchestrator.triton.golden import run_golden  # noqa: E402
 from orchestrator.usecases.orchestrator import Orchestrator  # noqa: E402
 
@@ -125,10 +125,10 @@ class Clients:
 
 
 def summary(name: str, values: list[float]) -> str:
-    ordered = sorted(values)
-    p95 = ordered[min(len(ordered) - 1, round(0.95 * (len(ordered) - 1)))]
-    return (f"{name:<48} median {statistics.median(ordered) * 1000:8.1f} ms   p95 {p95 * 1000:8.1f} ms   "
-            f"max {ordered[-1] * 1000:8.1f} ms")
+    if not values:  # a kind of run that a short --runs never reached
+        return f"{name:<48} no runs"
+    return (f"{name:<48} median {statistics.median(values) * 1000:8.1f} ms   p95 {pct(values, 0.95) * 1000:8.1f} ms   "
+            f"max {max(values) * 1000:8.1f} ms")
 
 
 def cli_env(repository: Path, state: Path, url: str) -> dict[str, str]:
@@ -144,10 +144,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=4)
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="orch-bench-"))
-    repository, state = work / "model_repository", work / "orchestrator_state"
-    shutil.copytree(ROOT / "model_repository", repository)
-    shutil.copytree(ROOT / "orchestrator_state", state)
-    server = EmbeddedTriton(repository, work / "triton", load_models=(MODEL,)).start()
+    repository, state, server = sample_stack(work)
     try:
         trust = TrustPolicy(state / "trusted_keys", allow_unsigned=True)  # the bench times switches, not signatures
         orchestrator = Orchestrator(Settings(repository, state_dir=state, triton_url=server.url, actor="bench"),

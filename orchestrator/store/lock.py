@@ -19,22 +19,27 @@ from orchestrator.store.atomic import open_own
 LOCK_FILE = ".orchestrator.lock"
 
 
+def _try_lock(fd: int, holder: str) -> bool:
+    """Take the exclusive lock without waiting and say who holds it in the file; False when another has it."""
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, holder.encode(), 0)
+    return True
+
+
 @contextmanager
 def model_lock(folder: Path, model: str, timeout_s: float) -> Iterator[None]:
     fd = open_own(folder / LOCK_FILE, os.O_RDWR | os.O_CREAT)
     try:
         deadline = time.monotonic() + timeout_s
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() >= deadline:
-                    holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "another command"
-                    raise Busy(f"model {model!r} is busy ({holder}); waited {timeout_s:g}s, try again") from None
-                time.sleep(0.05)
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"pid {os.getpid()}".encode(), 0)
+        while not _try_lock(fd, f"pid {os.getpid()}"):
+            if time.monotonic() >= deadline:
+                holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "another command"
+                raise Busy(f"model {model!r} is busy ({holder}); waited {timeout_s:g}s, try again") from None
+            time.sleep(0.05)
         yield
     finally:
         os.close(fd)
@@ -57,13 +62,9 @@ class WatchLock:
         if self.fd is not None:
             return True
         fd = open_own(self.path, os.O_RDWR | os.O_CREAT)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+        if not _try_lock(fd, f"watch pid {os.getpid()}"):
             os.close(fd)
             return False
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"watch pid {os.getpid()}".encode(), 0)
         self.fd = fd
         return True
 

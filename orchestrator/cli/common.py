@@ -16,6 +16,7 @@ import click
 from orchestrator.errors import UNEXPECTED_EXIT, Interrupted, OrchestratorError, WriteFailed
 
 if TYPE_CHECKING:
+    from orchestrator.settings import Settings
     from orchestrator.usecases.orchestrator import Orchestrator
 
 T = TypeVar("T")
@@ -28,13 +29,20 @@ class State:
     def __init__(self) -> None:
         self.options: dict[str, Any] = {}
         self.verbose = False
+        self._settings: Settings | None = None
+
+    def settings(self) -> Settings:
+        """Read from the options and the environment once per command."""
+        if self._settings is None:
+            from orchestrator.settings import from_environment  # noqa: PLC0415
+
+            self._settings = from_environment(**self.options)
+        return self._settings
 
     def orchestrator(self) -> Orchestrator:
-        from orchestrator.settings import from_environment  # noqa: PLC0415
         from orchestrator.usecases.orchestrator import Orchestrator  # noqa: PLC0415 - numpy, cryptography, protobuf
 
-        settings = from_environment(**self.options)
-        return Orchestrator(settings)
+        return Orchestrator(self.settings())
 
 
 def run(fn: Callable[[], T]) -> T:

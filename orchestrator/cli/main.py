@@ -164,9 +164,8 @@ def _rollback_by_watcher(state: State, model: str | None, to: int | None, force:
                          ) -> dict[str, object] | None:
     """The watcher's result, or None when no watcher listens (the command then runs here)."""
     from orchestrator.daemons.command_socket import NoDaemon, request_rollback  # noqa: PLC0415
-    from orchestrator.settings import from_environment  # noqa: PLC0415
 
-    settings = from_environment(**state.options)
+    settings = state.settings()
     try:
         return request_rollback(settings, model, to, force, reason,
                                 timeout_s=settings.lock_timeout_s + settings.load_timeout_s)

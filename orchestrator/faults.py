@@ -3,6 +3,8 @@
 ``ORCH_CRASH_AT=<point>`` makes the process SIGKILL itself when it reaches that point,
 exactly like a power cut or an OOM kill would. ``ORCH_FAIL_WRITE=<file name>`` makes the
 next write of that file (or folder/file) fail as a full disk does (ENOSPC).
+``ORCH_SHORT_WRITE=<file name>:<bytes>`` makes a journal append write only that many bytes, then
+fail with ENOSPC, as a disk that fills up in the middle of a write does.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from pathlib import Path
 
 ENV = "ORCH_CRASH_AT"
 ENV_WRITE = "ORCH_FAIL_WRITE"
+ENV_SHORT = "ORCH_SHORT_WRITE"
 
 
 def checkpoint(point: str) -> None:
@@ -29,3 +32,14 @@ def before_write(path: Path | str) -> None:
     path = Path(path)
     if wanted in (path.name, f"{path.parent.name}/{path.name}"):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC) + " (injected)", str(path))
+
+
+def short_write(fd: int, data: memoryview, path: Path) -> None:
+    """With ``ORCH_SHORT_WRITE`` naming ``path``: write the first bytes of ``data`` only, then fail."""
+    wanted = os.environ.get(ENV_SHORT)
+    if not wanted:
+        return
+    name, _, count = wanted.rpartition(":")
+    if name == Path(path).name and len(data) > int(count):
+        os.write(fd, data[:int(count)])
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC) + " (injected, mid-write)", str(path))

@@ -71,6 +71,13 @@ def app(ctx: click.Context, repository: str | None, state_dir: str | None, url: 
     ctx.obj = state
 
 
+def _raise(error: Exception) -> Callable[[], None]:
+    """For ``run``: report an error found after a command's output was printed."""
+    def fail() -> None:
+        raise error
+    return fail
+
+
 def _print_json(data: object) -> None:
     click.echo(json.dumps(data, indent=2, default=str))
 
@@ -193,6 +200,11 @@ def _status_table(status: ModelStatus) -> str:
              f"resident {_versions(status.resident)} ({sync})"]
     if status.interrupted:
         lines.append(f"  interrupted: {status.interrupted} (the next command repairs it)")
+    if status.journal_behind:
+        lines.append(f"  journal behind: {status.journal_behind}")
+    if status.journal_damaged_count:
+        lines.append(f"  journal damaged: {status.journal_damaged_count} record(s) no longer read (latest: "
+                     f"{status.journal_damaged[-1]}); `orchestrate history` lists the rest")
     lines.append(f"  {'VERSION':<8} {'STATUS':<12} {'RESIDENT':<9} {'TRITON':<12} {'DRIFT':<7} {'CREATED':<26} REASON")
     for row in status.versions:
         marker = "*" if row.version == status.served else " "
@@ -243,8 +255,15 @@ def history(ctx: click.Context, model: str | None, limit: int, as_json: bool) ->
         click.echo(f"{'TIME':<24} {'ACTION':<10} {'RESULT':<10} {'FROM -> TO':<12} {'TOOK':>8}  ACTOR  REASON")
         for record in records:
             click.echo(_history_line(record))
-    if journal.skipped_lines:
-        click.echo(f"warning: skipped {journal.skipped_lines} unreadable journal line(s)", err=True)
+    for problem in journal.problems:
+        if problem not in journal.damaged:
+            click.echo(f"warning: skipped {problem.describe()}", err=True)
+    if journal.damaged:
+        from orchestrator.errors import RepositoryCorrupt  # noqa: PLC0415
+
+        places = "; ".join(p.describe() for p in journal.damaged)
+        run(_raise(RepositoryCorrupt(f"the journal has {len(journal.damaged)} damaged record(s), shown records "
+                                     f"skip them: {places}")))
 
 
 def _default_metrics_url(triton_url: str) -> str:

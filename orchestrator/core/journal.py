@@ -10,7 +10,7 @@ from __future__ import annotations
 import enum
 import json
 import uuid
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
 from typing import Any
 
@@ -106,10 +106,34 @@ class Record:
         return self.result.is_final
 
 
+class Damage(str, enum.Enum):
+    TORN = "torn"  # the last write of a process that died mid-line: never acknowledged, fenced off
+    DAMAGED = "damaged"  # a record that was written whole and reads otherwise now (checksum, bytes)
+
+
+@dataclass(frozen=True)
+class JournalProblem:
+    """A line of the journal that is not a record: where it is and why."""
+
+    file: str  # the journal file's name (a segment's name for an older one)
+    offset: int  # byte offset of the line in that file (uncompressed)
+    kind: Damage
+    reason: str
+
+    def describe(self) -> str:
+        what = "a torn write (a process ended mid-line)" if self.kind is Damage.TORN else "a damaged record"
+        return f"{self.file} at byte {self.offset}: {what}: {self.reason}"
+
+
 @dataclass(frozen=True)
 class History:
     records: tuple[Record, ...]
-    skipped_lines: int  # torn or unreadable lines, reported rather than fatal
+    problems: tuple[JournalProblem, ...] = ()  # lines that are not records, reported rather than fatal
+
+    @property
+    def damaged(self) -> tuple[JournalProblem, ...]:
+        """Records that were written whole and no longer read: a torn last write is not among them."""
+        return tuple(p for p in self.problems if p.kind is Damage.DAMAGED)
 
     def unfinished(self) -> Record | None:
         """The ``started`` record of the last operation that never got a final record."""
@@ -123,10 +147,11 @@ class History:
         return [str(r.details.get("step")) for r in self.records if r.op == op and r.result is Result.STEP]
 
     def summary(self) -> JournalSummary:
-        return JournalSummary().add(*self.records)
+        return JournalSummary().add(*self.records).with_damage(*self.problems)
 
 
 SERVED_KEPT = 64  # served versions remembered: fallbacks are looked for among the most recent
+DAMAGED_KEPT = 16  # places of damaged records remembered for status
 
 
 @dataclass(frozen=True)
@@ -136,6 +161,15 @@ class JournalSummary:
 
     served: tuple[int, ...] = ()  # versions in the order they started serving (the last SERVED_KEPT)
     open: tuple[Record, ...] = ()  # ``started`` records with no final record yet, oldest first
+    damaged: tuple[str, ...] = ()  # where damaged records were found (the last DAMAGED_KEPT)
+    damaged_count: int = 0
+
+    def with_damage(self, *problems: JournalProblem) -> JournalSummary:
+        found = [p.describe() for p in problems if p.kind is Damage.DAMAGED]
+        if not found:
+            return self
+        return replace(self, damaged=(*self.damaged, *found)[-DAMAGED_KEPT:],
+                       damaged_count=self.damaged_count + len(found))
 
     def add(self, *records: Record) -> JournalSummary:
         served, opened = list(self.served), {r.op: r for r in self.open}
@@ -150,15 +184,18 @@ class JournalSummary:
                     served.append(record.from_version)
                 if record.to_version is not None:
                     served.append(record.to_version)
-        return JournalSummary(tuple(served[-SERVED_KEPT:]), tuple(opened.values()))
+        return JournalSummary(tuple(served[-SERVED_KEPT:]), tuple(opened.values()), self.damaged, self.damaged_count)
 
     def unfinished(self) -> Record | None:
         """The ``started`` record of the last operation that never got a final record."""
         return self.open[-1] if self.open else None
 
     def to_dict(self) -> dict[str, Any]:
-        return {"served": list(self.served), "open": [json.loads(r.to_json()) for r in self.open]}
+        return {"served": list(self.served), "open": [json.loads(r.to_json()) for r in self.open],
+                "damaged": list(self.damaged), "damaged_count": self.damaged_count}
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> JournalSummary:
-        return cls(tuple(int(v) for v in raw["served"]), tuple(Record.from_json(json.dumps(r)) for r in raw["open"]))
+        # Checkpoints written before damage was counted have no such keys.
+        return cls(tuple(int(v) for v in raw["served"]), tuple(Record.from_json(json.dumps(r)) for r in raw["open"]),
+                   tuple(str(d) for d in raw.get("damaged", ())), int(raw.get("damaged_count", 0)))

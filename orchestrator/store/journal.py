@@ -9,8 +9,12 @@ Files, beside each other in the model's state folder (``version_history.log`` be
     version_history.log.index.json          the summary cached for the live file (a cache only)
     version_history.log.lock                flock held for append + rotate
 
-Appends are fsynced; a torn last line (power cut mid-write) is skipped on read and fenced off by a
-newline on the next append. Writers (CLI commands, the watcher) take the lock, so no record lands in
+Each line carries a CRC-32 of its record's bytes (``{"crc":"<8 hex>",`` then the record's own JSON), so
+a record damaged after it was written (a bad block, a hand edit) is reported with its place instead of
+being skipped silently; lines from before checksums read as they are. Appends are fsynced and written
+whole or not at all: a write the disk cuts short is truncated back. A torn last line (a power cut
+mid-write) is skipped on read and fenced off on the next append by a newline and a fence line, so it
+reads as torn, not as damage, afterwards. Writers (CLI commands, the watcher) take the lock, so no record lands in
 a file being rotated away. An append that would leave the live file above ``max_bytes`` rotates it
 first: rename it to segment n, write checkpoint n, gzip it to a temporary, fsync, rename to
 ``<n>.gz``, then remove the plain segment, fsyncing the folder after each rename. Each step is
@@ -36,6 +40,7 @@ import json
 import os
 import re
 import shutil
+import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -43,7 +48,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from orchestrator import faults
-from orchestrator.core.journal import History, JournalSummary, Record
+from orchestrator.core.journal import Damage, History, JournalProblem, JournalSummary, Record
 from orchestrator.store.atomic import atomic_file, fsync_dir, open_own, write_atomic
 
 JOURNAL_FILE = "version_history.log"
@@ -54,6 +59,9 @@ LOCK_SUFFIX = ".lock"
 INDEX_EVERY_BYTES = 4096  # fold at most this much of the journal again before caching the summary
 _MARK_BYTES = 256  # the journal's bytes just before the cached offset: a rewritten file does not match
 _GZIP_LEVEL = 6
+_CRC_HEAD = b'{"crc":"'
+_CRC_END = len(_CRC_HEAD) + 8  # the 8 hex digits
+_FENCE = b'{"fence":"the line above is a torn write"}'  # follows a torn line once the next append ends it
 
 
 @dataclass(frozen=True)
@@ -74,24 +82,21 @@ class Journal:
 
     # --- writing ------------------------------------------------------------------------
     def append(self, record: Record) -> Record:
-        line = (record.to_json() + "\n").encode()
+        line = frame(record)
         faults.before_write(self.path)
         with self._locked():
             if not self._repaired:
                 self._repair()
                 self._repaired = True
-            fence = _ends_without_newline(self.path)  # a torn last record is fenced off by a newline
+            fence = b"\n" + _FENCE + b"\n" if _ends_without_newline(self.path) else b""
             size = self.size()
-            if size and size + fence + len(line) > self.max_bytes:
+            if size and size + len(fence) + len(line) > self.max_bytes:
                 self._rotate()
-                fence = False  # a segment's end ends its last line
+                fence = b""  # a segment's end ends its last line
             existed = self.path.exists()
             fd = open_own(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
             try:
-                if fence:
-                    os.write(fd, b"\n")
-                os.write(fd, line)
-                os.fsync(fd)
+                _write_whole(fd, fence + line, self.path)
             finally:
                 os.close(fd)
             if not existed:
@@ -115,8 +120,9 @@ class Journal:
         os.rename(self.path, self._plain(number))
         fsync_dir(self.path.parent)
         faults.checkpoint("journal:rotated")
-        rest, _ = self.read_since(cursor)  # an unterminated last line is final now that it is a segment
-        self._write_checkpoint(number, summary.add(*rest))
+        # An unterminated last line is final now that it is a segment.
+        rest, problems, _ = self._read_since(cursor)
+        self._write_checkpoint(number, summary.add(*rest).with_damage(*problems))
         faults.checkpoint("journal:checkpointed")
         self._compress(number)
 
@@ -160,17 +166,17 @@ class Journal:
     def read(self) -> History:
         """Every record of every segment in order, then the live file's."""
         records: list[Record] = []
-        skipped = 0
+        problems: list[JournalProblem] = []
         with self._view() as (last, live):
             for number in range(1, last + 1):
-                found, bad = _parse(self._read_segment(number))
+                found, bad = _parse(self._read_segment(number), self._packed(number).name)
                 records += found
-                skipped += bad
+                problems += bad
             if live is not None:
-                found, bad = _parse(live.read())
+                found, bad = _parse(live.read(), self.path.name, final=True)
                 records += found
-                skipped += bad
-        return History(tuple(records), skipped)
+                problems += bad
+        return History(tuple(records), tuple(problems))
 
     def cursor(self) -> Cursor:
         """The end of the journal, for a follower to start from (a line being written is after it)."""
@@ -180,23 +186,34 @@ class Journal:
     def read_since(self, cursor: Cursor) -> tuple[list[Record], Cursor]:
         """Complete records appended after ``cursor`` (those rotated into segments since included), and
         the cursor to continue from. A cursor past the end (the journal was replaced) restarts at the end."""
+        records, _, end = self._read_since(cursor)
+        return records, end
+
+    def _read_since(self, cursor: Cursor) -> tuple[list[Record], list[JournalProblem], Cursor]:
         with self._view() as (last, live):
             size = os.fstat(live.fileno()).st_size if live is not None else 0
             if cursor.segment > last or (cursor.segment == last and cursor.offset > size):
-                return [], Cursor(last, _complete_end(live) if live is not None else 0)
+                return [], [], Cursor(last, _complete_end(live) if live is not None else 0)
             records: list[Record] = []
+            problems: list[JournalProblem] = []
             start = cursor.offset
             if cursor.segment < last:
-                records += _parse(self._read_segment(cursor.segment + 1, start))[0]
+                number = cursor.segment + 1
+                found, bad = _parse(self._read_segment(number, start), self._packed(number).name, start)
+                records += found
+                problems += bad
                 for number in range(cursor.segment + 2, last + 1):
-                    records += _parse(self._read_segment(number))[0]
+                    found, bad = _parse(self._read_segment(number), self._packed(number).name)
+                    records += found
+                    problems += bad
                 start = 0
             if live is None:
-                return records, Cursor(last, 0)
+                return records, problems, Cursor(last, 0)
             live.seek(start)
             data = live.read()
         end = data.rfind(b"\n") + 1  # a line still being written is left for the next call
-        return records + _parse(data[:end])[0], Cursor(last, start + end)
+        found, bad = _parse(data[:end], self.path.name, start, final=True)
+        return records + found, problems + bad, Cursor(last, start + end)
 
     @contextmanager
     def _view(self) -> Iterator[tuple[int, BinaryIO | None]]:
@@ -264,8 +281,8 @@ class Journal:
 
     def _fold(self) -> tuple[JournalSummary, Cursor]:
         start, summary = self._cached()
-        records, end = self.read_since(start)
-        summary = summary.add(*records)
+        records, problems, end = self._read_since(start)
+        summary = summary.add(*records).with_damage(*problems)
         if end.segment != start.segment or end.offset - start.offset >= INDEX_EVERY_BYTES:
             self._cache(end, summary)
         return summary, end
@@ -343,7 +360,8 @@ class Journal:
             base -= 1
         summary = JournalSummary() if summary is None else summary
         for segment in range(base + 1, number + 1):
-            summary = summary.add(*_parse(self._read_segment(segment))[0])
+            records, problems = _parse(self._read_segment(segment), self._packed(segment).name)
+            summary = summary.add(*records).with_damage(*problems)
         return summary
 
     def _write_checkpoint(self, number: int, summary: JournalSummary) -> None:
@@ -357,18 +375,71 @@ def _segment_match(name: str, journal: str) -> re.Match[str] | None:
     return _SEGMENT.fullmatch(name[len(journal) + 1:]) if name.startswith(journal + ".") else None
 
 
-def _parse(data: bytes) -> tuple[list[Record], int]:
-    """The records in ``data``, and how many non-empty lines did not read as one."""
+def frame(record: Record) -> bytes:
+    """The journal line of ``record``: its JSON with a CRC-32 of those bytes in front, still one JSON object."""
+    body = record.to_json().encode()
+    return b'%s%08x",%s\n' % (_CRC_HEAD, zlib.crc32(body), body[1:])
+
+
+def unframe(line: bytes) -> Record:
+    """The record of one journal line; ValueError says why it is not one."""
+    if line.startswith(_CRC_HEAD) and line[_CRC_END:_CRC_END + 2] == b'",':
+        body = b"{" + line[_CRC_END + 2:]
+        try:
+            expected = int(line[len(_CRC_HEAD):_CRC_END], 16)
+        except ValueError:
+            raise ValueError("its checksum is not hexadecimal") from None
+        if zlib.crc32(body) != expected:
+            raise ValueError("its checksum does not match its bytes")
+    elif b'"crc"' in line:
+        raise ValueError("its checksum is not where it belongs")
+    else:
+        body = line  # written before records carried checksums
+    try:
+        return Record.from_json(body.decode())
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ValueError(f"it does not read as a record ({type(exc).__name__}: {exc})") from None
+
+
+def _parse(data: bytes, name: str, base: int = 0, final: bool = False) -> tuple[list[Record], list[JournalProblem]]:
+    """The records in ``data`` (bytes of file ``name`` from offset ``base``), and the lines that are not
+    one. ``final``: ``data`` ends where the live file ends, so a bad last line may still be fenced (torn)."""
     records: list[Record] = []
-    skipped = 0
-    for line in data.split(b"\n"):
-        if not line.strip():
+    problems: list[JournalProblem] = []
+    lines = data.split(b"\n")
+    offset = base
+    for index, line in enumerate(lines):
+        at, offset = offset, offset + len(line) + 1
+        if not line.strip() or line == _FENCE:
             continue
         try:
-            records.append(Record.from_json(line.decode(errors="replace")))
-        except (ValueError, KeyError, TypeError):
-            skipped += 1
-    return records, skipped
+            records.append(unframe(line))
+        except ValueError as exc:
+            following = lines[index + 1] if index + 1 < len(lines) else None
+            last = index == len(lines) - 1 or (final and not any(rest.strip() for rest in lines[index + 1:]))
+            torn = following == _FENCE or last  # an unterminated last line, or one the next append fenced
+            problems.append(JournalProblem(name, at, Damage.TORN if torn else Damage.DAMAGED,
+                                           "never completed" if torn else str(exc)))
+    return records, problems
+
+
+def _write_whole(fd: int, data: bytes, path: Path) -> None:
+    """Write ``data`` at the end and fsync, or leave the file as it was: a write the disk cuts short
+    (full, I/O error) is truncated back, so no half record stays behind to be mistaken for damage."""
+    start = os.lseek(fd, 0, os.SEEK_END)
+    try:
+        view = memoryview(data)
+        faults.short_write(fd, view, path)
+        while view:
+            view = view[os.write(fd, view):]
+        os.fsync(fd)
+    except OSError:
+        try:
+            os.ftruncate(fd, start)
+            os.fsync(fd)
+        except OSError:
+            pass  # what is left is an unterminated line: read as torn, fenced by the next append
+        raise
 
 
 def _complete_end(handle: BinaryIO) -> int:

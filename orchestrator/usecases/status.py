@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 from orchestrator.errors import RepositoryCorrupt, TritonError
 from orchestrator.store.baselines import drift_progress
@@ -33,6 +33,9 @@ class ModelStatus:
     in_sync: bool  # Triton holds exactly the resident versions
     interrupted: str | None  # an operation the next command will repair
     triton_error: str = ""
+    journal_behind: str | None = None  # the journal's last switch is not what config.pbtxt serves
+    journal_damaged: list[str] = field(default_factory=list)  # where damaged records are (the latest)
+    journal_damaged_count: int = 0
 
     def as_dict(self) -> dict[str, object]:
         return asdict(self)
@@ -71,7 +74,19 @@ def model_status(ctx: Context, store: ModelStore) -> ModelStatus:
         interrupted=f"{unfinished.action.value} to v{unfinished.to_version} (op {unfinished.op})" if unfinished
         else None,
         triton_error=triton_error,
+        journal_behind=None if unfinished else journal_gap(snap.journal.served, snap.served),
+        journal_damaged=list(snap.journal.damaged),
+        journal_damaged_count=snap.journal.damaged_count,
     )
+
+
+def journal_gap(journaled: tuple[int, ...], served: int | None) -> str | None:
+    """The journal's last switch says one version serves, config.pbtxt another: records the watcher could
+    not write yet (a full disk; it writes them when it can), or a config edited by hand."""
+    if not journaled or journaled[-1] == served:
+        return None
+    return (f"the journal's last switch served v{journaled[-1]}, config.pbtxt serves v{served}: records not "
+            f"written yet (disk full?) or config.pbtxt edited by hand")
 
 
 def statuses(ctx: Context, model: str | None) -> list[ModelStatus]:

@@ -28,7 +28,7 @@ def _assert_consistent(stack: Stack, served: int, versions: list[int]) -> None:
     assert not (stack.repository / candidate_name(MODEL)).exists()
     assert not store.staging_leftovers()
     history = store.journal.read()
-    assert history.unfinished() is None and history.skipped_lines == 0
+    assert history.unfinished() is None and history.problems == ()
 
 
 def _import(stack: Stack, packages) -> None:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.core.journal import Action, JournalSummary, Record, Result
+from orchestrator.core.journal import Action, Damage, JournalSummary, Record, Result
 from orchestrator.store.journal import CHECKPOINT_SUFFIX, INDEX_SUFFIX, Cursor, Journal
 
 MAX = 2048  # a handful of records per segment
@@ -167,7 +167,7 @@ def test_a_process_killed_mid_rotation_loses_nothing(tmp_path: Path, point: str)
     history = Journal(path, max_bytes=MAX).read()
     written = len(history.records)
     assert written > 0 and list(history.records) == [record(i) for i in range(written)]
-    assert history.skipped_lines == 0
+    assert history.problems == ()
     journal = Journal(path, max_bytes=MAX)
     records = [*history.records, *fill(journal, 80, start=written)]
     assert segments(tmp_path)["plain"] == []
@@ -209,19 +209,20 @@ def test_a_torn_last_line_before_a_rotation_is_skipped_once(tmp_path: Path) -> N
     follower = journal.cursor()
     with path.open("a") as handle:
         handle.write('{"action":"promote","result":"sta' + " " * (MAX - path.stat().st_size - 40))  # power cut
-    assert journal.read().skipped_lines == 1
+    assert len(journal.read().problems) == 1
     more = fill(journal, 30, start=3)  # the first of these rotates the torn file away
     history = journal.read()
-    assert list(history.records) == records + more and history.skipped_lines == 1
+    assert list(history.records) == records + more and [p.kind for p in history.problems] == [Damage.TORN]
     assert gzip.decompress((tmp_path / "version_history.log.1.gz").read_bytes()).endswith(b" ")
     assert journal.summary() == JournalSummary().add(*records, *more)
     assert journal.read_since(follower)[0] == more
-    # Without a rotation the next append fences it off with a newline, as before.
+    # Without a rotation the next append fences it off, as before.
     with path.open("a") as handle:
         handle.write('{"action":"rollb')
     last = journal.append(record(99))
     history = journal.read()
-    assert list(history.records) == [*records, *more, last] and history.skipped_lines == 2
+    assert list(history.records) == [*records, *more, last] and len(history.problems) == 2
+    assert history.damaged == ()
 
 
 def _writer(path: str, name: str, count: int) -> None:
@@ -251,7 +252,7 @@ def test_two_processes_appending_lose_nothing_and_duplicate_nothing(tmp_path: Pa
     followed += journal.read_since(follower)[0]
     history = journal.read()
     final = list(history.records)
-    assert history.skipped_lines == 0 and len(final) == 600
+    assert history.problems == () and len(final) == 600
     for name in ("a", "b"):
         assert [r for r in final if r.actor == name] == [record(i, name) for i in range(300)]
     assert followed == final

@@ -50,7 +50,7 @@ def test_the_summary_equals_the_whole_history_read_at_once(seed: int) -> None:
     summary = JournalSummary()
     for start in range(0, len(records), 17):  # folded piece by piece, as commands meet them
         summary = summary.add(*records[start:start + 17])
-    history = History(tuple(records), 0)
+    history = History(tuple(records))
     assert summary.unfinished() == history.unfinished()
     assert list(summary.served) == reference_served(records)[-len(summary.served):]
     assert JournalSummary.from_dict(json.loads(json.dumps(summary.to_dict()))) == summary
@@ -72,13 +72,13 @@ def test_a_command_reads_only_what_was_appended_since_the_cached_summary(tmp_pat
     assert (tmp_path / ("version_history.log" + INDEX_SUFFIX)).exists()
     more = fill(journal, 3, start=200)
     offsets: list[int] = []
-    read_since = Journal.read_since
+    read_since = Journal._read_since
 
     def spy(self: Journal, cursor: Cursor):  # type: ignore[no-untyped-def]
         offsets.append(cursor.offset)
         return read_since(self, cursor)
 
-    monkeypatch.setattr(Journal, "read_since", spy)
+    monkeypatch.setattr(Journal, "_read_since", spy)
     assert journal.summary() == JournalSummary().add(*records, *more)
     assert offsets and offsets[0] > journal.size() - INDEX_EVERY_BYTES  # only the tail
 

@@ -33,7 +33,7 @@ class Reads:
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
         self.files: Counter[str] = Counter()
-        config_text, journal_read, read_since = ModelStore.config_text, Journal.read, Journal.read_since
+        config_text, journal_read, read_since = ModelStore.config_text, Journal.read, Journal._read_since
         read_meta, read_policies = snapshot.read_meta, snapshot.read_policies
 
         def counted_config(store: ModelStore) -> str:
@@ -58,7 +58,7 @@ class Reads:
 
         monkeypatch.setattr(ModelStore, "config_text", counted_config)
         monkeypatch.setattr(Journal, "read", counted_journal)
-        monkeypatch.setattr(Journal, "read_since", counted_tail)
+        monkeypatch.setattr(Journal, "_read_since", counted_tail)
         monkeypatch.setattr(snapshot, "read_meta", counted_meta)
         monkeypatch.setattr(snapshot, "read_policies", counted_policies)
 

@@ -110,7 +110,7 @@ def test_served_history_follows_completed_switches_only() -> None:
         Record("rollback", Result.REPAIRED, "c", from_version=2, to_version=1),
         Record("reconcile", Result.SUCCEEDED, "d", from_version=None, to_version=1),
     )
-    assert served_history(History(records, 0)) == [1, 2, 1, 1]
+    assert served_history(History(records)) == [1, 2, 1, 1]
 
 
 def anomaly(severity: Severity, rule: str = "output_sanity", detail: str = "LOGITS has 4 NaN of 40") -> Anomaly:

@@ -255,7 +255,7 @@ class Env:
         assert self.states(CANDIDATE) == {}
         assert store.staging_leftovers() == []
         history = store.journal.read()
-        assert history.unfinished() is None and history.skipped_lines == 0
+        assert history.unfinished() is None and history.problems == ()
 
 
 @pytest.fixture

@@ -25,12 +25,13 @@ def checkpoint(point: str) -> None:
 
 
 def before_write(path: Path | str) -> None:
-    """``ORCH_FAIL_WRITE`` names the file (``config.pbtxt``) or its folder too (``classifier/config.pbtxt``)."""
+    """``ORCH_FAIL_WRITE`` names the file (``config.pbtxt``) or its folder too (``classifier/config.pbtxt``);
+    several, separated by commas, fail together (a full state disk: the journal and the attestations)."""
     wanted = os.environ.get(ENV_WRITE)
     if not wanted:
         return
     path = Path(path)
-    if wanted in (path.name, f"{path.parent.name}/{path.name}"):
+    if {path.name, f"{path.parent.name}/{path.name}"} & set(wanted.split(",")):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC) + " (injected)", str(path))
 
 

@@ -32,6 +32,7 @@ from orchestrator.errors import OrchestratorError
 
 if TYPE_CHECKING:
     from orchestrator.settings import Settings
+    from orchestrator.store.backlog import WriteBacklog
 
 log = logging.getLogger(__name__)
 
@@ -114,9 +115,10 @@ class CommandSocket:
     """Serves rollbacks for one state folder; each request on its own thread and its own Orchestrator
     (a Triton connection is not shared between threads)."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, backlog: WriteBacklog | None = None) -> None:
         assert settings.state_dir is not None
         self.settings = settings
+        self.backlog = backlog  # the daemon's: a rollback asked for here goes on when the journal cannot be written
         self.path = socket_path(settings.state_dir)
         self.server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self.stopped = threading.Event()
@@ -209,6 +211,7 @@ class CommandSocket:
 
             to = request.get("to")
             orch = Orchestrator(replace(self.settings, actor=str(request.get("actor") or self.settings.actor)))
+            orch.backlog = self.backlog
             try:
                 result = orch.rollback(request.get("model") or None, int(to) if to is not None else None,
                                        force=bool(request.get("force")),

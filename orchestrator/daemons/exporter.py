@@ -32,6 +32,9 @@ class WatchMetrics:
         self.checks = Counter("orchestrator_checks", "Checks completed", ["model"], registry=registry)
         self.errors = Counter("orchestrator_watch_errors", "Failures the watcher survived, by where and kind "
                               "(orchestrator, disk, bug)", ["model", "where", "kind"], registry=registry)
+        self.pending_writes = Gauge("orchestrator_pending_writes", "Journal records and marks the disk refused "
+                                    "(full, read-only), held by the watcher until it can write them",
+                                    registry=registry)
         self.triton_up = Gauge("orchestrator_triton_up", "1 when Triton answered the last check", registry=registry)
         self.probe_latency = Histogram("orchestrator_probe_latency_seconds", "Latency of the watcher's probes",
                                        ["model"], registry=registry)

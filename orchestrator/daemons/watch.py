@@ -31,6 +31,7 @@ from orchestrator.daemons.watcher import ModelWatcher
 from orchestrator.delivery.fetch import DEFAULT_QUIET_S, QuietPackages, settle
 from orchestrator.errors import OrchestratorError, WriteFailed
 from orchestrator.settings import Settings
+from orchestrator.store.backlog import WriteBacklog
 from orchestrator.store.lock import WatchLock
 from orchestrator.store.policyfile import read_policies
 from orchestrator.triton.protocol import TritonAPI
@@ -55,6 +56,8 @@ class Watch:
         self.take_commands = take_commands
         # The watcher must not queue behind a long operator command; it retries next tick.
         self.orchestrator = Orchestrator(replace(settings, lock_timeout_s=0.5, actor="watch"), triton=triton)
+        self.backlog = WriteBacklog(clock)  # shared with the command socket's rollbacks
+        self.orchestrator.backlog = self.backlog
         self.triton, self.clock = triton, clock
         self.registry = registry or CollectorRegistry()
         self.metrics = WatchMetrics(self.registry)
@@ -76,6 +79,12 @@ class Watch:
                             clock=self.clock, trace_dir=self.trace_dir, triton=self.triton)
 
     def tick(self) -> None:
+        if len(self.backlog):
+            try:
+                self.backlog.flush()
+            except Exception as exc:  # not the disk's refusal: it stays first in line, said once a minute
+                self._failed("", "backlog", exc)
+        self.metrics.pending_writes.set(len(self.backlog))
         for name, watcher in self.watchers.items():
             if not self._holds(name):
                 continue
@@ -168,7 +177,7 @@ class Watch:
 
     def run(self, stop: threading.Event) -> None:
         log.warning("watching %s", ", ".join(self.watchers) or "no models")
-        commands = CommandSocket(self.settings).start() if self.take_commands else None
+        commands = CommandSocket(self.settings, self.backlog).start() if self.take_commands else None
         try:
             next_tick = time.monotonic()
             while not stop.is_set():

@@ -9,19 +9,22 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass, field, replace
+from typing import Any, TypeVar
 
-from orchestrator.core.journal import Action, Record, Result
+from orchestrator.core.journal import Action, Record, Result, now_iso
 from orchestrator.delivery.trust import TrustPolicy
 from orchestrator.errors import UsageError
 from orchestrator.settings import Settings
 from orchestrator.store import meminfo
+from orchestrator.store.backlog import WriteBacklog
 from orchestrator.store.lock import model_lock
 from orchestrator.store.repository import ModelRepository, ModelStore
 from orchestrator.store.snapshot import ModelSnapshot
 from orchestrator.triton.client import Triton
 from orchestrator.triton.protocol import TritonAPI
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -55,6 +58,9 @@ class Context:
     progress: Callable[[str], None] = field(default=lambda step: None)
     # What memory the device has left, in bytes (None: unknown); the twin's tests give a device's figures.
     mem_available: Callable[[], int | None] = meminfo.mem_available
+    # The watcher's: journal records and marks the disk refuses are written later, so that a full disk
+    # does not stop a rollback. None (commands): such a write fails the command.
+    backlog: WriteBacklog | None = None
 
     @classmethod
     def from_settings(cls, settings: Settings, triton: TritonAPI | None = None,
@@ -87,8 +93,22 @@ class Context:
 
     def record(self, store: ModelStore, snapshot: ModelSnapshot, action: Action, result: Result, op: str,
                **fields: Any) -> ModelSnapshot:
-        return store.record(snapshot, Record(action=action, result=result, op=op, actor=self.settings.actor,
-                                             **fields))
+        record = Record(action=action, result=result, op=op, actor=self.settings.actor, **fields)
+        if self.backlog is None:
+            return store.record(snapshot, record)
+
+        def late() -> None:  # the record keeps its time; the line says when it reached the disk
+            store.journal.append(replace(record, details={**record.details, "written_late_at": now_iso()}))
+
+        self.backlog.attempt(f"{store.name}'s journal record ({action.value} {result.value})",
+                             lambda: store.journal.append(record), late)
+        return snapshot.recorded(record)
+
+    def write_or_keep(self, what: str, write: Callable[[], T]) -> T | None:
+        """``write()``; with a backlog, None when the disk refused it and it waits to be written later."""
+        if self.backlog is None:
+            return write()
+        return self.backlog.attempt(what, write)
 
     def ms_since(self, started: float) -> float:
         return round((self.clock() - started) * 1000.0, 2)

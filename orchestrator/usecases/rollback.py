@@ -62,7 +62,10 @@ def rollback(ctx: Context, model: str | None, to: int | None = None, force: bool
             raise
         switch_ms = round((switched_at - started) * 1000.0, 2)
         # Triton unloads the dropped version in the background; its attestation is not in its folder.
-        snap = mark_rolled_back(store, snap, served, reason, quarantine, ctx.settings.actor)
+        # The watcher's rollback goes on when the state disk is full: the mark is written when it allows.
+        marked = ctx.write_or_keep(f"{store.name} v{served}'s rolled-back mark", lambda before=snap: mark_rolled_back(
+            store, before, served, reason, quarantine, ctx.settings.actor))
+        snap = marked if marked is not None else snap
         duration = ctx.ms_since(started)
         ctx.record(store, snap, Action.ROLLBACK, Result.SUCCEEDED, op, from_version=served, to_version=to,
                    reason=reason, duration_ms=duration,

@@ -202,3 +202,29 @@ def test_a_judgement_about_a_version_no_longer_serving_switches_nothing(stack: S
     assert stack.store().status(2) is VersionStatus.ROLLED_BACK  # not quarantined
     last = stack.store().journal.read().records[-1]
     assert (last.action.value, last.result.value, last.details["judged"]) == ("rollback", "refused", 2)
+
+
+def test_a_full_state_disk_does_not_stop_a_rollback_and_the_journal_catches_up_injected_enospc(
+        stack: Stack, tmp_path: Path, build_key, monkeypatch: pytest.MonkeyPatch):
+    package = build_key.sign(write_faulty_package(tmp_path / "faulty-nan", "nan", after_requests=40))
+    assert stack.cli("import", str(package)).returncode == 0
+    with watching(stack) as daemon, Traffic(stack.server.url, threads=2):
+        stack.orchestrator().promote(MODEL, 2)
+        # From here the state disk takes no journal line and no attestation; the repository's disk still works.
+        monkeypatch.setenv("ORCH_FAIL_WRITE", "version_history.log,attestations/2.json")
+        assert wait_for(lambda: stack.served_by_triton() == 1, 30), "no rollback while the journal was full"
+        assert watch_rollbacks(stack) == [] and stack.store().served() == 1
+        assert wait_for(lambda: sample_value(daemon, "orchestrator_pending_writes") >= 3, 5)
+        behind = stack.orchestrator().status(MODEL)[0].journal_behind
+        assert behind is not None and "served v2" in behind
+        assert daemon.watchers[MODEL].served == 1  # still watching, now the fallback
+        monkeypatch.delenv("ORCH_FAIL_WRITE")
+        assert wait_for(lambda: watch_rollbacks(stack), 10), "the kept records were not written"
+        assert wait_for(lambda: sample_value(daemon, "orchestrator_pending_writes") == 0, 5)
+    record = watch_rollbacks(stack)[0]
+    assert (record.from_version, record.to_version) == (2, 1) and record.details["written_late_at"]
+    assert record.details["quarantine"] is True
+    assert stack.store().status(2) is VersionStatus.QUARANTINED  # the mark, written late too
+    history = stack.store().journal.read()
+    assert history.unfinished() is None and history.damaged == ()
+    assert stack.orchestrator().status(MODEL)[0].journal_behind is None

@@ -5,6 +5,7 @@ from __future__ import annotations
 import getpass
 import os
 import socket
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,6 +20,7 @@ ENV_STATE_DIR = "ORCH_STATE_DIR"
 ENV_TENSORRT_VERSION = "ORCH_TENSORRT_VERSION"
 ENV_COMPUTE_CAPABILITY = "ORCH_COMPUTE_CAPABILITY"
 ENV_MAX_VERSION_JUMP = "ORCH_MAX_VERSION_JUMP"
+KEY_FILE_MAX_BYTES = 4096  # a key is a line; a bigger file is the wrong file
 
 
 @dataclass(frozen=True)
@@ -67,17 +69,61 @@ def default_actor() -> str:
 
 
 def read_admin_key(explicit: str | None = None) -> str | None:
+    """The key for Triton's restricted APIs: ``explicit``, else ORCH_ADMIN_KEY, else ORCH_ADMIN_KEY_FILE's."""
     if explicit:
-        return explicit
+        return _checked_key(explicit, "the admin key given")
     if os.environ.get(ENV_ADMIN_KEY):
-        return os.environ[ENV_ADMIN_KEY]
+        return _checked_key(os.environ[ENV_ADMIN_KEY], ENV_ADMIN_KEY)
     path = os.environ.get(ENV_ADMIN_KEY_FILE)
-    if path:
-        try:
-            return Path(path).read_text().strip() or None
-        except OSError as exc:
-            raise UsageError(f"cannot read the admin key file {path}: {exc.strerror}") from exc
-    return None
+    return read_key_file(Path(path)) if path else None
+
+
+def read_key_file(path: Path) -> str:
+    """The key in ``path``: a regular file of at most 4 KiB that "other" users cannot open.
+
+    Group access is allowed: Docker and Kubernetes secrets, or a service group shared with
+    Triton, commonly grant it, and that group is trusted with the device's control API anyway.
+    """
+    try:
+        if not stat.S_ISREG(path.stat().st_mode):  # a directory, FIFO or device is never opened
+            raise _not_a_key_file(path)
+        # O_NONBLOCK: a FIFO swapped in after the stat cannot hang the open; fstat then checks
+        # what was opened, not what the path named a moment before.
+        with os.fdopen(os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC), "rb") as file:
+            info = os.fstat(file.fileno())
+            if not stat.S_ISREG(info.st_mode):
+                raise _not_a_key_file(path)
+            mode = stat.S_IMODE(info.st_mode)
+            if mode & 0o007:
+                raise UsageError(f"the admin key file {path} has mode {mode:04o}, open to every user on this "
+                                 f"machine: chmod 600 {path}")
+            data = file.read(KEY_FILE_MAX_BYTES + 1)
+    except OSError as exc:
+        raise UsageError(f"cannot read the admin key file {path}: {exc.strerror or exc} (set "
+                         f"{ENV_ADMIN_KEY_FILE} to a file this user can read)") from exc
+    if len(data) > KEY_FILE_MAX_BYTES:
+        raise UsageError(f"the admin key file {path} is larger than {KEY_FILE_MAX_BYTES} bytes: not a key file")
+    try:
+        text = data.decode("ascii")
+    except UnicodeDecodeError:
+        raise UsageError(f"the admin key in {path} is not ASCII text") from None
+    return _checked_key(text.rstrip("\r\n"), f"the admin key in {path}")
+
+
+def _not_a_key_file(path: Path) -> UsageError:
+    return UsageError(f"the admin key file {path} is not a regular file; set {ENV_ADMIN_KEY_FILE} to the file "
+                      f"that holds the key")
+
+
+def _checked_key(key: str, source: str) -> str:
+    # What both an HTTP header and gRPC metadata carry unchanged; docker/triton-entrypoint.sh
+    # applies the same rule, so Triton and the orchestrator never disagree about a key.
+    if not key:
+        raise UsageError(f"{source} is empty; put the key Triton was started with there")
+    if not all("!" <= ch <= "~" for ch in key):
+        raise UsageError(f"{source} has spaces, control characters or non-ASCII characters (or more than "
+                         f"one line); the key must be one line of printable ASCII")
+    return key
 
 
 def from_environment(repository: str | None = None, state_dir: str | None = None, url: str | None = None,

@@ -5,10 +5,14 @@ neither tritonclient nor gevent under it (~100 ms of every command's start-up): 
 ``rollback`` talk to Triton through this module only. ``client.Triton`` adds ``infer``, the one
 call that needs tritonclient's binary tensor protocol.
 
+Every call but health and readiness sends the admin key: the servers this project starts lock
+``RESTRICTED_APIS`` behind it, and statistics does not mind it.
+
 Errors are translated here by HTTP status, never by message text (``answered_error``): no
-answer (refused, reset, timed out, dropped) is ``TritonUnreachable`` naming the URL, 403 is
-``TritonForbidden``, a failed load is ``LoadFailed`` with Triton's reason, anything else
-Triton answers is ``TritonError``, and so is an answer that is not Triton's JSON (a proxy's
+answer (refused, reset, timed out, dropped) is ``TritonUnreachable`` naming the URL, 403 (a
+restricted API without the right key: trace settings as much as a load) is ``TritonForbidden``,
+a failed load is ``LoadFailed`` with Triton's reason, anything else Triton answers is
+``TritonError``, and so is an answer that is not Triton's JSON (a proxy's
 HTML page, another service on the port).
 """
 
@@ -26,6 +30,12 @@ from orchestrator.errors import LoadFailed, TritonError, TritonForbidden, Triton
 from orchestrator.triton.protocol import IndexEntry, TritonState, wait_unloaded
 
 ADMIN_HEADER = "admin-key"
+# The APIs every Triton of this project locks behind the admin key (--http-restricted-api and
+# --grpc-restricted-protocol, see embedded.restricted_flags and docker/triton-entrypoint.sh):
+# changing models, tensor traces (they hold production inputs and can fill the disk), the log
+# settings, and shared-memory regions (another process's memory). Health, metadata, model
+# config, inference and statistics stay open to the device's clients.
+RESTRICTED_APIS = ("model-repository", "trace", "logging", "shared-memory")
 FORBIDDEN = 403
 # What an unanswered request raises: refused, reset, timed out (all OSError), or a connection
 # dropped mid-answer (http.client.HTTPException subclasses). geventhttpclient raises the same.
@@ -256,7 +266,7 @@ class TritonControl:
         return f"{_model(model)}/trace/setting" if model else "/v2/trace/setting"
 
     def trace_settings(self, model: str | None = None) -> dict[str, object]:
-        """The server's trace settings, or those in effect for ``model``."""
+        """The server's trace settings, or those in effect for ``model``; the trace API is a restricted one."""
         return self._json_object("GET", self._trace_path(model), "trace settings")
 
     def update_trace_settings(self, model: str | None, settings: dict[str, object]) -> dict[str, object]:

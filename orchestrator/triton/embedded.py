@@ -22,6 +22,7 @@ from pathlib import Path
 import requests
 
 from orchestrator.errors import EmbeddedTritonError
+from orchestrator.triton.control import RESTRICTED_APIS
 
 ARGS_FILE = Path(__file__).resolve().parent.parent / "triton_configs" / "server-cpu.args"
 DEFAULT_ARGS = ["--model-control-mode=explicit", "--disable-auto-complete-config", "--strict-readiness=true"]
@@ -40,6 +41,13 @@ def server_args(path: Path = ARGS_FILE) -> list[str]:
         return list(DEFAULT_ARGS)
     lines = (line.strip() for line in path.read_text().splitlines())
     return [line for line in lines if line and not line.startswith("#")]
+
+
+def restricted_flags(admin_key: str) -> list[str]:
+    """Triton's flags locking ``RESTRICTED_APIS`` behind ``admin_key``, over HTTP and gRPC alike."""
+    apis = ",".join(RESTRICTED_APIS)
+    return [f"--http-restricted-api={apis}:admin-key={admin_key}",
+            f"--grpc-restricted-protocol={apis}:admin-key={admin_key}"]
 
 
 def free_ports(count: int) -> list[int]:
@@ -80,7 +88,7 @@ class EmbeddedTriton:
                  extra_args: tuple[str, ...] = (), ports: tuple[int, int, int] | None = None,
                  admin_key: str | None = None) -> None:
         self.repository = repository.resolve()
-        self.admin_key = admin_key  # when set, load/unload/index need it (as on the Jetson)
+        self.admin_key = admin_key  # when set, the RESTRICTED_APIS need it (as on the Jetson)
         self.workdir = workdir
         self.load_models = load_models
         self.extra_args = extra_args
@@ -122,8 +130,7 @@ class EmbeddedTriton:
             cmd.append(f"--trace-config=triton,file={self.workdir / 'traces' / 'trace.json'}")
         cmd += [f"--load-model={name}" for name in self.load_models]
         if self.admin_key:
-            cmd += [f"--http-restricted-api=model-repository:admin-key={self.admin_key}",
-                    f"--grpc-restricted-protocol=model-repository:admin-key={self.admin_key}"]
+            cmd += restricted_flags(self.admin_key)
         return cmd
 
     def environment(self) -> dict[str, str]:

@@ -2,10 +2,11 @@
 
 Models the behaviour measured in ``../shared/triton-notes.md`` and proved by ``tests/contract/``:
 all-or-nothing loads, new versions READY before dropped ones go UNLOADING, un-versioned requests
-to the highest READY version, the locked model-repository API (load, unload, index only), and
-the errors ``client.Triton`` translates. No threads and no timers: an UNLOADING version's end is
-computed from the clock when someone looks, so thousands of twins fit in one process. Time comes
-from an injectable clock and sleep (``VirtualClock`` for tests and simulated fleets).
+to the highest READY version, the APIs an admin key locks (``control.RESTRICTED_APIS``: here
+load, unload, index and trace settings), and the errors ``client.Triton`` translates. No threads
+and no timers: an UNLOADING version's end is computed from the clock when someone looks, so
+thousands of twins fit in one process. Time comes from an injectable clock and sleep
+(``VirtualClock`` for tests and simulated fleets).
 
 Versions are the numeric folders under ``repository/<model>/`` (symlinks followed), or, without
 a repository, those registered with ``add_version``. A twin cannot run a model: each version gets
@@ -26,6 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from orchestrator.errors import LoadFailed, TritonError, TritonForbidden, TritonUnreachable
+from orchestrator.triton.control import RESTRICTED_APIS
 from orchestrator.triton.protocol import IndexEntry, InferenceResult, TritonState, wait_unloaded
 
 Behaviour = Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]
@@ -274,11 +276,12 @@ class TritonTwin:
                 table[version] = replace(table[version], crashed=True)
 
     # --- TritonAPI -----------------------------------------------------------------------
-    def _check(self, what: str, restricted: bool = False) -> None:
+    def _check(self, what: str, api: str) -> None:
+        """Up, and ``api`` (Triton's name of the call's category) open to this client's key."""
         if not self._s.up:
             raise TritonUnreachable(self.url, "[Errno 111] Connection refused")
-        # --http-restricted-api=model-repository covers load, unload and index only (measured).
-        if restricted and self._s.admin_key and self._key != self._s.admin_key:
+        # Checked before anything else, as Triton does (an unknown model's trace settings are a 403 too).
+        if api in RESTRICTED_APIS and self._s.admin_key and self._key != self._s.admin_key:
             raise TritonForbidden(self.url, what, bool(self._key))
 
     def close(self) -> None:
@@ -288,12 +291,12 @@ class TritonTwin:
         return self._s.up
 
     def require_live(self) -> None:
-        self._check("liveness check")
+        self._check("liveness check", "health")
         self.index()
 
     def index(self) -> list[IndexEntry]:
         with self._s.lock:
-            self._check("repository index", restricted=True)
+            self._check("repository index", "model-repository")
             entries = []
             for model in sorted(self._s.models()):
                 table = self._s.table(model)
@@ -308,7 +311,7 @@ class TritonTwin:
         s = self._s
         with s.loading:
             with s.lock:
-                self._check(f"load of {model}", restricted=True)
+                self._check(f"load of {model}", "model-repository")
                 config = s.config(model, config_json)
                 available = s.available(model)
                 wanted = selected(config, available)
@@ -320,7 +323,7 @@ class TritonTwin:
                          if v not in serving or _identity(serving[v].config) != _identity(config)}
             built, failed = self._instantiate(model, fresh, config)
             with s.lock:
-                self._check(f"load of {model}")
+                self._check(f"load of {model}", "model-repository")  # still up after the load's time
                 self._swap(model, set(wanted), built, failed)
                 if config_json is not None:
                     s.overrides[model] = config
@@ -369,7 +372,7 @@ class TritonTwin:
 
     def unload(self, model: str) -> None:
         with self._s.lock:
-            self._check(f"unload of {model}", restricted=True)
+            self._check(f"unload of {model}", "model-repository")
             table = self._s.table(model)
             for v, slot in self._s.ready(model).items():
                 table[v] = self._s.unloading(model, v, slot)
@@ -380,7 +383,7 @@ class TritonTwin:
 
     def model_ready(self, model: str, version: int | None = None) -> bool:
         with self._s.lock:
-            self._check("readiness check")
+            self._check("readiness check", "health")
             ready = self._s.ready(model)
             return bool(ready) if version is None else version in ready
 
@@ -388,7 +391,7 @@ class TritonTwin:
               version: int | None = None) -> InferenceResult:
         what = f"inference on {model}"
         with self._s.lock:
-            self._check(what)
+            self._check(what, "inference")
             table, ready = self._s.table(model), self._s.ready(model)
             if version is not None and version not in table:
                 error = f"Request for unknown model: '{model}' version {version} is not found"
@@ -420,7 +423,7 @@ class TritonTwin:
 
     def trace_settings(self, model: str | None = None) -> dict[str, object]:
         with self._s.lock:
-            self._check("trace settings")
+            self._check("trace settings", "trace")
             return self._trace(model, "trace settings")
 
     def _trace(self, model: str | None, what: str) -> dict[str, object]:
@@ -433,7 +436,7 @@ class TritonTwin:
     def update_trace_settings(self, model: str | None, settings: dict[str, object]) -> dict[str, object]:
         what = "trace settings update"
         with self._s.lock:
-            self._check(what)
+            self._check(what, "trace")
             self._trace(model, what)
             for key, value in settings.items():  # Triton's own refusals, checked before anything changes
                 error = None
@@ -461,7 +464,7 @@ class TritonTwin:
 
     def inference_stats(self, model: str) -> tuple[int, int]:
         with self._s.lock:
-            self._check(f"statistics of {model}")
+            self._check(f"statistics of {model}", "statistics")
             ready = self._s.ready(model)
             if not ready:
                 raise TritonError(f"statistics of {model} failed: requested model '{model}' is not available")

@@ -253,19 +253,29 @@ def test_a_candidate_entry_serves_a_version_through_a_symlink(backend: Backend, 
 
 
 def test_the_locked_api_refuses_a_missing_or_wrong_key(backend: Backend, triton: TritonAPI) -> None:
-    for key in (None, "wrong-key"):
-        client = backend.client(key)
-        for call in (client.index, client.require_live, lambda c=client: c.states(MODEL),
-                     lambda c=client: c.load(MODEL, policy(GOOD, NEW)), lambda c=client: c.unload(MODEL)):
-            with pytest.raises(TritonForbidden) as caught:
-                call()
-            assert caught.value.url == client.url
-        # Not locked by --http-restricted-api=model-repository: health, readiness, inference, stats, tracing.
-        assert client.is_live() and client.model_ready(MODEL, GOOD)
-        assert infer(client).version == GOOD
-        assert client.inference_stats(MODEL)[0] > 0
-        assert client.trace_settings(MODEL)["trace_rate"]
-    assert state(triton, GOOD) is READY and state(triton, NEW) is not READY  # nothing changed
+    triton.update_trace_settings(MODEL, {"trace_rate": "7"})
+    try:
+        for key in (None, "wrong-key"):
+            client = backend.client(key)
+            for call in (client.index, client.require_live, lambda c=client: c.states(MODEL),
+                         lambda c=client: c.load(MODEL, policy(GOOD, NEW)), lambda c=client: c.unload(MODEL),
+                         client.trace_settings, lambda c=client: c.trace_settings(MODEL),
+                         lambda c=client: c.trace_settings("no-such-model"),  # refused before the model is looked up
+                         lambda c=client: c.update_trace_settings(None, {"trace_rate": "1"}),
+                         lambda c=client: c.update_trace_settings(MODEL, {"trace_level": ["TENSORS"]})):
+                with pytest.raises(TritonForbidden) as caught:
+                    call()
+                assert caught.value.url == client.url
+                assert ("the admin key sent was refused" if key else "no admin key was sent") in str(caught.value)
+            # Not in control.RESTRICTED_APIS: health, readiness, inference, statistics.
+            assert client.is_live() and client.model_ready(MODEL, GOOD)
+            assert infer(client).version == GOOD
+            assert client.inference_stats(MODEL)[0] > 0
+        assert state(triton, GOOD) is READY and state(triton, NEW) is not READY  # nothing changed
+        assert triton.trace_settings(MODEL)["trace_rate"] == "7"  # neither did tracing
+        assert triton.trace_settings(MODEL)["trace_level"] == triton.trace_settings()["trace_level"]
+    finally:
+        triton.update_trace_settings(MODEL, {"trace_rate": None})
 
 
 def test_require_live_checks_the_key(backend: Backend, triton: TritonAPI) -> None:
@@ -275,10 +285,10 @@ def test_require_live_checks_the_key(backend: Backend, triton: TritonAPI) -> Non
             backend.client(key).require_live()
 
 
-def test_trace_settings_per_model(backend: Backend, triton: TritonAPI) -> None:
+def test_trace_settings_per_model(triton: TritonAPI) -> None:
     server_rate = triton.trace_settings()["trace_rate"]
     assert isinstance(server_rate, str) and isinstance(triton.trace_settings()["trace_level"], list)
-    updated = backend.client(None).update_trace_settings(MODEL, {"trace_rate": "7"})  # tracing is not locked
+    updated = triton.update_trace_settings(MODEL, {"trace_rate": "7"})  # with the key: tracing is locked
     assert updated["trace_rate"] == "7"
     assert triton.trace_settings(MODEL)["trace_rate"] == "7"
     assert triton.trace_settings()["trace_rate"] == server_rate  # the server-wide value is untouched

@@ -163,6 +163,7 @@ def test_admin_key_is_read_from_a_file(stack: Stack, packages, tmp_path):
     _import(stack, packages[Variant.BETTER])
     key_file = tmp_path / "admin.key"
     key_file.write_text(stack.env()["ORCH_ADMIN_KEY"] + "\n")
+    key_file.chmod(0o600)  # a key file others can read is refused
     env = stack.env()
     env.pop("ORCH_ADMIN_KEY")
     env["ORCH_ADMIN_KEY_FILE"] = str(key_file)

@@ -3,13 +3,15 @@
 Validation uses the Compose Specification's JSON schema as shipped (vendored) by the
 ``check-jsonschema`` package, and PromQL is parsed by ``promql-parser``: both are in the
 ``test`` extra. Cross-references the schema cannot see (ports, paths, the admin key, metric
-names) are checked here, against the code that reads them where there is such code.
+names) are checked here, against the code that reads them where there is such code: Triton's
+entrypoint script runs for real, in front of a stand-in ``tritonserver`` that prints its flags.
 """
 
 from __future__ import annotations
 
 import copy
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -31,7 +33,8 @@ from prometheus_client import CollectorRegistry
 from orchestrator import settings
 from orchestrator.daemons.exporter import WatchMetrics
 from orchestrator.daemons.shadow_metrics import ShadowMetrics
-from orchestrator.triton.embedded import EmbeddedTriton, free_ports, server_args
+from orchestrator.errors import UsageError
+from orchestrator.triton.embedded import EmbeddedTriton, free_ports, restricted_flags, server_args
 
 
 def exported_metric_names() -> set[str]:
@@ -54,7 +57,10 @@ ROOT = Path(__file__).resolve().parents[2]
 DOCKER = ROOT / "docker"
 COMPOSE = DOCKER / "compose.yaml"
 JETSON_ARGS = ROOT / "triton_configs" / "server-jetson.args"
-ENV = {"ORCH_ADMIN_KEY": "k3y-for-tests", "ORCH_HOST_REPOSITORY": "/srv/orch/model_repository",
+ENTRYPOINT = DOCKER / "triton-entrypoint.sh"
+KEY = "k3y-for-tests"  # what the secret file holds; compose never sees it
+SECRET = "admin_key"
+ENV = {"ORCH_ADMIN_KEY_FILE_HOST": "/srv/orch/admin.key", "ORCH_HOST_REPOSITORY": "/srv/orch/model_repository",
        "ORCH_HOST_STATE": "/srv/orch/orchestrator_state"}
 
 # The orchestrator's metrics (the interface of `orchestrate watch`), Prometheus' own `up`,
@@ -184,9 +190,10 @@ def services(compose: dict[str, Any]) -> dict[str, dict[str, Any]]:
 
 @pytest.fixture(scope="module")
 def triton_flags(services: dict[str, dict[str, Any]]) -> list[str]:
+    """The flags the entrypoint script passes on to tritonserver (it adds the admin key's)."""
     command = services["triton"]["command"]
-    assert command[0] == "tritonserver"
-    return command[1:]
+    assert command[0] == "sh" and mount_at(services["triton"], command[1])["source"] == "./triton-entrypoint.sh"
+    return command[2:]
 
 
 @pytest.fixture(scope="module")
@@ -224,7 +231,7 @@ def test_compose_file_validates_against_the_compose_specification(raw: dict[str,
                  id="unknown-depends-on-condition"),
     pytest.param(lambda d: d["services"]["triton"]["healthcheck"].update(intervall="5s"), id="healthcheck-typo"),
     pytest.param(lambda d: d["services"]["triton"].update(ports="8000:8000"), id="ports-not-a-list"),
-    pytest.param(lambda d: d["secrets"]["orch_admin_key"].update(enviroment="ORCH_ADMIN_KEY"), id="secret-typo"),
+    pytest.param(lambda d: d["secrets"][SECRET].update(fiel="/srv/orch/admin.key"), id="secret-typo"),
 ])
 def test_the_validator_refuses_broken_compose_files(raw: dict[str, Any], mutate: Any) -> None:
     broken = copy.deepcopy(raw)
@@ -233,11 +240,11 @@ def test_the_validator_refuses_broken_compose_files(raw: dict[str, Any], mutate:
 
 
 def test_every_required_setting_fails_loudly_when_missing(raw: dict[str, Any]) -> None:
-    for name in ("ORCH_ADMIN_KEY", "ORCH_HOST_REPOSITORY", "ORCH_HOST_STATE"):
+    for name in ("ORCH_ADMIN_KEY_FILE_HOST", "ORCH_HOST_REPOSITORY", "ORCH_HOST_STATE"):
         with pytest.raises(MissingVariable, match=name):
             interpolate(raw, {k: v for k, v in ENV.items() if k != name})
-    with pytest.raises(MissingVariable, match="ORCH_ADMIN_KEY"):
-        interpolate(raw, {**ENV, "ORCH_ADMIN_KEY": ""})  # an empty key would leave the control API open
+    with pytest.raises(MissingVariable, match="ORCH_ADMIN_KEY_FILE_HOST"):
+        interpolate(raw, {**ENV, "ORCH_ADMIN_KEY_FILE_HOST": ""})  # no key would leave the control API open
 
 
 def test_env_example_sets_every_variable_the_file_needs(raw: dict[str, Any]) -> None:
@@ -270,13 +277,9 @@ def test_references_between_services_resolve(compose: dict[str, Any], services: 
 
 # --- Triton ----------------------------------------------------------------------------------
 
-def test_triton_flags_are_the_jetson_args_plus_repository_and_key(raw: dict[str, Any]) -> None:
-    flags = raw["services"]["triton"]["command"][1:]
-    key = "${ORCH_ADMIN_KEY:?set ORCH_ADMIN_KEY in docker/.env}"
-    expected = [*server_args(JETSON_ARGS), "--model-repository=/models",
-                f"--http-restricted-api=model-repository:admin-key={key}",
-                f"--grpc-restricted-protocol=model-repository:admin-key={key}"]
-    assert Counter(flags) == Counter(expected)
+def test_triton_flags_are_the_jetson_args_plus_the_repository(triton_flags: list[str]) -> None:
+    assert Counter(triton_flags) == Counter([*server_args(JETSON_ARGS), "--model-repository=/models"])
+    assert not [flag for flag in triton_flags if "restricted" in flag]  # the entrypoint adds those, with the key
 
 
 def test_triton_image_and_gpu_are_the_jetson_ones(raw: dict[str, Any], services: dict[str, dict[str, Any]]) -> None:
@@ -342,7 +345,7 @@ def test_dockerfile_copies_only_what_the_build_context_sends() -> None:
     assert {"pyproject.toml", "orchestrator"} <= allowed
 
 
-def test_orchestrator_environment_is_what_its_settings_read(services: dict[str, dict[str, Any]],
+def test_orchestrator_environment_is_what_its_valuesread(services: dict[str, dict[str, Any]],
                                                              triton_flags: list[str]) -> None:
     env = services["orchestrator"]["environment"]
     assert set(env) <= {settings.ENV_REPOSITORY, settings.ENV_STATE_DIR, settings.ENV_URL, settings.ENV_ADMIN_KEY,
@@ -365,22 +368,101 @@ def test_model_repository_is_one_folder_at_one_path_in_both(services: dict[str, 
 
 
 def test_the_orchestrator_reads_the_key_triton_requires(compose: dict[str, Any], services: dict[str, dict[str, Any]],
-                                                       triton_flags: list[str], tmp_path: Path,
-                                                       monkeypatch: pytest.MonkeyPatch) -> None:
-    required = {one_flag(triton_flags, "--http-restricted-api"), one_flag(triton_flags, "--grpc-restricted-protocol")}
-    assert required == {f"model-repository:admin-key={ENV['ORCH_ADMIN_KEY']}"}
+                                                       tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     env = services["orchestrator"]["environment"]
     key_file = Path(env[settings.ENV_ADMIN_KEY_FILE])
-    assert key_file.parent == Path("/run/secrets")
-    assert key_file.name in services["orchestrator"]["secrets"]
-    secret = compose["secrets"][key_file.name]
-    assert secret == {"environment": settings.ENV_ADMIN_KEY}  # the variable Triton's flags interpolate
-    # What Docker mounts at /run/secrets/<name> is the variable's value; the orchestrator's own code reads it.
-    mounted = tmp_path / key_file.name
-    mounted.write_text(ENV[secret["environment"]])
+    assert key_file == Path("/run/secrets") / SECRET  # where compose mounts a secret of that name
+    assert compose["secrets"][SECRET] == {"file": ENV["ORCH_ADMIN_KEY_FILE_HOST"]}
+    # One file, as the operator writes it, read by the entrypoint (for Triton) and by the orchestrator's own code.
+    secret = secret_file(tmp_path, KEY + "\n")
+    started = run_entrypoint(tmp_path, secret)
+    assert started.returncode == 0, started.stderr
     monkeypatch.delenv(settings.ENV_ADMIN_KEY, raising=False)
-    monkeypatch.setenv(settings.ENV_ADMIN_KEY_FILE, str(mounted))
-    assert f"model-repository:admin-key={settings.read_admin_key()}" in required
+    monkeypatch.setenv(settings.ENV_ADMIN_KEY_FILE, str(secret))
+    assert started.stdout.splitlines() == restricted_flags(settings.read_admin_key() or "")
+
+
+# --- the admin key: a secret file, never in a command or an environment ----------------------------
+
+def secret_file(tmp_path: Path, content: str | bytes, mode: int = 0o600) -> Path:
+    path = tmp_path / "admin.key"
+    path.write_bytes(content.encode() if isinstance(content, str) else content)
+    path.chmod(mode)
+    return path
+
+
+def run_entrypoint(tmp_path: Path, secret: Path | None, *flags: str, shell: str = "sh") -> subprocess.CompletedProcess:
+    """docker/triton-entrypoint.sh for real, with a ``tritonserver`` on PATH that prints its arguments."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir(exist_ok=True)
+    fake = bin_dir / "tritonserver"
+    fake.write_text('#!/bin/sh\nprintf "%s\\n" "$@"\n')
+    fake.chmod(0o755)
+    env = {"PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"}
+    if secret is not None:
+        env["ORCH_ADMIN_KEY_SECRET"] = str(secret)  # instead of /run/secrets/admin_key
+    return subprocess.run([shell, str(ENTRYPOINT), *flags], env=env, capture_output=True, text=True, timeout=30,
+                          check=False)
+
+
+def test_no_service_carries_the_key_in_its_command_or_environment(raw: dict[str, Any]) -> None:
+    assert not re.search(r"\$\{?ORCH_ADMIN_KEY\b", COMPOSE.read_text()), "the key is interpolated into the file"
+    # Even with the key in the shell that runs compose, nothing that `docker inspect` shows holds it.
+    seen = interpolate(raw, {**ENV, settings.ENV_ADMIN_KEY: KEY})
+    for name, service in seen["services"].items():
+        for field in ("command", "entrypoint", "environment", "labels", "healthcheck"):
+            assert KEY not in json.dumps(service.get(field, "")), f"{name}.{field} holds the key"
+        assert settings.ENV_ADMIN_KEY not in service.get("environment", {}), name
+    assert all("environment" not in secret for secret in seen["secrets"].values())  # files, not variables
+
+
+def test_both_triton_and_the_orchestrator_mount_the_secret(services: dict[str, dict[str, Any]]) -> None:
+    for name in ("triton", "orchestrator"):
+        assert SECRET in services[name]["secrets"], name
+    assert {name for name, service in services.items() if service.get("secrets")} == {"triton", "orchestrator"}
+
+
+def test_the_entrypoint_is_an_executable_mounted_read_only(services: dict[str, dict[str, Any]]) -> None:
+    assert ENTRYPOINT.is_file() and os.access(ENTRYPOINT, os.X_OK)
+    assert ENTRYPOINT.read_text().startswith("#!/bin/sh\n")
+    mount = mount_at(services["triton"], services["triton"]["command"][1])
+    assert host_file(mount["source"]) == ENTRYPOINT and mount.get("read_only") is True
+
+
+@pytest.mark.parametrize("shell", ["sh", "bash"])
+@pytest.mark.parametrize("ending", ["", "\n", "\r\n"])
+def test_the_entrypoint_starts_triton_with_the_apis_locked_by_the_secrets_key(tmp_path: Path, triton_flags: list[str],
+                                                                              shell: str, ending: str) -> None:
+    started = run_entrypoint(tmp_path, secret_file(tmp_path, KEY + ending), *triton_flags, shell=shell)
+    assert started.returncode == 0, started.stderr
+    assert started.stdout.splitlines() == [*triton_flags, *restricted_flags(KEY)]  # in order, nothing lost
+    assert started.stderr == ""
+
+
+@pytest.mark.parametrize("shell", ["sh", "bash"])
+@pytest.mark.parametrize(("content", "words"), [
+    ("", "is empty"), ("\n", "is empty"), ("two words\n", "printable ASCII"), ("first\nsecond\n", "printable ASCII"),
+    ("k\u00e9y".encode(), "ASCII"), ("k" * 4097, "larger than 4096 bytes"),
+])
+def test_the_entrypoint_refuses_a_secret_without_a_usable_key(tmp_path: Path, shell: str, content: str | bytes,
+                                                              words: str) -> None:
+    secret = secret_file(tmp_path, content)
+    started = run_entrypoint(tmp_path, secret, "--model-repository=/models", shell=shell)
+    assert started.returncode != 0 and started.stdout == ""  # tritonserver never ran
+    (line,) = started.stderr.splitlines()
+    assert words in line and str(secret) in line and "refusing to start Triton" in line
+    with pytest.raises(UsageError, match=words):  # the orchestrator refuses the same files
+        settings.read_key_file(secret)
+
+
+def test_the_entrypoint_refuses_a_missing_secret_naming_where_compose_mounts_it(tmp_path: Path) -> None:
+    missing = run_entrypoint(tmp_path, tmp_path / "nowhere")
+    assert missing.returncode != 0 and missing.stdout == ""
+    assert f"no admin key file at {tmp_path / 'nowhere'}" in missing.stderr
+    assert "ORCH_ADMIN_KEY_FILE_HOST" in missing.stderr
+    if not Path("/run/secrets", SECRET).exists():  # this machine is no container holding the secret
+        default = run_entrypoint(tmp_path, None)
+        assert default.returncode != 0 and f"no admin key file at /run/secrets/{SECRET}" in default.stderr
 
 
 # --- Prometheus ----------------------------------------------------------------------------------
@@ -499,7 +581,8 @@ def test_docker_compose_itself_accepts_the_file(tmp_path: Path) -> None:
     if cli is None:
         pytest.skip("no Compose v2 on this machine; the schema and cross-reference tests cover the file")
     env_file = tmp_path / ".env"
-    env_file.write_text("".join(f"{k}={v}\n" for k, v in ENV.items()))
+    values = {**ENV, "ORCH_ADMIN_KEY_FILE_HOST": str(secret_file(tmp_path, KEY))}  # compose may look at it
+    env_file.write_text("".join(f"{k}={v}\n" for k, v in values.items()))
     result = subprocess.run([*cli, "--env-file", str(env_file), "-f", str(COMPOSE), "--profile", "grafana",
                              "config", "--quiet"], capture_output=True, text=True, check=False)
     assert result.returncode == 0, result.stderr
@@ -507,11 +590,14 @@ def test_docker_compose_itself_accepts_the_file(tmp_path: Path) -> None:
 
 @pytest.fixture
 def jetson_flagged_triton(tmp_path: Path, triton_flags: list[str]) -> Iterator[EmbeddedTriton]:
-    """The embedded Triton started with the compose file's flags (its own ports and repository copy)."""
+    """The embedded Triton started with the flags the compose file's entrypoint gives tritonserver
+    (with its own ports and repository copy)."""
     repository = tmp_path / "model_repository"
     shutil.copytree(ROOT / "model_repository", repository)
+    started = run_entrypoint(tmp_path, secret_file(tmp_path, KEY + "\n"), *triton_flags)
+    assert started.returncode == 0, started.stderr
     placed = ("--model-repository", "--http-port", "--grpc-port", "--metrics-port")
-    extra = tuple(flag for flag in triton_flags if not flag.startswith(placed))
+    extra = tuple(flag for flag in started.stdout.splitlines() if not flag.startswith(placed))
     server = EmbeddedTriton(repository, tmp_path / "triton", extra_args=extra, ports=tuple(free_ports(3)))
     server.start()
     try:
@@ -530,9 +616,10 @@ def test_a_real_triton_takes_the_flags_and_exports_the_metrics_used(jetson_flagg
     import numpy as np  # noqa: PLC0415 - only this test sends a request
 
     server = jetson_flagged_triton
-    index = f"{server.url}/v2/repository/index"
-    assert requests.post(index, timeout=5).status_code == 403  # the restricted API is really restricted
-    assert requests.post(index, headers={"admin-key": ENV["ORCH_ADMIN_KEY"]}, timeout=5).status_code == 200
+    for method, path in (("POST", "/v2/repository/index"), ("GET", "/v2/trace/setting"), ("GET", "/v2/logging"),
+                         ("GET", "/v2/systemsharedmemory/status")):  # the restricted APIs are really restricted
+        assert requests.request(method, server.url + path, timeout=5).status_code == 403, path
+        assert requests.request(method, server.url + path, headers={"admin-key": KEY}, timeout=5).status_code == 200
     image = np.zeros((1, 3, 16, 16), np.float32)
     body = {"inputs": [{"name": "IMAGE", "shape": list(image.shape), "datatype": "FP32",
                         "data": image.ravel().tolist()}]}

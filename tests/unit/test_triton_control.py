@@ -213,6 +213,29 @@ def test_tritons_errors_are_translated_by_status(fake: Fake, control: TritonCont
     assert control.is_live()
 
 
+def test_a_refused_trace_call_is_forbidden_like_a_refused_load(fake: Fake, control: TritonControl) -> None:
+    # What Triton 2.51 answers a restricted API without the right key (tests/integration/test_restricted_api.py).
+    refusal = Answer(403, b"{\"error\":\"This API is restricted, expecting header 'admin-key'\"}", "text/plain")
+    fake.respond = lambda method, path, body: refusal if path.endswith("/trace/setting") else \
+        triton_like(method, path, body)
+    calls: list[Callable[[], object]] = [control.trace_settings, lambda: control.trace_settings("m"),
+                                         lambda: control.update_trace_settings(None, {"trace_rate": "1"}),
+                                         lambda: control.update_trace_settings("m", {"trace_level": ["OFF"]})]
+    for call in calls:
+        with pytest.raises(TritonForbidden) as forbidden:
+            call()
+        assert forbidden.value.url == fake.url
+        assert str(forbidden.value).startswith("trace settings") and "the admin key sent was refused" in \
+            str(forbidden.value)
+    keyless = TritonControl(fake.url)
+    try:
+        with pytest.raises(TritonForbidden, match="no admin key was sent; set ORCH_ADMIN_KEY"):
+            keyless.update_trace_settings("m", {"trace_rate": "1"})
+    finally:
+        keyless.close()
+    assert all(r.headers.get(ADMIN_HEADER) == KEY for r in fake.requests[:len(calls)])  # the key was sent
+
+
 HTML = b"<html><head><title>502 Bad Gateway</title></head><body>nginx</body></html>"
 
 

@@ -197,6 +197,23 @@ def test_clients_of_one_server_share_it_and_restart_keeps_only_start_models() ->
     assert server.trace_settings(MODEL)["trace_rate"] == "1000"
 
 
+def test_the_key_locks_tracing_as_it_locks_the_repository_and_nothing_without_a_key() -> None:
+    server = twin(admin_key="secret", key="secret")
+    server.load(MODEL)
+    for client in (server.with_key(None), server.with_key("wrong")):
+        for call in (client.trace_settings, lambda c=client: c.trace_settings("no-such-model"),
+                     lambda c=client: c.update_trace_settings(MODEL, {"trace_rate": "5"})):
+            with pytest.raises(TritonForbidden, match=r"^trace settings"):
+                call()
+        assert client.model_ready(MODEL) and client.infer(MODEL, {"X": X}, ["Y"]).version == 2
+        assert client.inference_stats(MODEL)[0] > 0  # statistics are not locked
+    assert server.trace_settings(MODEL)["trace_rate"] == "1000"
+    open_server = twin()  # started without a key: nothing is locked
+    open_server.load(MODEL)
+    assert open_server.with_key(None).update_trace_settings(MODEL, {"trace_rate": "5"})["trace_rate"] == "5"
+    assert open_server.with_key("any").index()
+
+
 def test_two_thousand_twins_in_one_process() -> None:
     fleet = []
     for n in range(2000):

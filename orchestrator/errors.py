@@ -12,7 +12,8 @@ nothing else but a bug.
     ├── PackageRejected         an import refused; nothing was filed         (exit 3)
     ├── PolicyViolation         a rule forbids the requested switch          (exit 4)
     │   ├── NotEnoughMemory     the candidate does not fit beside production (exit 4)
-    │   └── StaleJudgement      the version the watcher judged no longer serves (exit 4)
+    │   ├── StaleJudgement      the version the watcher judged no longer serves (exit 4)
+    │   └── UnverifiedResident  config.pbtxt would serve unverified versions only (exit 4)
     ├── CandidateRejected       a candidate failed a check; serving kept     (exit 5)
     │   └── ShadowFailed        a shadow run failed its gate                 (exit 5)
     ├── RepositoryCorrupt       config.pbtxt / meta.yaml / policy unreadable (exit 6)
@@ -78,6 +79,14 @@ class NotEnoughMemory(PolicyViolation):
 
 class StaleJudgement(PolicyViolation):
     """An automatic rollback of a version that no longer serves (an operator switched meanwhile): dropped."""
+
+
+class UnverifiedResident(PolicyViolation):
+    """config.pbtxt makes Triton load versions that may not serve and nothing else can: nothing written or loaded."""
+
+    def __init__(self, model: str, message: str) -> None:
+        super().__init__(message)
+        self.model = model
 
 
 class CandidateRejected(OrchestratorError):
@@ -176,7 +185,7 @@ class Interrupted(OrchestratorError):
 # Every class above, for the test that keeps the exit codes distinct.
 ERROR_TYPES: tuple[type[OrchestratorError], ...] = (
     OrchestratorError, UsageError, UnknownModel, UnknownVersion, PackageRejected, PolicyViolation,
-    NotEnoughMemory, StaleJudgement, CandidateRejected, ShadowFailed, RepositoryCorrupt, Busy, TritonError,
-    TritonUnreachable, TritonForbidden, LoadFailed, FetchFailed, WriteFailed, EngineBuildError, EmbeddedTritonError,
-    Interrupted,
+    NotEnoughMemory, StaleJudgement, UnverifiedResident, CandidateRejected, ShadowFailed, RepositoryCorrupt, Busy,
+    TritonError, TritonUnreachable, TritonForbidden, LoadFailed, FetchFailed, WriteFailed, EngineBuildError,
+    EmbeddedTritonError, Interrupted,
 )

@@ -163,6 +163,16 @@ class JournalSummary:
     open: tuple[Record, ...] = ()  # ``started`` records with no final record yet, oldest first
     damaged: tuple[str, ...] = ()  # where damaged records were found (the last DAMAGED_KEPT)
     damaged_count: int = 0
+    # Events counted since the journal began (``counted``), and the time of each kind's last one: what
+    # the watcher's counters start from, so that a restart neither forgets nor repeats an event.
+    counts: tuple[tuple[str, int], ...] = ()
+    last: tuple[tuple[str, str], ...] = ()
+
+    def count(self, key: str) -> int:
+        return dict(self.counts).get(key, 0)
+
+    def last_time(self, event: str) -> str | None:
+        return dict(self.last).get(event)
 
     def with_damage(self, *problems: JournalProblem) -> JournalSummary:
         found = [p.describe() for p in problems if p.kind is Damage.DAMAGED]
@@ -173,18 +183,22 @@ class JournalSummary:
 
     def add(self, *records: Record) -> JournalSummary:
         served, opened = list(self.served), {r.op: r for r in self.open}
+        counts, last = dict(self.counts), dict(self.last)
         for record in records:
             if record.result is Result.STARTED:
                 opened[record.op] = record
             elif record.is_final:
-                opened.pop(record.op, None)
+                for key, event in counted(record, opened.pop(record.op, None)):
+                    counts[key] = counts.get(key, 0) + 1
+                    last[event] = record.time
             if (record.action.switches or record.action is Action.RECONCILE) \
                     and record.result in (Result.SUCCEEDED, Result.REPAIRED):
                 if record.from_version is not None and not served:
                     served.append(record.from_version)
                 if record.to_version is not None:
                     served.append(record.to_version)
-        return JournalSummary(tuple(served[-SERVED_KEPT:]), tuple(opened.values()), self.damaged, self.damaged_count)
+        return JournalSummary(tuple(served[-SERVED_KEPT:]), tuple(opened.values()), self.damaged, self.damaged_count,
+                              tuple(sorted(counts.items())), tuple(sorted(last.items())))
 
     def unfinished(self) -> Record | None:
         """The ``started`` record of the last operation that never got a final record."""
@@ -192,10 +206,40 @@ class JournalSummary:
 
     def to_dict(self) -> dict[str, Any]:
         return {"served": list(self.served), "open": [json.loads(r.to_json()) for r in self.open],
-                "damaged": list(self.damaged), "damaged_count": self.damaged_count}
+                "damaged": list(self.damaged), "damaged_count": self.damaged_count,
+                "counts": dict(self.counts), "last": dict(self.last)}
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> JournalSummary:
-        # Checkpoints written before damage was counted have no such keys.
+        """KeyError for a summary written before events were counted: the store rebuilds it from the records."""
         return cls(tuple(int(v) for v in raw["served"]), tuple(Record.from_json(json.dumps(r)) for r in raw["open"]),
-                   tuple(str(d) for d in raw.get("damaged", ())), int(raw.get("damaged_count", 0)))
+                   tuple(str(d) for d in raw.get("damaged", ())), int(raw.get("damaged_count", 0)),
+                   tuple(sorted((str(k), int(v)) for k, v in raw["counts"].items())),
+                   tuple(sorted((str(k), str(v)) for k, v in raw["last"].items())))
+
+
+# What ``counted`` yields: (counter key, event). Keys: ``rollback:<trigger>:<rule>`` (trigger ``watch`` for
+# the watcher's own, ``operator`` otherwise, whose rule is ``operator``), ``promote:<outcome>``,
+# ``quarantine``. Events (the time of the last one is kept): rollback, promote_failed, quarantine.
+WATCH_ACTOR = "watch"
+PROMOTE_OUTCOMES = {Result.SUCCEEDED: "succeeded", Result.REPAIRED: "succeeded", Result.FAILED: "failed",
+                    Result.ABORTED: "failed", Result.REFUSED: "refused"}
+
+
+def counted(record: Record, started: Record | None) -> list[tuple[str, str]]:
+    """The events a final record ends, given the operation's ``started`` record when there was one."""
+    if record.action is Action.PROMOTE and record.result in PROMOTE_OUTCOMES:
+        outcome = PROMOTE_OUTCOMES[record.result]
+        return [(f"promote:{outcome}", "promote" if outcome == "succeeded" else "promote_failed")]
+    if record.action is Action.ROLLBACK and record.result in (Result.SUCCEEDED, Result.REPAIRED):
+        origin = started or record
+        details = {**origin.details, **record.details}
+        trigger = "watch" if origin.actor == WATCH_ACTOR else "operator"
+        evidence = details.get("evidence")
+        rule = str(evidence.get("rule") or "unknown") if trigger == "watch" and isinstance(evidence, dict) \
+            else "operator"
+        events = [(f"rollback:{trigger}:{rule}", "rollback")]
+        if details.get("quarantine") is True:
+            events.append(("quarantine", "quarantine"))
+        return events
+    return []

@@ -31,18 +31,22 @@ class MemoryDecision:
 
 
 def candidate_need(declared_mb: object, served: int | None, served_footprint: int | None) -> MemoryNeed | None:
-    """The package's own figure when it declares one, else what the served version measured at its load.
+    """The larger of the package's own figure and what the served version measured at its load: a package
+    cannot pass the gate by declaring less than the device has seen a version of this model take.
 
     ``declared_mb`` is meta.yaml's raw value; a value that is not a positive number raises ValueError.
     """
+    measured = MemoryNeed(served_footprint, f"v{served}'s measured footprint") \
+        if served is not None and served_footprint is not None else None
     if declared_mb is not None:
         if isinstance(declared_mb, bool) or not isinstance(declared_mb, int | float) or not declared_mb > 0 \
                 or declared_mb == float("inf"):
             raise ValueError(f"{DECLARED_FIELD} must be a positive number of MiB, not {declared_mb!r}")
-        return MemoryNeed(int(declared_mb * MIB), f"{DECLARED_FIELD} {declared_mb:g} in its meta.yaml")
-    if served is not None and served_footprint is not None:
-        return MemoryNeed(served_footprint, f"v{served}'s measured footprint")
-    return None
+        declared = MemoryNeed(int(declared_mb * MIB), f"{DECLARED_FIELD} {declared_mb:g} in its meta.yaml")
+        if measured is None or declared.bytes >= measured.bytes:
+            return declared
+        return MemoryNeed(measured.bytes, f"{measured.source}, above the {declared.source}")
+    return measured
 
 
 def decide_memory(available: int, need: MemoryNeed, headroom: int, fallbacks: dict[int, int | None],

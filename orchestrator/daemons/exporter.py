@@ -2,21 +2,48 @@
 
 from __future__ import annotations
 
+import time
+from datetime import datetime
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from orchestrator.core.journal import JournalSummary, Record, counted
+from orchestrator.core.policy import Severity
 
 _SWITCH_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 _DETECTION_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.2, 0.3, 0.5, 1.0, 2.0, 5.0, 10.0)
 
 
+EVENTS = ("rollback", "promote", "promote_failed", "quarantine")
+BLOCKED_REASONS = ("no_fallback", "loop_breaker")
+
+
+def _unix(iso: str) -> float:
+    try:
+        return datetime.fromisoformat(iso).timestamp()
+    except ValueError:
+        return time.time()  # a record with an unreadable time is still an event that happened
+
+
 class WatchMetrics:
     def __init__(self, registry: CollectorRegistry) -> None:
         self.registry = registry
+        self._initialised: set[str] = set()
         self.served_version = Gauge("orchestrator_served_version", "Version the disk says is served",
                                     ["model"], registry=registry)
         self.resident = Gauge("orchestrator_resident_version", "1 for each version kept loaded (served or fallback)",
                               ["model", "version"], registry=registry)
-        self.rollbacks = Counter("orchestrator_rollbacks", "Automatic rollbacks by the rule that caused them",
-                                 ["model", "rule"], registry=registry)
+        self.rollbacks = Counter("orchestrator_rollbacks", "Rollbacks: the watcher's (trigger watch, by the rule "
+                                 "that caused them) and the operator's (trigger operator); counted from the journal",
+                                 ["model", "rule", "trigger"], registry=registry)
+        self.quarantines = Counter("orchestrator_quarantines", "Versions the watcher quarantined as it rolled them "
+                                   "back; counted from the journal", ["model"], registry=registry)
+        self.last_event = Gauge("orchestrator_last_event_timestamp_seconds", "Unix time of the last rollback, "
+                                "promote, failed or refused promote, and quarantine (0: none yet)", ["model", "event"],
+                                registry=registry)
+        self.rollback_blocked = Gauge("orchestrator_rollback_blocked", "1 while the served version breaches a "
+                                      "rollback rule and the watcher cannot act (no verified fallback, loop breaker)",
+                                      ["model", "reason"], registry=registry)
         self.anomalies = Counter("orchestrator_anomalies", "Anomalies raised by the watcher",
                                  ["model", "rule", "severity"], registry=registry)
         self.switch_duration = Histogram("orchestrator_switch_duration_seconds",
@@ -46,6 +73,52 @@ class WatchMetrics:
         self.production_samples = Counter("orchestrator_watch_production_samples",
                                           "Production outputs sampled from Triton's traces for drift",
                                           ["model"], registry=registry)
+
+    def initialise(self, model: str, summary: JournalSummary, rules: dict[str, Severity]) -> None:
+        """Every labelled series an alert reads, present from the start (an alert on ``increase`` needs the
+        zero before the first event), and the counters at the journal's counts, so that a restart of the
+        watcher is no counter reset and an event while it was down is counted. Once per model and daemon."""
+        if model in self._initialised:
+            return
+        self._initialised.add(model)
+        counted = dict(summary.counts)
+        for key in [k for k in counted if k.startswith("rollback:")]:
+            _, trigger, rule = key.split(":", 2)
+            self.rollbacks.labels(model, rule, trigger).inc(counted[key])
+        for rule, severity in rules.items():
+            self.rollbacks.labels(model, rule, "watch")
+            if severity is not Severity.OFF:
+                self.anomalies.labels(model, rule, severity.value)
+        self.rollbacks.labels(model, "operator", "operator")
+        for outcome in ("succeeded", "failed", "refused"):
+            self.promotions.labels(model, outcome).inc(counted.get(f"promote:{outcome}", 0))
+        self.quarantines.labels(model).inc(counted.get("quarantine", 0))
+        for event in EVENTS:
+            at = summary.last_time(event)
+            self.last_event.labels(model, event).set(_unix(at) if at else 0.0)
+        for reason in BLOCKED_REASONS:
+            self.rollback_blocked.labels(model, reason).set(0)
+
+    def counted(self, model: str, record: Record, started: Record | None = None) -> None:
+        """A final record seen in the journal (or the watcher's own): the counters and event times it moves."""
+        for key, event in counted(record, started):
+            kind, _, rest = key.partition(":")
+            if kind == "rollback":
+                trigger, rule = rest.split(":", 1)
+                self.rollbacks.labels(model, rule, trigger).inc()
+            elif kind == "promote":
+                self.promotions.labels(model, rest).inc()
+            else:
+                self.quarantines.labels(model).inc()
+            self.last_event.labels(model, event).set(_unix(record.time))
+
+    def watch_rolled_back(self, model: str, rule: str, quarantined: bool) -> None:
+        """The watcher's own rollback, counted as it happens (its journal record may wait for the disk)."""
+        self.rollbacks.labels(model, rule, "watch").inc()
+        self.last_event.labels(model, "rollback").set(time.time())
+        if quarantined:
+            self.quarantines.labels(model).inc()
+            self.last_event.labels(model, "quarantine").set(time.time())
 
     def set_residency(self, model: str, served: int | None, resident: tuple[int, ...], known: list[int]) -> None:
         self.served_version.labels(model).set(served if served is not None else 0)

@@ -170,7 +170,9 @@ class Watch:
             old = self.watchers[name]
             old.close()
             self.watchers[name] = self._watcher(name)  # fresh baseline, streaks and grace period
-            self.watchers[name].recent_rollbacks = old.recent_rollbacks  # the loop breaker remembers
+            fresh = self.watchers[name]
+            fresh.recent_rollbacks = old.recent_rollbacks  # the loop breaker remembers
+            fresh.journal_cursor, fresh.follow_started = old.journal_cursor, old.follow_started  # nothing uncounted
 
     def interval(self) -> float:
         return min((w.policy.interval_s for w in self.watchers.values()), default=1.0)

@@ -22,10 +22,17 @@ from orchestrator.core.policy import Divergence, Severity, WatchPolicy
 from orchestrator.core.rules import Anomaly, Finding, Observation, Outcome, Streak, assess, step
 from orchestrator.core.watch_decision import Response, WatchAction, decide_check
 from orchestrator.daemons.drift_watch import DriftWatch, drift_rule
-from orchestrator.daemons.exporter import WatchMetrics
+from orchestrator.daemons.exporter import BLOCKED_REASONS, WatchMetrics
 from orchestrator.daemons.probes import GoldenProbe
 from orchestrator.daemons.webhook import notify
-from orchestrator.errors import Busy, OrchestratorError, PolicyViolation, StaleJudgement, TritonError
+from orchestrator.errors import (
+    Busy,
+    OrchestratorError,
+    PolicyViolation,
+    StaleJudgement,
+    TritonError,
+    UnverifiedResident,
+)
 from orchestrator.store.baselines import read_latency_baselines, write_latency_baselines
 from orchestrator.store.golden import load_golden
 from orchestrator.store.modelconfig import contract
@@ -33,6 +40,8 @@ from orchestrator.store.repository import ModelStore
 from orchestrator.triton import metrics as triton_metrics
 from orchestrator.triton.protocol import TritonAPI, TritonState
 from orchestrator.usecases.context import Context
+from orchestrator.usecases.repair import repair
+from orchestrator.usecases.residency import residency
 from orchestrator.usecases.rollback import rollback
 
 log = logging.getLogger(__name__)
@@ -55,6 +64,7 @@ class ModelWatcher:
         self.clock = clock
         self.triton = triton if triton is not None else _own_client(ctx)
         snap = store.snapshot()
+        metrics.initialise(store.name, snap.journal, {name: rule.severity for name, rule in policy.rules.items()})
         golden = load_golden(store.state / snap.policies.promotion.golden, contract(snap.config))
         divergence = policy.rules.get("divergence")
         self.probe = GoldenProbe(
@@ -81,13 +91,17 @@ class ModelWatcher:
         # when the daemon makes a fresh watcher after a Triton restart.
         self.recent_rollbacks: list[tuple[float, int | None, int]] = []
         self.journal_cursor = store.journal.cursor()
+        self.follow_started: dict[str, Record] = {}  # ``started`` records the journal follower saw, by op
         self.seen_live: bool | None = None  # what this tick's probe showed of the server; None: no probe
+        self.guarded: tuple[int, ...] | None = None  # the config's resident set the residency guard last passed
+        self.guard_failed = ""  # the guard's last failure, said once
 
     # --- one check ----------------------------------------------------------------------
     def tick(self) -> list[Anomaly]:
         now = self.clock()
         self.seen_live = None
-        served = self.store.served()
+        resident = self._guard_residency()
+        served = max(resident) if resident else None
         if served != self.served:
             self._reset(served, now)
         obs = self._observe(now)
@@ -114,6 +128,32 @@ class ModelWatcher:
         self._follow_journal()
         return anomalies
 
+    def _guard_residency(self) -> tuple[int, ...]:
+        """The config's resident versions, after the guard (``usecases/residency.py``) when they changed: a hand
+        edit, perhaps already loaded by a Triton restart, is rewritten and the verified set loaded before this
+        tick judges what serves. The lock is taken only when there is something to drop."""
+        resident = self.store.resident()
+        if resident == self.guarded:
+            return resident
+        if not residency(self.store.snapshot()).dropped:
+            self.guarded = resident
+            return resident
+        try:
+            with self.ctx.locked(self.store):
+                resident = repair(self.ctx, self.store).snapshot.resident
+        except Busy:
+            return resident  # the command holding the model repairs first; looked at again next tick
+        except UnverifiedResident as exc:
+            log.error("%s: %s", self.store.name, exc)  # once: looked at again when the config changes
+        except (OrchestratorError, OSError) as exc:
+            # A full disk, Triton refusing the load: judging goes on (a rollback must not wait); retried next tick.
+            if str(exc) != self.guard_failed:
+                log.error("%s: could not rewrite config.pbtxt: %s", self.store.name, exc)
+            self.guard_failed = str(exc)
+            return self.store.resident()
+        self.guarded, self.guard_failed = resident, ""
+        return resident
+
     def _reset(self, served: int | None, now: float) -> None:
         """A switch happened (ours, an operator's, or a restart): new baseline, fresh streaks, grace."""
         self.served = served
@@ -121,6 +161,8 @@ class ModelWatcher:
         self.streaks = {}
         self.last_scrape = None
         self.gave_up_on = None
+        for reason in BLOCKED_REASONS:
+            self.metrics.rollback_blocked.labels(self.store.name, reason).set(0)
         snap = self.store.snapshot()
         resident = set(snap.resident)
         self.served_verified = served is not None and served in snap.versions \
@@ -226,6 +268,7 @@ class ModelWatcher:
         tripped = self._loop_breaker(action)
         if tripped is not None:
             self.gave_up_on = self.served  # alerts from now on, no more switching until a switch happens
+            self.metrics.rollback_blocked.labels(name, "loop_breaker").set(1)
             log.error("%s: loop breaker: %s; no more automatic rollbacks, v%s keeps serving", name, tripped,
                       self.served)
             self._alert(anomaly, action.evidence | {"loop_breaker": tripped})
@@ -241,8 +284,9 @@ class ModelWatcher:
             for breached in (anomaly, *action.also):
                 self.streaks[breached.rule] = Streak(self.streaks[breached.rule].count, breached.first_breach, False)
             return
-        except PolicyViolation as exc:
+        except PolicyViolation as exc:  # no verified version to go to
             self.gave_up_on = self.served
+            self.metrics.rollback_blocked.labels(name, "no_fallback").set(1)
             self._alert(anomaly, action.evidence | {"rollback_refused": str(exc)})
             return
         except OrchestratorError as exc:
@@ -250,7 +294,7 @@ class ModelWatcher:
             self._alert(anomaly, action.evidence | {"rollback_failed": str(exc)})
             return
         self.recent_rollbacks.append((self.clock(), result.from_version, result.to_version))
-        self.metrics.rollbacks.labels(name, anomaly.rule).inc()
+        self.metrics.watch_rolled_back(name, anomaly.rule, quarantined=True)
         self.metrics.detection_latency.labels(name, anomaly.rule).observe(anomaly.detection_latency_s)
         self.metrics.switch_duration.labels(name, "rollback").observe(result.switch_ms / 1000.0)
         log.warning("%s: rolled back v%s -> v%s (%s) in %.0f ms", name, result.from_version, result.to_version,
@@ -259,19 +303,28 @@ class ModelWatcher:
                                      "to": result.to_version, "evidence": action.evidence})
 
     def _alert(self, anomaly: Anomaly, evidence: dict[str, object]) -> None:
-        self.store.journal.append(Record(action=Action.ANOMALY, result=Result.ALERT, op=new_op_id(),
-                                         actor=WATCH_ACTOR, from_version=self.served,
-                                         reason=f"{anomaly.rule}: {anomaly.finding.detail}",
-                                         details={"evidence": evidence, "severity": anomaly.severity.value}))
+        record = Record(action=Action.ANOMALY, result=Result.ALERT, op=new_op_id(), actor=WATCH_ACTOR,
+                        from_version=self.served, reason=f"{anomaly.rule}: {anomaly.finding.detail}",
+                        details={"evidence": evidence, "severity": anomaly.severity.value})
+        # A full state disk must not cost the alert: the record waits in the daemon's backlog.
+        self.ctx.write_or_keep(f"{self.store.name}'s journal record (anomaly alert)",
+                               lambda: self.store.journal.append(record))
         log.warning("%s: %s anomaly: %s", self.store.name, anomaly.rule, anomaly.finding.detail)
         notify(self.policy.webhook, {"event": "alert", "model": self.store.name, "evidence": evidence})
 
     def _follow_journal(self) -> None:
-        """Count promote outcomes written by other processes (the CLI) since the last look."""
+        """Count what other processes (the CLI, the command socket) journaled since the last look: promote
+        outcomes and rollbacks. The watcher's own rollbacks were counted as they happened."""
         records, self.journal_cursor = self.store.journal.read_since(self.journal_cursor)
         for record in records:
-            if record.action is Action.PROMOTE and record.is_final:
-                self.metrics.promotions.labels(self.store.name, record.result.value).inc()
+            if record.result is Result.STARTED:
+                self.follow_started[record.op] = record
+            elif record.is_final:
+                started = self.follow_started.pop(record.op, None)
+                own = record.action is Action.ROLLBACK and record.result is Result.SUCCEEDED \
+                    and record.actor == WATCH_ACTOR
+                if not own:
+                    self.metrics.counted(self.store.name, record, started)
             if record.action.switches and record.is_final and record.actor != WATCH_ACTOR \
                     and record.details.get("switch_ms") is not None:
                 self.metrics.switch_duration.labels(self.store.name, record.action.value).observe(

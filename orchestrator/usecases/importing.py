@@ -73,7 +73,8 @@ def _file(ctx: Context, store: ModelStore, snap: ModelSnapshot, folder: Path, pa
 
 def _pin_versions(ctx: Context, store: ModelStore, snap: ModelSnapshot, op: str) -> ModelSnapshot:
     """A config that lets Triton choose (no version_policy: the latest; ``latest``, ``all``) would serve the
-    new, unverified folder at the next load or restart: it is pinned to what it serves now, first."""
+    new, unverified folder at the next load or restart: it is pinned to what it serves now, first. ``repair``'s
+    residency guard ran before: what it serves now may serve (a guard rewrite left it ``specific`` already)."""
     policy = snap.config_policy
     if policy.kind == "specific":
         return snap

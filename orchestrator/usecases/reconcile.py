@@ -1,4 +1,5 @@
-"""Reconcile: repair interrupted commands and load what the disk says into Triton."""
+"""Reconcile: repair interrupted commands, rewrite a config.pbtxt that would serve a version that may not
+(``repair`` runs the residency guard), and load what the disk then says into Triton."""
 
 from __future__ import annotations
 

@@ -1,7 +1,9 @@
-"""Repair: finish or undo what an interrupted command left behind (disk first, then Triton).
+"""Repair: finish or undo what an interrupted command left behind (disk first, then Triton), then make sure
+config.pbtxt lets Triton load no version that may not serve (``usecases/residency.py``).
 
-Every mutating command runs this first, under the model's lock. The decision is pure
-(``core.repair.decide_repair``); this module reads what it needs and applies it.
+Every mutating command runs this first, under the model's lock. The decisions are pure
+(``core.repair.decide_repair``, ``core.residency.guard_resident``); this module reads what they need
+and applies them.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from dataclasses import dataclass, field
 from orchestrator.core.journal import Action, Record, Result, now_iso
 from orchestrator.core.model import Verification
 from orchestrator.core.repair import RepairDecision, RepairKind, decide_repair
+from orchestrator.core.residency import ResidencyDecision
 from orchestrator.core.switch import status_after_rollback
 from orchestrator.core.versions import label
 from orchestrator.store.repository import ModelStore, remove_tree
@@ -20,6 +23,7 @@ from orchestrator.store.snapshot import ModelSnapshot
 from orchestrator.usecases import executor
 from orchestrator.usecases.candidate_entry import drop_candidate
 from orchestrator.usecases.context import Context
+from orchestrator.usecases.residency import guard_config
 
 log = logging.getLogger(__name__)
 
@@ -29,10 +33,12 @@ class Repaired:
     snapshot: ModelSnapshot  # what the disk holds after the repair
     notes: list[str] = field(default_factory=list)
     decision: RepairDecision | None = None  # the interrupted operation, when there was one
+    residency: ResidencyDecision | None = None  # the guard's rewrite of config.pbtxt, when there was one
 
 
 def repair(ctx: Context, store: ModelStore) -> Repaired:
-    """Run under the model's lock; returns the snapshot to carry on with."""
+    """Run under the model's lock; returns the snapshot to carry on with. UnverifiedResident when config.pbtxt
+    makes Triton load only versions that may not serve (nothing written or loaded)."""
     notes = []
     for leftover in store.staging_leftovers():
         remove_tree(leftover)
@@ -44,14 +50,29 @@ def repair(ctx: Context, store: ModelStore) -> Repaired:
         decision = _decide(snap, unfinished)
         snap, note = _apply(ctx, store, snap, decision)
         notes.append(note)
-        if unfinished.action.switches:
-            notes += executor.sync_triton(ctx, store, snap)  # when Triton is up; otherwise the next contact does
     elif store.has_candidate_entry() and active_shadow(store) is None:
         drop_candidate(ctx, store, quiet=True)
         notes.append("removed a leftover candidate entry")
+    try:
+        # After the interrupted operation: a completed rollback --force is journal-served by now.
+        guarded = guard_config(ctx, store, snap)
+    finally:
+        _log(store, notes)
+    snap = guarded.snapshot
+    if guarded.note:
+        notes.append(guarded.note)
+        _log(store, [guarded.note])
+    if guarded.rewrite is not None or (unfinished is not None and unfinished.action.switches):
+        # When Triton is up; otherwise the next contact does. After a rewrite it unloads what a restart let in.
+        synced = executor.sync_triton(ctx, store, snap)
+        _log(store, synced)
+        notes += synced
+    return Repaired(snap, notes, decision, guarded.rewrite)
+
+
+def _log(store: ModelStore, notes: list[str]) -> None:
     for note in notes:
         log.warning("%s: %s", store.name, note)
-    return Repaired(snap, notes, decision)
 
 
 def _decide(snap: ModelSnapshot, started: Record) -> RepairDecision:

@@ -33,6 +33,12 @@ def rollback(ctx: Context, model: str | None, to: int | None = None, force: bool
             ctx.record(store, snap, Action.ROLLBACK, Result.REFUSED, new_op_id(), from_version=snap.served,
                        reason=f"{message}: {reason}", details={"judged": judged, "evidence": evidence or {}})
             raise StaleJudgement(message)
+        guard = repaired.residency
+        if guard is not None and to is None and max(guard.resident) not in guard.allowed:
+            # A hand edit made an unverified version the one Triton serves; the guard just took it off,
+            # which is the rollback asked for: rolling back once more would drop the version serving now.
+            return SwitchResult(store.name, "rollback", max(guard.resident), snap.served or 0, snap.resident, 0.0,
+                                True)
         done = repaired.decision
         if done is not None and done.switched and done.started.action is Action.ROLLBACK \
                 and to in (None, done.started.to_version):

@@ -70,7 +70,7 @@ def test_version_that_fails_only_on_live_inputs_is_rolled_back_on_drift(stack: S
     store = stack.store()
     assert store.served() == 1 and stack.served_by_triton() == 1
     assert store.status(2) is VersionStatus.QUARANTINED
-    assert sample_value(daemon, "orchestrator_rollbacks_total", model=MODEL, rule="drift") == 1
+    assert sample_value(daemon, "orchestrator_rollbacks_total", model=MODEL, rule="drift", trigger="watch") == 1
     assert sample_value(daemon, "orchestrator_watch_production_samples_total", model=MODEL) >= 100
     assert [e for e in traffic.failures() if "classifier" in e] == []
     assert (stack.state / MODEL / DRIFT_BASELINE_FILE).exists()

@@ -7,7 +7,11 @@ import tarfile
 from pathlib import Path
 
 import pytest
+import yaml
 
+from orchestrator.core.policy import ShadowPolicy
+from orchestrator.core.shadow_gate import recorded_verdict, shadow_gate, shadow_record
+from orchestrator.core.shadow_stats import ShadowPhase, ShadowReport
 from orchestrator.delivery.signing import (
     SIGNATURE_FILE,
     _signature_document,
@@ -124,3 +128,52 @@ def test_bad_package_is_refused_and_nothing_changes(stack: Stack, packages, tmp_
     if kind != "other model":  # a package for an unknown model has no journal to go to
         records = stack.store().journal.read().records
         assert [r.result for r in records] == ["refused"]  # journaled exactly once
+
+
+def _claiming_package(packages, tmp_path: Path, build_key, signed: bool) -> Path:
+    """A package whose meta.yaml claims its own verification, golden metrics and a passed shadow run (one the
+    shadow gate would pass, were it read), signed by the trusted builder or left unsigned."""
+    report = ShadowReport(model="classifier", version=2, phase=ShadowPhase.STOPPED, sampled=500, compared=500)
+    claim = shadow_record(report, shadow_gate(report, ShadowPolicy()), "2026-11-21T00:00:00+00:00")
+    assert recorded_verdict(claim, ShadowPolicy(require=True)).passed  # type: ignore[union-attr]
+    package = shutil.copytree(packages[Variant.BETTER], tmp_path / "claims")
+    meta = package / META_FILE
+    meta.write_text(meta.read_text() + yaml.safe_dump({
+        "verified": True, "verified_by": "builder", "verified_at": "2026-11-21T00:00:00+00:00",
+        "verification": {"status": "verified", "verified_by": "builder", "golden": {"accuracy": 1.0}},
+        "filed_at": "2026-11-21T00:00:00+00:00", "shadow": claim}))
+    if signed:
+        build_key.sign(package)
+    else:
+        (package / SIGNATURE_FILE).unlink()
+    return package
+
+
+@pytest.mark.parametrize("signed", [True, False], ids=["signed", "unsigned"])
+def test_a_packages_claims_about_its_own_verification_gate_nothing(stack: Stack, packages, tmp_path: Path, build_key,
+                                                                  signed: bool):
+    """Evidence that gates promotion comes only from the orchestrator's own records, never from meta.yaml."""
+    env = dict(stack.env(), ORCH_ALLOW_UNSIGNED="0" if signed else "1")
+    result = stack.cli("import", str(_claiming_package(packages, tmp_path, build_key, signed)), env=env)
+    assert result.returncode == 0, result.stderr
+    store = stack.store()
+    attestation = store.attestation(2)
+    assert attestation.status is VersionStatus.UNVERIFIED
+    assert attestation.verification.golden == {} and attestation.shadow is None
+    filed = read_meta(stack.repository / "classifier" / "2" / META_FILE)
+    assert filed.verification.status is VersionStatus.UNVERIFIED and "shadow" not in filed.extra
+    assert filed.filed_at != "2026-11-21T00:00:00+00:00"  # filed now, whatever the package said
+    # Not a rollback target without --force,
+    refused = stack.cli("rollback", "--to", "2", env=env)
+    assert refused.returncode == 4 and "v2 is unverified, not verified" in refused.stderr
+    # not promoted past a required shadow run,
+    policy = stack.state / "classifier" / "policy.yaml"
+    policy.write_text(policy.read_text() + "shadow:\n  require: true\n")
+    refused = stack.cli("promote", "v2", env=env)
+    assert refused.returncode == 4 and "v2 has no shadow run" in refused.stderr
+    # and not kept resident by a hand edit: the guard drops it before Triton loads it.
+    config = stack.repository / "classifier" / "config.pbtxt"
+    config.write_text(config.read_text().replace("versions: [ 1 ]", "versions: [ 1, 2 ]"))
+    assert stack.cli("reconcile", env=env).returncode == 0
+    assert store.resident() == (1,) and stack.served_by_triton() == 1
+    assert store.status(2) is VersionStatus.UNVERIFIED

@@ -51,7 +51,8 @@ def test_version_that_turns_bad_is_rolled_back_and_quarantined(stack: Stack, tmp
     assert store.served() == 1 and stack.served_by_triton() == 1
     assert store.status(2) is VersionStatus.QUARANTINED
     assert evidence["rule"] in (store.attestation(2).verification.reason or "")
-    assert sample_value(daemon, "orchestrator_rollbacks_total", model=MODEL, rule=evidence["rule"]) == 1
+    assert sample_value(daemon, "orchestrator_rollbacks_total", model=MODEL, rule=evidence["rule"],
+                        trigger="watch") == 1
     assert sample_value(daemon, "orchestrator_anomalies_total", model=MODEL, rule=evidence["rule"],
                    severity="rollback") >= 1
     assert sample_value(daemon, "orchestrator_detection_latency_seconds_count", model=MODEL, rule=evidence["rule"]) == 1

@@ -112,3 +112,48 @@ def test_an_open_operation_survives_in_the_cached_summary(tmp_path: Path) -> Non
     fill(journal, 60, start=60)  # other operations' records after it (refusals, alerts) do not close it
     journal.summary()
     assert journal.summary().unfinished() == started
+
+
+def test_events_are_counted_by_trigger_rule_and_outcome_with_the_time_of_the_last() -> None:
+    watch = {"quarantine": True, "evidence": {"rule": "latency"}}
+    records = [
+        Record("promote", Result.STARTED, "p1", from_version=1, to_version=2),
+        Record("promote", Result.SUCCEEDED, "p1", from_version=1, to_version=2, time="2026-01-01T00:00:01+00:00"),
+        Record("rollback", Result.STARTED, "r1", actor="watch", from_version=2, to_version=1, details=watch),
+        Record("rollback", Result.SUCCEEDED, "r1", actor="watch", from_version=2, to_version=1, details=watch,
+               time="2026-01-01T00:00:02+00:00"),
+        Record("promote", Result.REFUSED, "p2", to_version=2, time="2026-01-01T00:00:03+00:00"),
+        # An operator's rollback, completed by a later command: the trigger is the one who started it.
+        Record("rollback", Result.STARTED, "r2", actor="ops@host", from_version=3, to_version=1,
+               details={"quarantine": False}),
+        Record("rollback", Result.REPAIRED, "r2", actor="watch", from_version=3, to_version=1,
+               time="2026-01-01T00:00:04+00:00"),
+        Record("rollback", Result.REFUSED, "r3", actor="watch", details={"judged": 2}),  # a dropped judgement
+        Record("promote", Result.STARTED, "p3", from_version=1, to_version=4),
+        Record("promote", Result.ABORTED, "p3", from_version=1, to_version=4, time="2026-01-01T00:00:05+00:00"),
+    ]
+    summary = JournalSummary().add(*records)
+    assert dict(summary.counts) == {"promote:succeeded": 1, "promote:refused": 1, "promote:failed": 1,
+                                    "rollback:watch:latency": 1, "rollback:operator:operator": 1, "quarantine": 1}
+    assert summary.last_time("rollback") == "2026-01-01T00:00:04+00:00"
+    assert summary.last_time("promote_failed") == "2026-01-01T00:00:05+00:00"
+    assert summary.last_time("quarantine") == "2026-01-01T00:00:02+00:00"
+    # Folded in pieces (as checkpoints and the cache do) or at once: the same.
+    assert JournalSummary().add(*records[:5]).add(*records[5:]) == summary
+    assert JournalSummary.from_dict(json.loads(json.dumps(summary.to_dict()))) == summary
+
+
+def test_a_cached_summary_from_before_counting_is_rebuilt_with_the_counts(tmp_path: Path) -> None:
+    path = tmp_path / "version_history.log"
+    journal = Journal(path)
+    records = fill(journal, 200)
+    journal.append(Record("rollback", Result.SUCCEEDED, "x", actor="watch", from_version=2, to_version=1,
+                          details={"evidence": {"rule": "health"}}))
+    journal.summary()
+    index = Path(str(path) + INDEX_SUFFIX)
+    cached = json.loads(index.read_text())
+    del cached["summary"]["counts"], cached["summary"]["last"]  # as an older orchestrator wrote it
+    index.write_text(json.dumps(cached))
+    summary = Journal(path).summary()
+    assert summary.count("rollback:watch:health") == 1 and summary == journal.read().summary()
+    assert len(records) == 200

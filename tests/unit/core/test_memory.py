@@ -7,10 +7,13 @@ import pytest
 from orchestrator.core.memory import MIB, MemoryNeed, candidate_need, decide_memory
 
 
-def test_the_packages_figure_comes_first_then_the_served_versions_footprint() -> None:
+def test_the_larger_of_the_packages_figure_and_the_served_versions_footprint() -> None:
     assert candidate_need(512, 1, 100 * MIB) == MemoryNeed(512 * MIB, "memory_mb 512 in its meta.yaml")
     assert candidate_need(None, 1, 100 * MIB) == MemoryNeed(100 * MIB, "v1's measured footprint")
     assert candidate_need(None, 1, None) is None
+    # Declaring less than the device measured for this model does not pass the gate.
+    assert candidate_need(50, 1, 100 * MIB) == MemoryNeed(
+        100 * MIB, "v1's measured footprint, above the memory_mb 50 in its meta.yaml")
     assert candidate_need(None, None, None) is None
 
 

@@ -41,7 +41,7 @@ def test_nan_outputs_are_rolled_back_and_the_version_quarantined(env: Env) -> No
     evidence = record.details["evidence"]
     assert (evidence["rule"], evidence["served"], evidence["detail"]) == ("output_sanity", 2, "LOGITS has 40 NaN of 40")
     sample = registry.get_sample_value
-    assert sample("orchestrator_rollbacks_total", {"model": MODEL, "rule": "output_sanity"}) == 1
+    assert sample("orchestrator_rollbacks_total", {"model": MODEL, "rule": "output_sanity", "trigger": "watch"}) == 1
     assert sample("orchestrator_anomalies_total",
                   {"model": MODEL, "rule": "output_sanity", "severity": "rollback"}) == 1
     assert sample("orchestrator_detection_latency_seconds_count", {"model": MODEL, "rule": "output_sanity"}) == 1
@@ -63,7 +63,8 @@ def test_inference_errors_roll_back_after_the_probe_errors_debounce(env: Env) ->
     assert watch_rollbacks(env) == [(2, 1)] and env.served_by_twin() == 1
     assert env.last("rollback").details["evidence"]["rule"] == "probe_errors"
     assert env.status(2) == "quarantined"
-    assert registry.get_sample_value("orchestrator_rollbacks_total", {"model": MODEL, "rule": "probe_errors"}) == 1
+    labels = {"model": MODEL, "rule": "probe_errors", "trigger": "watch"}
+    assert registry.get_sample_value("orchestrator_rollbacks_total", labels) == 1
     assert env.scrapes and set(env.scrapes) == {NOWHERE}  # a failed probe scrapes at once; no answer is no data
 
 
@@ -89,7 +90,8 @@ def test_an_alert_only_rule_journals_an_alert_and_never_switches(env: Env) -> No
     assert watch_rollbacks(env) == []
     sample = registry.get_sample_value
     assert sample("orchestrator_anomalies_total", {"model": MODEL, "rule": "output_sanity", "severity": "alert"}) == 1
-    assert sample("orchestrator_rollbacks_total", {"model": MODEL, "rule": "output_sanity"}) is None
+    # There from the start, never moved.
+    assert sample("orchestrator_rollbacks_total", {"model": MODEL, "rule": "output_sanity", "trigger": "watch"}) == 0
 
 
 def test_no_verified_fallback_alerts_once_and_leaves_serving_alone(env: Env) -> None:

@@ -20,12 +20,14 @@ nothing else but a bug.
     ├── Busy                    another command holds the model's lock       (exit 7)
     ├── TritonError             Triton answered with an error                (exit 8)
     │   ├── TritonUnreachable   no answer from the URL                       (exit 9)
+    │   │   └── NotTriton       something else answers at the URL            (exit 9)
     │   ├── TritonForbidden     the locked control API refused our key       (exit 8)
     │   └── LoadFailed          Triton could not load a version              (exit 8)
     ├── FetchFailed             a download did not arrive                    (exit 10)
     ├── WriteFailed             the disk refused a write (full, read-only)   (exit 11)
     ├── EngineBuildError        a TensorRT engine could not be built         (exit 12)
     ├── EmbeddedTritonError     the embedded local Triton did not start      (exit 13)
+    ├── NotHealthy              `status`: out of sync or serving unverified  (exit 14)
     └── Interrupted             Ctrl-C / SIGTERM during a command            (exit 130)
 
 An exception outside this tree is a bug: the CLI prints one line naming it and ``--verbose``
@@ -53,9 +55,10 @@ class UnknownModel(UsageError):
 
 
 class UnknownVersion(UsageError):
-    def __init__(self, model: str, version: int, known: list[int]) -> None:
+    def __init__(self, model: str, version: int, known: list[int], pruned: str | None = None) -> None:
         listing = ", ".join(f"v{v}" for v in known) if known else "none"
-        super().__init__(f"model {model!r} has no version v{version} (versions: {listing})")
+        gone = f": v{version} was pruned (its meta.yaml and checksums are in {pruned})" if pruned else ""
+        super().__init__(f"model {model!r} has no version v{version}{gone} (versions: {listing})")
         self.model = model
         self.version = version
 
@@ -87,6 +90,18 @@ class UnverifiedResident(PolicyViolation):
     def __init__(self, model: str, message: str) -> None:
         super().__init__(message)
         self.model = model
+
+
+class NotHealthy(OrchestratorError):
+    """``status`` found a model out of sync with Triton or serving a version that is not verified (exit 14),
+    or could not ask Triton: then the exit code of that error (9 unreachable or not Triton, 8 refused)."""
+
+    exit_code = 14
+
+    def __init__(self, message: str, triton_exit_code: int | None = None) -> None:
+        super().__init__(message)
+        if triton_exit_code:
+            self.exit_code = triton_exit_code
 
 
 class CandidateRejected(OrchestratorError):
@@ -127,8 +142,17 @@ class TritonUnreachable(TritonError):
         self.url = url
 
 
+class NotTriton(TritonUnreachable):
+    """Something answers at the URL, but not Triton (a proxy's page, another service): Triton is not there."""
+
+    def __init__(self, url: str, detail: str) -> None:
+        TritonError.__init__(self, f"{url} is not Triton: {detail} (check --url / ORCH_TRITON_URL)")
+        self.url = url
+
+
 class TritonForbidden(TritonError):
-    """A locked model-repository API without the right key: a setup error, never the model's fault."""
+    """A restricted API (model repository, trace, logging, shared memory) without the right key: a setup
+    error, never the model's fault."""
 
     def __init__(self, url: str, what: str, key_sent: bool) -> None:
         have = "the admin key sent was refused" if key_sent else "no admin key was sent"
@@ -186,6 +210,6 @@ class Interrupted(OrchestratorError):
 ERROR_TYPES: tuple[type[OrchestratorError], ...] = (
     OrchestratorError, UsageError, UnknownModel, UnknownVersion, PackageRejected, PolicyViolation,
     NotEnoughMemory, StaleJudgement, UnverifiedResident, CandidateRejected, ShadowFailed, RepositoryCorrupt, Busy,
-    TritonError, TritonUnreachable, TritonForbidden, LoadFailed, FetchFailed, WriteFailed, EngineBuildError,
-    EmbeddedTritonError, Interrupted,
+    TritonError, TritonUnreachable, NotTriton, TritonForbidden, LoadFailed, FetchFailed, WriteFailed, EngineBuildError,
+    EmbeddedTritonError, NotHealthy, Interrupted,
 )

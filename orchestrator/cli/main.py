@@ -24,15 +24,16 @@ import click
 from orchestrator.cli.common import State, orchestrator_of, run
 from orchestrator.cli.shadow import register as register_shadow_commands
 from orchestrator.cli.trust import register as register_trust_commands
+from orchestrator.cli.versions import register as register_version_commands
+from orchestrator.cli.views import register as register_view_commands
+from orchestrator.cli.views import versions_text
 from orchestrator.core.versions import label, parse_version
 from orchestrator.errors import UsageError
 
 # The use cases (numpy, cryptography, protobuf: cli.common builds them) and the journal's records are
 # imported by the commands that use them; `--help` and the other commands do not pay for them.
 if TYPE_CHECKING:
-    from orchestrator.core.journal import Record
     from orchestrator.usecases.context import SwitchResult
-    from orchestrator.usecases.status import ModelStatus
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 110, "show_default": True}
 PATH = click.Path(path_type=Path)
@@ -71,13 +72,6 @@ def app(ctx: click.Context, repository: str | None, state_dir: str | None, url: 
     ctx.obj = state
 
 
-def _raise(error: Exception) -> Callable[[], None]:
-    """For ``run``: report an error found after a command's output was printed."""
-    def fail() -> None:
-        raise error
-    return fail
-
-
 def _print_json(data: object) -> None:
     click.echo(json.dumps(data, indent=2, default=str))
 
@@ -90,8 +84,7 @@ def _switch_line(result: SwitchResult) -> str:
             f" resident {_versions(result.resident)}")
 
 
-def _versions(versions: tuple[int, ...] | list[int]) -> str:
-    return ", ".join(label(v) for v in versions) or "none"
+_versions = versions_text
 
 
 @app.command("import")
@@ -189,81 +182,33 @@ def reconcile(ctx: click.Context, model: str | None) -> None:
     click.echo("\n".join(notes) if notes else "in sync: nothing to do")
 
 
-def _status_table(status: ModelStatus) -> str:
-    if status.in_sync:
-        sync = "in sync"
-    elif not status.triton_reachable:
-        sync = "Triton unreachable" if "unreachable" in status.triton_error else f"Triton: {status.triton_error}"
-    else:
-        sync = "Triton differs from disk: run `orchestrate reconcile`"
-    lines = [f"model {status.model}: serving {label(status.served)}, last verified {label(status.last_verified)}, "
-             f"resident {_versions(status.resident)} ({sync})"]
-    if status.interrupted:
-        lines.append(f"  interrupted: {status.interrupted} (the next command repairs it)")
-    if status.journal_behind:
-        lines.append(f"  journal behind: {status.journal_behind}")
-    if status.journal_damaged_count:
-        lines.append(f"  journal damaged: {status.journal_damaged_count} record(s) no longer read (latest: "
-                     f"{status.journal_damaged[-1]}); `orchestrate history` lists the rest")
-    lines.append(f"  {'VERSION':<8} {'STATUS':<12} {'RESIDENT':<9} {'TRITON':<12} {'DRIFT':<7} {'CREATED':<26} REASON")
-    for row in status.versions:
-        marker = "*" if row.version == status.served else " "
-        lines.append(f" {marker}{label(row.version):<8} {row.status:<12} {'yes' if row.resident else 'no':<9} "
-                     f"{row.triton_state or '-':<12} {row.drift_baseline or '-':<7} {row.created_at[:25]:<26} "
-                     f"{row.reason}")
-    return "\n".join(lines)
+register_view_commands(app)  # status, history, describe: listed after reconcile
 
 
 @app.command()
 @click.argument("model", required=False)
-@as_json_option
+@click.option("--reason", default="", help="Why, for the journal and `status`")
 @click.pass_context
-def status(ctx: click.Context, model: str | None, as_json: bool) -> None:
-    """Served version, resident versions and their Triton state, verified/failed versions."""
-    statuses = run(lambda: orchestrator_of(ctx).status(model))
-    if as_json:
-        _print_json([s.as_dict() for s in statuses])
-    else:
-        click.echo("\n\n".join(_status_table(s) for s in statuses) or "no models in the repository")
+def pause(ctx: click.Context, model: str | None, reason: str) -> None:
+    """Pause the watcher's automatic rollback of a model: what would roll back is alerted instead
+    (journal, webhook, orchestrator_rollback_blocked{reason="paused"}). Rollbacks by hand still work.
 
-
-def _history_line(record: Record) -> str:
-    span = f"{label(record.from_version)} -> {label(record.to_version)}"
-    duration = f"{record.duration_ms:.0f} ms" if record.duration_ms is not None else ""
-    return (f"{record.time[:23]:<24} {record.action.value:<10} {record.result.value:<10} {span:<12} "
-            f"{duration:>8}  "
-            f"{record.actor}  {record.reason}").rstrip()
+    \b
+    Example:
+      orchestrate pause classifier --reason "line 3 maintenance, camera recalibrating"
+    """
+    found, made = run(lambda: orchestrator_of(ctx).pause(model, reason))
+    what = "paused" if made else "already paused"
+    click.echo(f"automatic rollback {what} (by {found.by} at {found.at}){': ' + found.reason if found.reason else ''}")
 
 
 @app.command()
 @click.argument("model", required=False)
-@click.option("--limit", type=click.IntRange(min=0), default=0, help="Show the last N records (0: all)")
-@as_json_option
 @click.pass_context
-def history(ctx: click.Context, model: str | None, limit: int, as_json: bool) -> None:
-    """The model's journal, oldest first."""
-    from orchestrator.core.journal import Result  # noqa: PLC0415
-
-    journal = run(lambda: orchestrator_of(ctx).history(model))
-    finished = {r.op for r in journal.records if r.is_final}
-    # One line per operation: its outcome, or its start when it never finished.
-    records = [r for r in journal.records if r.is_final or (r.result is Result.STARTED and r.op not in finished)]
-    records = records[-limit:] if limit else records
-    if as_json:
-        _print_json([json.loads(r.to_json()) for r in records])
-    else:
-        click.echo(f"{'TIME':<24} {'ACTION':<10} {'RESULT':<10} {'FROM -> TO':<12} {'TOOK':>8}  ACTOR  REASON")
-        for record in records:
-            click.echo(_history_line(record))
-    for problem in journal.problems:
-        if problem not in journal.damaged:
-            click.echo(f"warning: skipped {problem.describe()}", err=True)
-    if journal.damaged:
-        from orchestrator.errors import RepositoryCorrupt  # noqa: PLC0415
-
-        places = "; ".join(p.describe() for p in journal.damaged)
-        run(_raise(RepositoryCorrupt(f"the journal has {len(journal.damaged)} damaged record(s), shown records "
-                                     f"skip them: {places}")))
+def resume(ctx: click.Context, model: str | None) -> None:
+    """Resume the watcher's automatic rollback of a model paused with `orchestrate pause`."""
+    lifted = run(lambda: orchestrator_of(ctx).resume(model))
+    click.echo("automatic rollback resumed" if lifted is not None else "not paused: nothing to resume")
 
 
 def _default_metrics_url(triton_url: str) -> str:
@@ -340,6 +285,7 @@ def local_triton(ctx: click.Context, port: int, load: tuple[str, ...]) -> None:
 
 register_trust_commands(app)
 register_shadow_commands(app)
+register_version_commands(app)  # prune
 
 
 def entrypoint() -> None:

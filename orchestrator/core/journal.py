@@ -23,6 +23,9 @@ class Action(str, enum.Enum):
     SHADOW = "shadow"
     BASELINE = "baseline"  # the watcher recorded a version's drift baseline
     ANOMALY = "anomaly"  # the watcher alerted without switching
+    PRUNE = "prune"  # old versions' artifacts removed, their evidence kept (usecases/prune.py)
+    PAUSE = "pause"  # automatic rollback of the model paused by an operator
+    RESUME = "resume"  # ... and resumed
 
     @property
     def switches(self) -> bool:

@@ -1,6 +1,6 @@
 """Every per-model policy as values, and the one builder that reads them from plain mappings.
 
-``<state>/<model>/policy.yaml`` (read by ``store/policyfile.py``) has three sections, every
+``<state>/<model>/policy.yaml`` (read by ``store/policyfile.py``) has four sections, every
 field optional; the defaults are what an operator gets with no file.
 
     promotion:
@@ -42,6 +42,11 @@ field optional; the defaults are what an operator gets with no file.
         resources:     {severity: alert, for_checks: 5, max_cpu_utilization: 0.98, max_memory_bytes: 0}
         drift:         {severity: alert, for_checks: 3, statistic: class_histogram, output: "", threshold: 0.5,
                         window: 50, sigmas: 3.0, baseline_windows: 20, samples_per_s: 0}
+
+    retention:                # old version folders pruned by the watcher (core/retention.py); off by default
+      enabled: false            # deleting files is opted into: `orchestrate prune` works either way
+      keep: 3                   # newest versions kept besides the served, resident and last verified ones
+      every_s: 3600             # the watcher prunes at most this often
 
 The shadow gate's latency slack is there because a candidate sees only the sampled requests:
 on a sub-millisecond model the ratio then measures how long its idle backend takes to wake
@@ -286,12 +291,31 @@ class WatchPolicy:
 
 
 @dataclass(frozen=True)
+class RetentionPolicy:
+    """What ``orchestrate prune`` keeps by default, and whether the watcher prunes on its own."""
+
+    enabled: bool = False
+    keep: int = 3  # the newest versions kept besides those core/retention.py always keeps
+    every_s: float = 3600.0
+
+    def __post_init__(self) -> None:
+        problems = []
+        if self.keep < 1:
+            problems.append("keep must be an integer >= 1")
+        if not (self.every_s > 0 and math.isfinite(self.every_s)):
+            problems.append("every_s must be a number > 0")
+        if problems:
+            raise ValueError("; ".join(problems))
+
+
+@dataclass(frozen=True)
 class Policies:
-    """The three sections of one model's policy file."""
+    """The four sections of one model's policy file."""
 
     promotion: PromotionPolicy = field(default_factory=PromotionPolicy)
     watch: WatchPolicy = field(default_factory=WatchPolicy)
     shadow: ShadowPolicy = field(default_factory=ShadowPolicy)
+    retention: RetentionPolicy = field(default_factory=RetentionPolicy)
 
 
 # --- the builder --------------------------------------------------------------------------
@@ -326,6 +350,8 @@ def _coerce(kind: Any, value: Any, name: str, where: str) -> Any:
         kind = next(o for o in options if o is not type(None))
     if kind is bool and not isinstance(value, bool):  # "false" in quotes would be True
         raise PolicyError(f"{where}: {name} must be true or false, not {value!r}")
+    if kind is int and (isinstance(value, bool) or (isinstance(value, float) and not value.is_integer())):
+        raise PolicyError(f"{where}: {name} must be an integer, not {value!r}")  # int() would cut 2.5 to 2
     try:
         if kind is bool:
             return value
@@ -380,14 +406,15 @@ class _WatchSettings:
 
 
 def build_policies(raw: Any, where: str) -> Policies:
-    """All three sections of a policy file's mapping."""
+    """All four sections of a policy file's mapping."""
     if raw is None:
         return Policies()
     if not isinstance(raw, dict):
         raise PolicyError(f"{where} must be a mapping")
     return Policies(promotion=build(PromotionPolicy, raw.get("promotion"), f"{where} promotion"),
                     watch=build_watch(raw.get("watch"), f"{where} watch"),
-                    shadow=build(ShadowPolicy, raw.get("shadow"), f"{where} shadow"))
+                    shadow=build(ShadowPolicy, raw.get("shadow"), f"{where} shadow"),
+                    retention=build(RetentionPolicy, raw.get("retention"), f"{where} retention"))
 
 
 def parse_watch_policy(raw: Any) -> WatchPolicy:

@@ -15,7 +15,7 @@ _DETECTION_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.2, 0.3, 0.5, 1.0, 2.0, 5.0, 10.0
 
 
 EVENTS = ("rollback", "promote", "promote_failed", "quarantine")
-BLOCKED_REASONS = ("no_fallback", "loop_breaker")
+BLOCKED_REASONS = ("no_fallback", "loop_breaker", "paused")
 
 
 def _unix(iso: str) -> float:
@@ -42,7 +42,8 @@ class WatchMetrics:
                                 "promote, failed or refused promote, and quarantine (0: none yet)", ["model", "event"],
                                 registry=registry)
         self.rollback_blocked = Gauge("orchestrator_rollback_blocked", "1 while the served version breaches a "
-                                      "rollback rule and the watcher cannot act (no verified fallback, loop breaker)",
+                                      "rollback rule and the watcher cannot act (no verified fallback, loop "
+                                      "breaker, paused)",
                                       ["model", "reason"], registry=registry)
         self.anomalies = Counter("orchestrator_anomalies", "Anomalies raised by the watcher",
                                  ["model", "rule", "severity"], registry=registry)
@@ -62,6 +63,9 @@ class WatchMetrics:
         self.pending_writes = Gauge("orchestrator_pending_writes", "Journal records and marks the disk refused "
                                     "(full, read-only), held by the watcher until it can write them",
                                     registry=registry)
+        self.paused = Gauge("orchestrator_automatic_rollback_paused", "1 while an operator has paused the "
+                            "watcher's automatic rollback of the model (`orchestrate pause`)", ["model"],
+                            registry=registry)
         self.triton_up = Gauge("orchestrator_triton_up", "1 when Triton answered the last check", registry=registry)
         self.probe_latency = Histogram("orchestrator_probe_latency_seconds", "Latency of the watcher's probes",
                                        ["model"], registry=registry)
@@ -98,6 +102,7 @@ class WatchMetrics:
             self.last_event.labels(model, event).set(_unix(at) if at else 0.0)
         for reason in BLOCKED_REASONS:
             self.rollback_blocked.labels(model, reason).set(0)
+        self.paused.labels(model).set(0)
 
     def counted(self, model: str, record: Record, started: Record | None = None) -> None:
         """A final record seen in the journal (or the watcher's own): the counters and event times it moves."""

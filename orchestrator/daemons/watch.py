@@ -29,7 +29,7 @@ from orchestrator.daemons.command_socket import CommandSocket
 from orchestrator.daemons.exporter import WatchMetrics
 from orchestrator.daemons.watcher import ModelWatcher
 from orchestrator.delivery.fetch import DEFAULT_QUIET_S, QuietPackages, settle
-from orchestrator.errors import OrchestratorError, WriteFailed
+from orchestrator.errors import Busy, OrchestratorError, WriteFailed
 from orchestrator.settings import Settings
 from orchestrator.store.backlog import WriteBacklog
 from orchestrator.store.lock import WatchLock
@@ -40,6 +40,7 @@ from orchestrator.usecases.orchestrator import Orchestrator
 log = logging.getLogger(__name__)
 
 INBOX_INTERVAL_S = 5.0
+RETENTION_RETRY_S = 60.0  # retention off, or a command held the model's lock: look again this much later
 ERROR_LOG_EVERY_S = 60.0
 
 
@@ -72,6 +73,7 @@ class Watch:
         self.inbox, self.inbox_quiet_s = inbox, inbox_quiet_s
         self.quiet = QuietPackages(clock)
         self.next_inbox_scan = 0.0
+        self.next_prune: dict[str, float] = {}  # policy.yaml's retention: when each model is looked at next
 
     def _watcher(self, name: str) -> ModelWatcher:
         store = self.orchestrator.repository.model(name)
@@ -92,6 +94,7 @@ class Watch:
                 watcher.tick()
             except Exception as exc:  # the daemon outlives any one check
                 self._failed(name, "check", exc)
+            self._retain(name)
         # A probe that got any answer (or none from a server that is not live) already told.
         seen = [w.seen_live for w in self.watchers.values() if w.seen_live is not None]
         live = all(seen) if seen else self.orchestrator.triton.is_live()
@@ -102,6 +105,23 @@ class Watch:
             log.warning("Triton is back after %.1f s; reconciling", self.clock() - self.down_since)
             self.down_since = None
             self._recover()
+
+    def _retain(self, name: str) -> None:
+        """policy.yaml's ``retention``: when enabled, prune the model at most every ``every_s`` (``usecases/prune.py``
+        with the watcher's short lock wait); the policy is read again within a minute while it is off."""
+        now = self.clock()
+        if now < self.next_prune.get(name, now):
+            return
+        self.next_prune[name] = now + RETENTION_RETRY_S  # unless the policy says otherwise
+        try:
+            policy = read_policies(self.orchestrator.repository.model(name).state).retention
+            if policy.enabled:
+                self.next_prune[name] = now + policy.every_s
+                self.orchestrator.prune(name, keep=policy.keep)
+        except Busy:  # a command holds the model: soon, not a whole every_s later
+            self.next_prune[name] = min(self.next_prune[name], now + RETENTION_RETRY_S)
+        except Exception as exc:  # a full disk, a broken policy.yaml: counted, tried again when next due
+            self._failed(name, "retention", exc)
 
     def _holds(self, name: str) -> bool:
         try:

@@ -29,6 +29,7 @@ from orchestrator.errors import (
     Busy,
     OrchestratorError,
     PolicyViolation,
+    RepositoryCorrupt,
     StaleJudgement,
     TritonError,
     UnverifiedResident,
@@ -36,6 +37,7 @@ from orchestrator.errors import (
 from orchestrator.store.baselines import read_latency_baselines, write_latency_baselines
 from orchestrator.store.golden import load_golden
 from orchestrator.store.modelconfig import contract
+from orchestrator.store.pause import read_pause
 from orchestrator.store.repository import ModelStore
 from orchestrator.triton import metrics as triton_metrics
 from orchestrator.triton.protocol import TritonAPI, TritonState
@@ -92,6 +94,8 @@ class ModelWatcher:
         self.recent_rollbacks: list[tuple[float, int | None, int]] = []
         self.journal_cursor = store.journal.cursor()
         self.follow_started: dict[str, Record] = {}  # ``started`` records the journal follower saw, by op
+        self.paused_alerted: int | None = None  # served version whose held-back rollback was alerted
+        self.was_paused = False
         self.seen_live: bool | None = None  # what this tick's probe showed of the server; None: no probe
         self.guarded: tuple[int, ...] | None = None  # the config's resident set the residency guard last passed
         self.guard_failed = ""  # the guard's last failure, said once
@@ -118,9 +122,12 @@ class ModelWatcher:
             self._learn_drift(obs.drift, findings)
         for anomaly in anomalies:
             self.metrics.anomalies.labels(self.store.name, anomaly.rule, anomaly.severity.value).inc()
+        paused = self._pause()
         for action in decide_check(anomalies, self.served, self.gave_up_on):
             if action.response is Response.ALERT:
                 self._alert(action.anomaly, action.evidence)
+            elif paused is not None:
+                self._held_by_pause(action, paused)
             else:
                 self._roll_back(action)
         self.metrics.checks.labels(self.store.name).inc()
@@ -250,6 +257,32 @@ class ModelWatcher:
         write_latency_baselines(self.store.state, self.latency_baselines)
 
     # --- acting ---------------------------------------------------------------------------
+    def _pause(self) -> dict[str, str] | None:
+        """The operator's pause of automatic rollback (``orchestrate pause``), read every tick."""
+        try:
+            found = read_pause(self.store.state)
+            pause = {"by": found.by, "at": found.at, "reason": found.reason} if found is not None else None
+        except RepositoryCorrupt as exc:  # unreadable is still a pause: someone meant to stop rollbacks
+            pause = {"by": "?", "at": "?", "reason": str(exc)}
+        self.metrics.paused.labels(self.store.name).set(1 if pause is not None else 0)
+        if pause is None and self.was_paused:
+            # Resumed: judge afresh, so that a breach the pause held back rolls back once its streak is seen again.
+            self.streaks = {}
+            self.metrics.rollback_blocked.labels(self.store.name, "paused").set(0)
+            self.paused_alerted = None
+        self.was_paused = pause is not None
+        return pause
+
+    def _held_by_pause(self, action: WatchAction, pause: dict[str, str]) -> None:
+        """A rollback the pause holds back: alerted once per served version, the bad version keeps serving."""
+        self.metrics.rollback_blocked.labels(self.store.name, "paused").set(1)
+        if self.paused_alerted == self.served:
+            return
+        self.paused_alerted = self.served
+        log.error("%s: would roll back v%s (%s) but automatic rollback is paused by %s", self.store.name,
+                  self.served, action.reason, pause["by"])
+        self._alert(action.anomaly, action.evidence | {"paused": pause})
+
     def _loop_breaker(self, action: WatchAction) -> str | None:
         """Why the watcher must stop acting on this model, or None."""
         now, window = self.clock(), self.policy.rollback_window_s

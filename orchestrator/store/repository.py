@@ -9,10 +9,13 @@ reads, and everything the orchestrator writes often lives in a separate state fo
     <repository>/<model>/<N>/meta.yaml         identity, checksums, contract, provenance: never changes
     <repository>/<model>/<N>/<artifacts>
     <repository>/<model>/.staging-<op>/        an import in progress (renamed to <N> when complete)
+    <repository>/<model>/.trash-<N>-<op>/      a version being pruned (the next repair deletes a leftover)
     <state>/<model>/policy.yaml                promotion policy (optional)
     <state>/<model>/golden/                    golden set
     <state>/<model>/version_history.log        the journal
-    <state>/<model>/attestations/<N>.json      verification and shadow result of version N
+    <state>/<model>/attestations/<N>.json      verification and shadow result of version N (kept when pruned)
+    <state>/<model>/pruned/<N>/meta.yaml       a pruned version's meta.yaml, as filed
+    <state>/<model>/pruned/<N>/removed.json    and what pruning removed: each file's sha256 and size
     <state>/<model>/.orchestrator.lock
 
 A command reads what it needs once, as a ``ModelSnapshot`` (``ModelStore.snapshot()``), and
@@ -24,9 +27,12 @@ version folder is a link to the filed version: it takes no production traffic.
 
 from __future__ import annotations
 
+import hashlib
+import json
+import logging
 import os
 import shutil
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from orchestrator import faults
@@ -54,10 +60,23 @@ from orchestrator.store.modelconfig import (
     version_policy,
     with_specific_versions,
 )
-from orchestrator.store.snapshot import Attestations, Metas, ModelSnapshot
+from orchestrator.store.snapshot import PRUNED_DIR, PRUNED_RECORD, Attestations, Metas, ModelSnapshot
 
 CANDIDATE_SUFFIX = "__candidate"
 STAGING_PREFIX = ".staging-"
+TRASH_PREFIX = ".trash-"
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Pruned:
+    """A version whose artifacts and folder were removed; ``evidence``: where its meta.yaml and checksums are."""
+
+    version: int
+    freed_bytes: int
+    files: int
+    evidence: Path
 
 
 def candidate_name(model: str) -> str:
@@ -130,6 +149,42 @@ class ModelStore:
     def has_candidate_entry(self) -> bool:
         return (self.folder.parent / candidate_name(self.name)).exists()
 
+    def candidate_versions(self) -> tuple[int, ...]:
+        """The versions the candidate entry links to (none without an entry)."""
+        entry = self.folder.parent / candidate_name(self.name)
+        if not entry.is_dir():
+            return ()
+        return tuple(sorted(int(p.name) for p in entry.iterdir() if is_version_folder(p.name)))
+
+    def trash_leftovers(self) -> list[Path]:
+        return sorted(p for p in self.folder.iterdir() if p.name.startswith(TRASH_PREFIX))
+
+    def pruned_versions(self) -> tuple[int, ...]:
+        """Versions pruned: their evidence is in the state folder and their folder is gone."""
+        return tuple(v for v in self._evidenced() if not (self.folder / str(v)).is_dir())
+
+    def pruned_record(self, version: int) -> dict[str, object] | None:
+        """What pruning ``version`` removed (``removed.json``), or None when it was not pruned."""
+        if version not in self.pruned_versions():
+            return None
+        path = self.state / PRUNED_DIR / str(version) / PRUNED_RECORD
+        try:
+            record = json.loads(path.read_text())
+        except (OSError, ValueError) as exc:
+            raise RepositoryCorrupt(f"{path} is unreadable: {exc}") from exc
+        return record if isinstance(record, dict) else {}
+
+    def version_bytes(self, version: int) -> int:
+        """What pruning ``version`` would free: the size of every file in its folder."""
+        return sum(size for _, size in _files(self.folder / str(version)))
+
+    def _evidenced(self) -> list[int]:
+        folder = self.state / PRUNED_DIR
+        if not folder.is_dir():
+            return []
+        return sorted(int(p.name) for p in folder.iterdir()
+                      if is_version_folder(p.name) and (p / PRUNED_RECORD).is_file())
+
     # --- writing --------------------------------------------------------------------------
     def record(self, snapshot: ModelSnapshot, record: Record) -> ModelSnapshot:
         """Append to the journal; the snapshot that knows it."""
@@ -165,7 +220,9 @@ class ModelStore:
         return replace(snapshot, attestations=snapshot.attestations.with_known(version, attestation))
 
     def next_version(self, snapshot: ModelSnapshot) -> int:
-        return (max(snapshot.versions) if snapshot.versions else 0) + 1
+        """One past the highest number filed: a pruned version's number is never filed again (retention keeps
+        the highest folder anyway; its evidence says so too, should that folder go by hand)."""
+        return max((*snapshot.versions, *self._evidenced()), default=0) + 1
 
     def file_version(self, source: Path, meta: VersionMeta, version: int, op: str) -> Path:
         """Copy a verified package in as ``version``: staged under a name Triton ignores, then renamed."""
@@ -192,6 +249,63 @@ class ModelStore:
             shutil.rmtree(staging, ignore_errors=True)
             raise
         return final
+
+    def prune_version(self, snapshot: ModelSnapshot, version: int, op: str, status: str
+                      ) -> tuple[ModelSnapshot, Pruned]:
+        """Remove ``version``'s folder, its evidence first: meta.yaml and each file's sha256 and size go to
+        ``<state>/pruned/<N>/`` (durable), then the folder is renamed to a name Triton ignores (durable), then
+        deleted. A crash before the rename leaves the version intact (``finish_prunes`` drops the evidence), one
+        after it a leftover ``finish_prunes`` deletes. An error before the rename leaves the version intact."""
+        folder = snapshot.require(version)
+        evidence = self.state / PRUNED_DIR / str(version)
+        renamed_to: Path | None = None
+        try:
+            listing = [_describe(folder, path, size) for path, size in _files(folder)]
+            evidence.mkdir(parents=True, exist_ok=True)
+            fsync_dir(evidence.parent)
+            fsync_dir(self.state)
+            if (folder / META_FILE).is_file():
+                write_atomic(evidence / META_FILE, (folder / META_FILE).read_bytes())
+            freed = sum(int(entry["bytes"]) for entry in listing)
+            record = {"model": self.name, "version": version, "op": op, "pruned_at": now_iso(), "status": status,
+                      "freed_bytes": freed, "files": listing}
+            write_atomic(evidence / PRUNED_RECORD, json.dumps(record, indent=2, sort_keys=True))
+            faults.checkpoint("prune:evidence")
+            renamed_to = self.folder / f"{TRASH_PREFIX}{version}-{op}"
+            os.rename(folder, renamed_to)
+            fsync_dir(self.folder)
+        except BaseException:
+            if renamed_to is None or not renamed_to.exists():
+                remove_tree(evidence)
+            raise
+        faults.checkpoint("prune:renamed")
+        try:
+            shutil.rmtree(renamed_to)
+        except OSError as exc:  # out of Triton's sight already: the next repair deletes the rest
+            log.warning("%s: could not delete all of %s (%s); the next command does", self.name, renamed_to, exc)
+        versions = tuple(v for v in snapshot.versions if v != version)
+        metas = Metas(self.folder, versions)
+        snapshot = replace(snapshot, versions=versions, metas=metas, attestations=Attestations(self.state, metas))
+        return snapshot, Pruned(version, freed, len(listing), evidence)
+
+    def finish_prunes(self) -> list[str]:
+        """For repair: the rest of a pruned folder is deleted (its evidence was written before the rename), and the
+        evidence of a prune interrupted before the rename is dropped (that version is intact)."""
+        notes = []
+        for leftover in self.trash_leftovers():
+            try:
+                remove_tree(leftover)
+            except OSError as exc:  # e.g. files Triton wrote there as another user: out of its sight, say so
+                notes.append(f"could not delete the rest of pruned {leftover.name} ({exc.strerror}): delete it "
+                             f"by hand")
+            else:
+                notes.append(f"deleted the rest of pruned {leftover.name}")
+        folder = self.state / PRUNED_DIR
+        for evidence in sorted(folder.iterdir()) if folder.is_dir() else []:
+            if is_version_folder(evidence.name) and (self.folder / evidence.name).is_dir():
+                remove_tree(evidence)
+                notes.append(f"v{evidence.name} was not pruned (interrupted before its folder moved): kept")
+        return notes
 
     def write_candidate_entry(self, snapshot: ModelSnapshot, version: int) -> tuple[str, ModelConfig]:
         """A sibling model serving only ``version``, through a link to the filed folder."""
@@ -238,6 +352,31 @@ def remove_tree(path: Path) -> None:
         path.unlink()
     elif path.exists():
         shutil.rmtree(path)
+
+
+def _files(folder: Path) -> list[tuple[Path, int]]:
+    """Every file under ``folder`` (links not followed) with its size, in a stable order."""
+    found = []
+    for root, dirs, names in os.walk(folder):
+        dirs.sort()
+        links = [d for d in dirs if (Path(root) / d).is_symlink()]  # walked past, removed with the folder
+        for name in sorted([*names, *links]):
+            path = Path(root) / name
+            found.append((path, path.lstat().st_size))
+    return found
+
+
+def _describe(folder: Path, path: Path, size: int) -> dict[str, object]:
+    entry: dict[str, object] = {"path": str(path.relative_to(folder)), "bytes": size}
+    if path.is_symlink():
+        entry["link"] = os.readlink(path)
+        return entry
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    entry["sha256"] = digest.hexdigest()
+    return entry
 
 
 def _fsync_file(path: Path) -> None:

@@ -23,6 +23,10 @@ from orchestrator.store.metafile import META_FILE, MetaError, read_meta
 from orchestrator.store.modelconfig import ModelConfig, version_policy
 from orchestrator.store.policyfile import read_policies
 
+# Where ``prune`` keeps a removed version's evidence: <state>/<model>/pruned/<N>/{meta.yaml, removed.json}.
+PRUNED_DIR = "pruned"
+PRUNED_RECORD = "removed.json"
+
 
 class Metas(Mapping[int, VersionMeta | RepositoryCorrupt]):
     """Each version's meta.yaml, read on first use and then remembered (a rollback over hundreds of
@@ -150,7 +154,9 @@ class ModelSnapshot:
 
     def require(self, version: int) -> Path:
         if version not in self.versions:
-            raise UnknownVersion(self.name, version, list(self.versions))
+            evidence = self.state / PRUNED_DIR / str(version)
+            pruned = str(evidence) if (evidence / PRUNED_RECORD).is_file() else None
+            raise UnknownVersion(self.name, version, list(self.versions), pruned)
         return self.folder / str(version)
 
     def meta(self, version: int) -> VersionMeta:

@@ -26,7 +26,7 @@ from contextlib import contextmanager
 from typing import Any
 from urllib.parse import quote, urlsplit
 
-from orchestrator.errors import LoadFailed, TritonError, TritonForbidden, TritonUnreachable
+from orchestrator.errors import LoadFailed, NotTriton, TritonError, TritonForbidden, TritonUnreachable
 from orchestrator.triton.protocol import IndexEntry, TritonState, wait_unloaded
 
 ADMIN_HEADER = "admin-key"
@@ -193,8 +193,7 @@ class TritonControl:
     def _not_triton(self, what: str, status: int, content_type: str, data: bytes) -> TritonError:
         sample = " ".join(data[:80].decode("utf-8", "replace").split())
         kind = f"{content_type}: " if content_type else ""
-        return TritonError(f"{what} failed: {self.url} did not answer like Triton "
-                           f"(HTTP {status}, {kind}{sample!r})")
+        return NotTriton(self.url, f"the {what} got HTTP {status}, {kind}{sample!r}")
 
     @contextmanager
     def _shaped(self, what: str, raw: object) -> Iterator[None]:

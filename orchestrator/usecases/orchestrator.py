@@ -15,7 +15,9 @@ from orchestrator.triton.protocol import TritonAPI
 from orchestrator.usecases.context import Context, ImportResult, SwitchResult
 
 if TYPE_CHECKING:
-    from orchestrator.usecases.status import ModelStatus
+    from orchestrator.store.pause import Pause
+    from orchestrator.usecases.prune import PruneResult
+    from orchestrator.usecases.status import ModelStatus, VersionDescription
 
 # Each method imports its use case module: a command loads only the one it runs (`orchestrate
 # history` needs neither the package checks of `import` nor the golden checks of `promote`).
@@ -53,10 +55,30 @@ class Orchestrator(Context):
 
         return reconcile.history(self, model)
 
+    def prune(self, model: str | None, keep: int | None = None, dry_run: bool = False) -> PruneResult:
+        from orchestrator.usecases import prune  # noqa: PLC0415
+
+        return prune.prune(self, model, keep, dry_run)
+
     def status(self, model: str | None) -> list[ModelStatus]:
         from orchestrator.usecases import status  # noqa: PLC0415
 
         return status.statuses(self, model)
+
+    def describe(self, model: str | None, version: int) -> VersionDescription:
+        from orchestrator.usecases import status  # noqa: PLC0415
+
+        return status.describe(self, model, version)
+
+    def pause(self, model: str | None, reason: str) -> tuple[Pause, bool]:
+        from orchestrator.usecases import pause  # noqa: PLC0415
+
+        return pause.pause(self, model, reason)
+
+    def resume(self, model: str | None) -> Pause | None:
+        from orchestrator.usecases import pause  # noqa: PLC0415
+
+        return pause.resume(self, model)
 
 
 __all__ = ["ImportResult", "Orchestrator", "SwitchResult"]

@@ -43,6 +43,7 @@ def repair(ctx: Context, store: ModelStore) -> Repaired:
     for leftover in store.staging_leftovers():
         remove_tree(leftover)
         notes.append(f"removed unfinished import staging {leftover.name}")
+    notes += store.finish_prunes()  # an interrupted prune: the rest of its folder deleted, or the version kept
     snap = store.snapshot()
     decision = None
     unfinished = snap.journal.unfinished()

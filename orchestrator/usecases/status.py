@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import asdict, dataclass, field
 
+from orchestrator.core.memory import MIB
+from orchestrator.core.model import VersionStatus
 from orchestrator.errors import RepositoryCorrupt, TritonError
 from orchestrator.store.baselines import drift_progress
+from orchestrator.store.pause import read_pause
 from orchestrator.store.repository import ModelStore
 from orchestrator.triton.protocol import TritonState
 from orchestrator.usecases.context import Context
@@ -16,68 +20,110 @@ class VersionRow:
     version: int
     status: str
     resident: bool
-    triton_state: str  # READY, UNAVAILABLE, ..., "" when Triton does not know it, "?" when unreachable
+    triton_state: str | None  # READY, UNAVAILABLE, ..., "" when Triton does not know it, None when unreachable
     created_at: str
     reason: str
     drift_baseline: str = ""  # windows of its drift baseline recorded / needed; "" when none
+    # For `-o wide`: when it was filed, what its load cost, failed loads since the last good one.
+    filed_at: str = ""
+    footprint_mb: float | None = None
+    load_failures: int = 0
 
 
 @dataclass(frozen=True)
 class ModelStatus:
     model: str
     served: int | None
-    last_verified: int | None
+    fallback: int | None  # the rollback target: the best verified version other than the served one
     resident: list[int]
     versions: list[VersionRow]
     triton_reachable: bool
     in_sync: bool  # Triton holds exactly the resident versions
     interrupted: str | None  # an operation the next command will repair
     triton_error: str = ""
+    triton_exit_code: int = 0  # the exit code of Triton's error (9 unreachable, 8 refused), 0 when it answered
     journal_behind: str | None = None  # the journal's last switch is not what config.pbtxt serves
     journal_damaged: list[str] = field(default_factory=list)  # where damaged records are (the latest)
     journal_damaged_count: int = 0
+    served_status: str | None = None  # the served version's status (verified, unverified, ...)
+    paused: dict[str, str] | None = None  # automatic rollback paused: by, at, reason
+    pruned: list[int] = field(default_factory=list)  # versions whose artifacts `prune` removed (evidence kept)
 
     def as_dict(self) -> dict[str, object]:
-        return asdict(self)
+        return {**asdict(self), "problems": self.problems, "healthy": not self.problems}
+
+    @property
+    def problems(self) -> list[str]:
+        """What makes ``status`` exit non-zero: Triton unreachable, Triton out of sync with the disk, or a
+        served version that is not verified."""
+        found = []
+        if not self.triton_reachable:
+            found.append(self.triton_error or "Triton unreachable")
+        elif not self.in_sync:
+            ready = [v.version for v in self.versions if v.triton_state == TritonState.READY.value]
+            found.append(f"Triton holds {_listed(ready)}, the disk says {_listed(self.resident)}: run "
+                         f"`orchestrate reconcile {self.model}`")
+        if self.served is not None and self.served_status != VersionStatus.VERIFIED.value:
+            found.append(f"v{self.served} serves and is {self.served_status or 'unreadable'}, not verified")
+        return found
+
+
+def _listed(versions: list[int]) -> str:
+    return ", ".join(f"v{v}" for v in versions) or "nothing"
 
 
 def model_status(ctx: Context, store: ModelStore) -> ModelStatus:
     snap = store.snapshot()
     resident = list(snap.resident)
-    triton_error = ""
+    triton_error, triton_exit_code = "", 0
     try:
         states = {v: e.state.value for v, e in ctx.triton.states(store.name).items()}
         reachable = True
     except TritonError as exc:  # unreachable, or a locked API refusing us: disk still answers
-        states, reachable, triton_error = {}, False, str(exc)
+        states, reachable, triton_error, triton_exit_code = {}, False, str(exc), exc.exit_code
     rows = []
     drift = drift_progress(store)
     for version in snap.versions:
+        filed, footprint, failures = "", None, 0
         try:
             meta, attestation = snap.meta(version), snap.attestation(version)
             verification = attestation.verification
             status, created, reason = verification.status.value, meta.created_at, verification.reason or ""
+            filed, failures = attestation.filed_at or meta.filed_at, attestation.load_failures
+            footprint = round(attestation.footprint_bytes / MIB, 1) if attestation.footprint_bytes else None
         except RepositoryCorrupt as exc:
             status, created, reason = "corrupt", "", str(exc)
-        rows.append(VersionRow(version, status, version in resident, states.get(version, "") if reachable else "?",
-                               created, reason, drift.get(version, "")))
+        rows.append(VersionRow(version, status, version in resident, states.get(version, "") if reachable else None,
+                               created, reason, drift.get(version, ""), filed, footprint, failures))
     ready = {v for v, s in states.items() if s == TritonState.READY.value}
     unfinished = snap.journal.unfinished()
     return ModelStatus(
         model=store.name,
         served=snap.served,
-        last_verified=snap.last_verified(),
+        fallback=snap.last_verified(),
         resident=resident,
         versions=rows,
         triton_reachable=reachable,
         in_sync=reachable and ready == set(resident),
-        interrupted=f"{unfinished.action.value} to v{unfinished.to_version} (op {unfinished.op})" if unfinished
-        else None,
+        interrupted=None if unfinished is None else unfinished.action.value + (
+            f" to v{unfinished.to_version}" if unfinished.to_version is not None else "") + f" (op {unfinished.op})",
         triton_error=triton_error,
+        triton_exit_code=triton_exit_code,
         journal_behind=None if unfinished else journal_gap(snap.journal.served, snap.served),
         journal_damaged=list(snap.journal.damaged),
         journal_damaged_count=snap.journal.damaged_count,
+        served_status=next((r.status for r in rows if r.version == snap.served), None),
+        paused=_pause(store),
+        pruned=list(store.pruned_versions()),
     )
+
+
+def _pause(store: ModelStore) -> dict[str, str] | None:
+    try:
+        found = read_pause(store.state)
+    except RepositoryCorrupt as exc:
+        return {"by": "?", "at": "?", "reason": str(exc)}
+    return asdict(found) if found is not None else None
 
 
 def journal_gap(journaled: tuple[int, ...], served: int | None) -> str | None:
@@ -92,3 +138,43 @@ def journal_gap(journaled: tuple[int, ...], served: int | None) -> str | None:
 def statuses(ctx: Context, model: str | None) -> list[ModelStatus]:
     names = [model] if model else ctx.repository.models()
     return [model_status(ctx, ctx.repository.model(name)) for name in names]
+
+
+@dataclass(frozen=True)
+class VersionDescription:
+    """``describe``: one version, everything the orchestrator knows of it."""
+
+    model: str
+    version: int
+    status: str
+    serving: bool
+    resident: bool
+    fallback: bool  # the rollback target now
+    triton_state: str | None  # None when Triton did not answer
+    meta: dict[str, object]  # meta.yaml as filed (its own verification claims left out: never evidence)
+    attestation: dict[str, object]  # the orchestrator's records: verification, golden metrics, shadow, loads
+    journal: list[dict[str, object]]  # every record that names the version, oldest first
+
+    def as_dict(self) -> dict[str, object]:
+        return asdict(self)
+
+
+def describe(ctx: Context, model: str | None, version: int) -> VersionDescription:
+    store = ctx.store(model)
+    snap = store.snapshot()
+    snap.require(version)
+    meta, attestation = snap.meta(version), snap.attestation(version)
+    try:
+        entry = ctx.triton.states(store.name).get(version)
+        triton_state: str | None = entry.state.value if entry is not None else ""
+    except TritonError:
+        triton_state = None
+    named = [r for r in store.journal.read().records
+             if version in (r.from_version, r.to_version) or r.details.get("judged") == version]
+    meta_doc = asdict(meta)
+    meta_doc.pop("verification", None)
+    return VersionDescription(
+        model=store.name, version=version, status=attestation.verification.status.value,
+        serving=snap.served == version, resident=version in snap.resident, fallback=snap.last_verified() == version,
+        triton_state=triton_state, meta=meta_doc, attestation=asdict(attestation),
+        journal=[json.loads(r.to_json()) for r in named])

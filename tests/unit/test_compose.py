@@ -1,10 +1,11 @@
 """docker/compose.yaml is a valid Compose file, and its services, Prometheus and Grafana agree with each other.
 
 Validation uses the Compose Specification's JSON schema as shipped (vendored) by the
-``check-jsonschema`` package, and PromQL is parsed by ``promql-parser``: both are in the
-``test`` extra. Cross-references the schema cannot see (ports, paths, the admin key, metric
-names) are checked here, against the code that reads them where there is such code: Triton's
+``check-jsonschema`` package, and PromQL is parsed by ``promql-parser`` (promql_names.py): both
+are in the ``test`` extra. Cross-references the schema cannot see (ports, paths, the admin key,
+metric names) are checked here, against the code that reads them where there is such code: Triton's
 entrypoint script runs for real, in front of a stand-in ``tritonserver`` that prints its flags.
+The Grafana dashboard's own checks are in test_dashboard.py.
 """
 
 from __future__ import annotations
@@ -24,36 +25,16 @@ from typing import Any
 from urllib.parse import urlparse
 
 import jsonschema
-import promql_parser
 import pytest
 import requests
 import yaml
-from prometheus_client import CollectorRegistry
 
 from orchestrator import settings
-from orchestrator.daemons.exporter import WatchMetrics
-from orchestrator.daemons.shadow_metrics import ShadowMetrics
 from orchestrator.errors import UsageError
 from orchestrator.triton.embedded import EmbeddedTriton, free_ports, restricted_flags, server_args
 
+from .promql_names import KNOWN_METRICS, ROOT, dashboard_metric_names, load_dashboard, metric_names
 
-def exported_metric_names() -> set[str]:
-    """Every series name the orchestrator's exporter can emit (the real one, not a list kept by hand)."""
-    registry = CollectorRegistry()
-    WatchMetrics(registry)
-    ShadowMetrics(registry)
-    names: set[str] = set()
-    for family in registry.collect():
-        if family.type == "counter":
-            names.add(family.name + "_total")
-        elif family.type == "histogram":
-            names |= {family.name + suffix for suffix in ("_bucket", "_count", "_sum")}
-        else:
-            names.add(family.name)
-    return names
-
-
-ROOT = Path(__file__).resolve().parents[2]
 DOCKER = ROOT / "docker"
 COMPOSE = DOCKER / "compose.yaml"
 JETSON_ARGS = ROOT / "triton_configs" / "server-jetson.args"
@@ -62,15 +43,6 @@ KEY = "k3y-for-tests"  # what the secret file holds; compose never sees it
 SECRET = "admin_key"
 ENV = {"ORCH_ADMIN_KEY_FILE_HOST": "/srv/orch/admin.key", "ORCH_HOST_REPOSITORY": "/srv/orch/model_repository",
        "ORCH_HOST_STATE": "/srv/orch/orchestrator_state"}
-
-# The orchestrator's metrics (the interface of `orchestrate watch`), Prometheus' own `up`,
-# and the Triton metrics these files use (a test below finds them on a real server).
-ORCHESTRATOR_METRICS = exported_metric_names()
-TRITON_METRICS = {"nv_inference_request_success", "nv_inference_request_failure", "nv_inference_count",
-                  "nv_inference_exec_count", "nv_inference_request_duration_us", "nv_inference_queue_duration_us",
-                  "nv_inference_compute_input_duration_us", "nv_inference_compute_infer_duration_us",
-                  "nv_inference_compute_output_duration_us", "nv_inference_pending_request_count"}
-KNOWN_METRICS = ORCHESTRATOR_METRICS | TRITON_METRICS | {"up"}
 
 
 # --- helpers: Compose's interpolation, flags, mounts ----------------------------------------
@@ -149,14 +121,6 @@ def host_file(source: str) -> Path:
     return (DOCKER / source).resolve()
 
 
-def metric_names(expr: str) -> set[str]:
-    """Every metric an expression selects, from a real PromQL parse (raises on a syntax error)."""
-    names: set[str] = set()
-    promql_parser.walk(promql_parser.parse(expr),
-                       lambda node: names.add(node.name) if isinstance(node, promql_parser.VectorSelector) else None)
-    return names
-
-
 def compose_schema() -> dict[str, Any]:
     text = (resources.files("check_jsonschema.builtin_schemas.vendor") / "compose-spec.json").read_text()
     return json.loads(text)
@@ -210,11 +174,6 @@ def alert_rules() -> list[dict[str, Any]]:
         assert set(group) <= {"name", "interval", "rules"} and group["name"] and group["rules"]
         rules += group["rules"]
     return rules
-
-
-@pytest.fixture(scope="module")
-def dashboard() -> dict[str, Any]:
-    return json.loads((DOCKER / "grafana" / "dashboards" / "triton-orchestrator.json").read_text())
 
 
 # --- the file itself -------------------------------------------------------------------------
@@ -341,8 +300,8 @@ def test_dockerfile_copies_only_what_the_build_context_sends() -> None:
     for source in sources:
         assert source.rstrip("/") in allowed, f"COPY {source} but the dockerignore drops it"
         assert (ROOT / source).exists()
-    # pip install . needs the package and its metadata; nothing else.
-    assert {"pyproject.toml", "orchestrator"} <= allowed
+    # The image's locks (tests/unit/test_locks.py checks them), the package and its metadata; nothing else.
+    assert allowed == {"requirements/pip.lock", "requirements/image.lock", "pyproject.toml", "orchestrator"}
 
 
 def test_orchestrator_environment_is_what_its_valuesread(services: dict[str, dict[str, Any]],
@@ -525,14 +484,10 @@ def test_promql_syntax_errors_are_caught() -> None:
         metric_names("rate(nv_inference_count) > 0")  # rate needs a range
 
 
-# --- Grafana -------------------------------------------------------------------------------------
-
-def _panel_exprs(dashboard: dict[str, Any]) -> dict[str, list[str]]:
-    return {panel["title"]: [target["expr"] for target in panel["targets"]] for panel in dashboard["panels"]}
-
+# --- Grafana (the dashboard itself: test_dashboard.py) ---------------------------------------------
 
 def test_grafana_provisioning_points_at_the_mounted_dashboards_and_prometheus(
-        services: dict[str, dict[str, Any]], dashboard: dict[str, Any]) -> None:
+        services: dict[str, dict[str, Any]]) -> None:
     grafana = services["grafana"]
     provisioning = host_file(mount_at(grafana, "/etc/grafana/provisioning")["source"])
     (provider,) = yaml.safe_load((provisioning / "dashboards" / "dashboards.yml").read_text())["providers"]
@@ -541,24 +496,6 @@ def test_grafana_provisioning_points_at_the_mounted_dashboards_and_prometheus(
     (source,) = yaml.safe_load((provisioning / "datasources" / "prometheus.yml").read_text())["datasources"]
     assert urlparse(source["url"]).hostname == "prometheus" and urlparse(source["url"]).port == 9090
     assert any(str(p).endswith(":9090") for p in services["prometheus"]["ports"])
-    for panel in dashboard["panels"]:
-        for ref in (panel["datasource"], *(t["datasource"] for t in panel["targets"])):
-            assert ref == {"type": "prometheus", "uid": source["uid"]}, panel["title"]
-
-
-def test_dashboard_panels_show_version_rollbacks_latency_and_divergence(dashboard: dict[str, Any]) -> None:
-    exprs = _panel_exprs(dashboard)
-    ids = [panel["id"] for panel in dashboard["panels"]]
-    assert len(ids) == len(set(ids))
-    used: set[str] = set()
-    for title, queries in exprs.items():
-        assert queries, f"panel {title!r} has no query"
-        for query in queries:
-            names = metric_names(query)
-            assert not names - KNOWN_METRICS, f"panel {title!r} selects unknown {names - KNOWN_METRICS}"
-            used |= names
-    assert {"orchestrator_served_version", "orchestrator_rollbacks_total", "orchestrator_shadow_divergence",
-            "nv_inference_request_duration_us", "nv_inference_count"} <= used
 
 
 # --- against real programs, where this machine has them --------------------------------------------
@@ -611,8 +548,7 @@ def jetson_flagged_triton(tmp_path: Path, triton_flags: list[str]) -> Iterator[E
 
 @pytest.mark.triton
 def test_a_real_triton_takes_the_flags_and_exports_the_metrics_used(jetson_flagged_triton: EmbeddedTriton,
-                                                                   alert_rules: list[dict[str, Any]],
-                                                                   dashboard: dict[str, Any]) -> None:
+                                                                   alert_rules: list[dict[str, Any]]) -> None:
     import numpy as np  # noqa: PLC0415 - only this test sends a request
 
     server = jetson_flagged_triton
@@ -627,6 +563,6 @@ def test_a_real_triton_takes_the_flags_and_exports_the_metrics_used(jetson_flagg
     exported = {line.split("{")[0].split()[0] for line in requests.get(server.metrics_url, timeout=5).text.splitlines()
                 if line and not line.startswith("#")}
     used = {name for rule in alert_rules for name in metric_names(rule["expr"])}
-    used |= {name for queries in _panel_exprs(dashboard).values() for q in queries for name in metric_names(q)}
+    used |= dashboard_metric_names(load_dashboard())
     missing = {name for name in used if name.startswith("nv_")} - exported
     assert not missing, f"Triton exports no {missing}"

@@ -15,7 +15,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from orchestrator.errors import LoadFailed, TritonError, TritonForbidden, TritonUnreachable
+from orchestrator.errors import LoadFailed, NotTriton, TritonError, TritonForbidden, TritonUnreachable
 from orchestrator.triton.control import ADMIN_HEADER, TritonControl
 from orchestrator.triton.protocol import IndexEntry, TritonState
 
@@ -247,20 +247,21 @@ def test_an_html_page_is_one_error_naming_the_url(fake: Fake, control: TritonCon
     if status != 200:
         calls.append(lambda: control.load("m", "{}"))  # not a LoadFailed: whatever answered is not Triton
     for call in calls:
-        with pytest.raises(TritonError) as caught:
+        with pytest.raises(NotTriton) as caught:
             call()
-        assert type(caught.value) is TritonError
-        assert f"{fake.url} did not answer like Triton (HTTP {status}, text/html: '<html>" in str(caught.value)
+        assert caught.value.exit_code == 9  # Triton is not at this URL: as good as unreachable
+        assert str(caught.value).startswith(f"{fake.url} is not Triton: the ")
+        assert f"got HTTP {status}, text/html: '<html>" in str(caught.value)
     assert control.is_live() is (status == 200)  # health needs no JSON: any answer but 200 is "not live"
 
 
 def test_json_that_is_not_tritons_is_not_a_traceback(fake: Fake, control: TritonControl) -> None:
     fake.respond = lambda method, path, body: Answer(body=b'{"hello": "world"}')
     for call in (control.index, lambda: control.inference_stats("m")):
-        with pytest.raises(TritonError, match="did not answer like Triton"):
+        with pytest.raises(NotTriton, match="is not Triton"):
             call()
     fake.respond = lambda method, path, body: Answer(body=b'[{"name": "m", "version": "one"}]')
-    with pytest.raises(TritonError, match="did not answer like Triton"):
+    with pytest.raises(NotTriton, match="is not Triton"):
         control.index()
 
 

@@ -88,7 +88,7 @@ def test_an_unreadable_attestation_is_never_a_rollback_target(env: Env) -> None:
     attestation_path(env.state / MODEL, 1).write_text("{not json")
     assert env.status(1) == "failed"
     status = env.orchestrator().status(MODEL)[0]
-    assert status.last_verified is None
+    assert status.fallback is None
     row = next(r for r in status.versions if r.version == 1)
     assert row.status == "corrupt" and "attestations/1.json" in row.reason
 

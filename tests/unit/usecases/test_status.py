@@ -8,7 +8,7 @@ from .conftest import MODEL, Env
 def test_status_after_a_promote(env: Env) -> None:
     env.promote_better()
     [status] = env.orchestrator().status(MODEL)
-    assert (status.model, status.served, status.last_verified, status.resident) == (MODEL, 2, 1, [1, 2])
+    assert (status.model, status.served, status.fallback, status.resident) == (MODEL, 2, 1, [1, 2])
     assert (status.triton_reachable, status.in_sync, status.interrupted, status.triton_error) == (True, True, None, "")
     rows = {row.version: (row.status, row.resident, row.triton_state) for row in status.versions}
     assert rows == {1: ("verified", True, "READY"), 2: ("verified", True, "READY")}
@@ -41,7 +41,7 @@ def test_status_with_triton_stopped_still_shows_the_disk(env: Env) -> None:
     [status] = env.orchestrator().status(MODEL)
     assert (status.served, status.resident, status.triton_reachable, status.in_sync) == (1, [1], False, False)
     assert "Triton at twin://unit is unreachable" in status.triton_error
-    assert [row.triton_state for row in status.versions] == ["?"]
+    assert [row.triton_state for row in status.versions] == [None]  # null in JSON: not known, not a state
 
 
 def test_status_with_a_refused_admin_key_still_shows_the_disk(env: Env) -> None:

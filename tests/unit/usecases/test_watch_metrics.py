@@ -75,3 +75,37 @@ def test_a_bad_version_with_no_fallback_is_blocked_until_a_switch(env: Env) -> N
     env.orchestrator().rollback(MODEL, to=1, force=True)  # the operator acts
     env.ticks(watcher, 1)
     assert registry.get_sample_value("orchestrator_rollback_blocked", blocked) == 0
+
+
+def test_a_paused_model_is_alerted_not_rolled_back_until_resumed(env: Env) -> None:
+    env.promote_better()
+    watcher, registry = env.watcher()
+    env.ticks(watcher, 2)
+    orch = env.orchestrator()
+    orch.pause(MODEL, "camera recalibration")
+    env.backends.turn_bad(MODEL, 2, nan_logits)
+    env.ticks(watcher, 4)
+    assert env.served_by_twin() == 2 and env.outcomes("rollback") == []  # held back: v2 keeps serving
+    [alert] = [r for r in env.records() if r.action == "anomaly"]
+    assert alert.details["evidence"]["paused"]["reason"] == "camera recalibration"
+    sample = registry.get_sample_value
+    assert sample("orchestrator_automatic_rollback_paused", {"model": MODEL}) == 1
+    assert sample("orchestrator_rollback_blocked", {"model": MODEL, "reason": "paused"}) == 1
+    assert orch.resume(MODEL) is not None
+    env.ticks(watcher, 3)
+    assert env.served_by_twin() == 1 and env.status(2) == "quarantined"  # acted on once resumed
+    assert sample("orchestrator_automatic_rollback_paused", {"model": MODEL}) == 0
+    assert sample("orchestrator_rollback_blocked", {"model": MODEL, "reason": "paused"}) == 0
+    assert [r.action for r in env.records() if r.action in ("pause", "resume")] == ["pause", "resume"]
+
+
+def test_an_unreadable_pause_file_still_pauses_and_resume_removes_it(env: Env) -> None:
+    env.promote_better()
+    watcher, registry = env.watcher()
+    (env.store().state / "paused.json").write_text("{not json")
+    env.backends.turn_bad(MODEL, 2, nan_logits)
+    env.ticks(watcher, 3)
+    assert env.served_by_twin() == 2
+    assert registry.get_sample_value("orchestrator_automatic_rollback_paused", {"model": MODEL}) == 1
+    assert env.orchestrator().resume(MODEL) is not None
+    assert not (env.store().state / "paused.json").exists()

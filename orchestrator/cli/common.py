@@ -68,3 +68,13 @@ def run(fn: Callable[[], T]) -> T:
 
 def orchestrator_of(ctx: click.Context) -> Orchestrator:
     return run(ctx.obj.orchestrator)
+
+
+def version_of(ctx: click.Context, model: str | None, text: str) -> int:
+    """A version as typed: ``v2`` or ``2`` without building anything, else one of the model's labels."""
+    from orchestrator.core.versions import parse_version  # noqa: PLC0415
+
+    try:
+        return parse_version(text)
+    except OrchestratorError:
+        return run(lambda: orchestrator_of(ctx).resolve_version(model, text))

@@ -21,13 +21,13 @@ from typing import TYPE_CHECKING
 
 import click
 
-from orchestrator.cli.common import State, orchestrator_of, run
+from orchestrator.cli.common import State, orchestrator_of, run, version_of
 from orchestrator.cli.shadow import register as register_shadow_commands
 from orchestrator.cli.trust import register as register_trust_commands
 from orchestrator.cli.versions import register as register_version_commands
 from orchestrator.cli.views import register as register_view_commands
 from orchestrator.cli.views import versions_text
-from orchestrator.core.versions import label, parse_version
+from orchestrator.core.versions import label
 from orchestrator.errors import UsageError
 
 # The use cases (numpy, cryptography, protobuf: cli.common builds them) and the journal's records are
@@ -100,12 +100,18 @@ def import_(ctx: click.Context, package: Path, as_json: bool) -> None:
         click.echo(f"{result.model}: filed {label(result.version)} ({len(result.artifacts)} artifacts verified)")
 
 
-def _model_and_version(target: tuple[str, ...]) -> tuple[str | None, int]:
-    if len(target) == 1:
-        return None, parse_version(target[0])
-    if len(target) == 2:
-        return target[0], parse_version(target[1])
-    raise UsageError(f"expected [MODEL] VERSION, got {len(target)} arguments: {' '.join(target)}")
+def _model_and_version(ctx: click.Context, target: tuple[str, ...]) -> tuple[str | None, int]:
+    """``[MODEL] VERSION``, the version as a number (``v2``, ``2``) or a label (``canary``)."""
+    if len(target) not in (1, 2):
+        run(_usage(f"expected [MODEL] VERSION, got {len(target)} arguments: {' '.join(target)}"))
+    model = target[0] if len(target) == 2 else None
+    return model, version_of(ctx, model, target[-1])
+
+
+def _usage(message: str) -> Callable[[], None]:
+    def fail() -> None:
+        raise UsageError(message)
+    return fail
 
 
 def progress_printer(started: float) -> Callable[[str], None]:
@@ -129,7 +135,7 @@ def promote(ctx: click.Context, target: tuple[str, ...], force: bool, retry: boo
 
     Steps: memory check, candidate load, warm-up, golden set (candidate and served), switch."""
     started = time.monotonic()
-    model, version = run(lambda: _model_and_version(target))
+    model, version = _model_and_version(ctx, target)
     orch = orchestrator_of(ctx)
     if progress if progress is not None else (sys.stderr.isatty() and not as_json):
         orch.progress = progress_printer(started)
@@ -139,7 +145,7 @@ def promote(ctx: click.Context, target: tuple[str, ...], force: bool, retry: boo
 
 @app.command()
 @click.argument("model", required=False)
-@click.option("--to", metavar="VERSION", help="Version to roll back to [default: the last verified one]")
+@click.option("--to", metavar="VERSION", help="Version (or label) to roll back to [default: the last verified one]")
 @click.option("--force", is_flag=True, help="Allow a version that is not verified")
 @click.option("--reason", default="requested by operator", help="Recorded in the journal")
 @click.option("--local", is_flag=True, help="Run it in this process even when `orchestrate watch` takes commands")
@@ -151,7 +157,7 @@ def rollback(ctx: click.Context, model: str | None, to: str | None, force: bool,
 
     Handed to a running `orchestrate watch` of the same state folder and Triton when there is one (it has
     everything loaded: traffic moves without this process's start-up), else done here."""
-    target = run(lambda: parse_version(to)) if to else None
+    target = version_of(ctx, model, to) if to else None
     answer = None if local else run(lambda: _rollback_by_watcher(ctx.obj, model, target, force, reason))
     if answer is not None:
         result: object = SimpleNamespace(**answer)
@@ -238,14 +244,15 @@ def watch(ctx: click.Context, models: tuple[str, ...], metrics_port: int, metric
         url = triton_metrics_url or os.environ.get("ORCH_TRITON_METRICS_URL") or \
             _default_metrics_url(orch.settings.triton_url)
         daemon = Watch(orch.settings, list(models) or None, url, inbox=inbox, trace_dir=trace_dir)
-        serve_metrics(daemon.registry, metrics_port, metrics_address)
+        serve_metrics(daemon.registry, metrics_port, metrics_address, daemon)
         return daemon
 
     daemon = run(start)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
-    click.echo(f"watching; metrics on {metrics_address}:{metrics_port}/metrics", err=True)
+    click.echo(f"watching; metrics on {metrics_address}:{metrics_port}/metrics, labels on "
+               f"{metrics_address}:{metrics_port}/api/v1/models/MODEL/labels", err=True)
     run(lambda: daemon.run(stop))
 
 

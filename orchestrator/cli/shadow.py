@@ -12,8 +12,8 @@ from typing import TYPE_CHECKING
 
 import click
 
-from orchestrator.cli.common import orchestrator_of, run
-from orchestrator.core.versions import label, parse_version
+from orchestrator.cli.common import orchestrator_of, run, version_of
+from orchestrator.core.versions import label
 from orchestrator.errors import ShadowFailed
 
 if TYPE_CHECKING:  # numpy (shadow_stats) and the use cases: imported by the command that runs
@@ -47,10 +47,10 @@ def shadow_app() -> None:
 @click.pass_context
 def start(ctx: click.Context, model: str, version: str, sample_rate: float, min_samples: int | None,
           trace_dir: Path | None, replay_timeout: float, queue_size: int, metrics_port: int | None) -> None:
-    """Load VERSION as <model>__candidate and start replaying sampled production requests to it."""
+    """Load VERSION (v2, 2 or a label) as <model>__candidate and start replaying sampled production requests to it."""
     from orchestrator.usecases.shadow import start_shadow  # noqa: PLC0415
 
-    number = run(lambda: parse_version(version))
+    number = version_of(ctx, model, version)  # v2, 2, or a label (canary)
     orch = orchestrator_of(ctx)
     run(lambda: start_shadow(orch, model, number, sample_rate, min_samples, trace_dir,
                               replay_timeout_s=replay_timeout, queue_size=queue_size, metrics_port=metrics_port))

@@ -1,4 +1,4 @@
-"""``orchestrate prune``: the commands about filed versions themselves (not which one serves).
+"""``orchestrate prune`` and ``label``: the commands about filed versions themselves (not which one serves).
 
 Added to the main application by ``register(app)`` (``cli/main.py`` calls it), like ``cli/trust.py``.
 """
@@ -10,8 +10,9 @@ from typing import TYPE_CHECKING
 
 import click
 
-from orchestrator.cli.common import orchestrator_of, run
+from orchestrator.cli.common import orchestrator_of, run, version_of
 from orchestrator.core.versions import label
+from orchestrator.errors import UsageError
 
 if TYPE_CHECKING:
     from orchestrator.usecases.prune import PruneResult
@@ -77,5 +78,50 @@ def size(count: int) -> str:
     return f"{count} bytes" if unit == "B" else f"{count} bytes, {value:.1f} {unit}"
 
 
+@click.command("label")
+@click.argument("args", nargs=-1, required=True, metavar="[MODEL] NAME [VERSION]")
+@click.option("--remove", is_flag=True, help="Remove the label NAME (its version may be unloaded at the next switch)")
+@as_json_option
+@click.pass_context
+def label_command(ctx: click.Context, args: tuple[str, ...], remove: bool, as_json: bool) -> None:
+    """Point a version label (TF Serving's way: canary, ab-control) at a version, or remove it.
+
+    A label points at a version READY in Triton; a verified version below the served one is loaded
+    first (as a fallback is) and stays loaded while labelled. `stable` follows the served version:
+    promote moves it, rollback moves it back. Every command that takes a version takes a label
+    (`rollback --to stable`, `shadow start classifier canary`, `describe classifier canary`). Clients
+    that route by version read a label from `orchestrate watch`'s HTTP port:
+    GET /api/v1/models/MODEL/labels/NAME.
+
+    \b
+    Examples:
+      orchestrate label classifier ab-control v2
+      orchestrate label classifier ab-control --remove
+    """
+    wanted = 1 if remove else 2
+    if len(args) not in (wanted, wanted + 1):
+        shape = "[MODEL] NAME --remove" if remove else "[MODEL] NAME VERSION"
+
+        def fail() -> None:
+            raise UsageError(f"expected {shape}, got {len(args)} argument(s)")
+        run(fail)
+    model = args[0] if len(args) == wanted + 1 else None
+    name = args[-1] if remove else args[-2]
+    orch = orchestrator_of(ctx)
+    if remove:
+        was = run(lambda: orch.unlabel(model, name))
+        message = f"label {name} removed (was {label(was)})" if was is not None else f"no label {name}: nothing to do"
+        click.echo(json.dumps({"label": name, "removed": was}) if as_json else message)
+        return
+    version = version_of(ctx, model, args[-1])
+    labels, loaded = run(lambda: orch.label(model, name, version))
+    if as_json:
+        click.echo(json.dumps({"label": name, "version": version, "loaded": loaded, "labels": labels}, indent=2))
+    else:
+        click.echo(f"label {name} -> {label(version)}" + (" (loaded beside the served version)" if loaded else "")
+                   + "; labels: " + ", ".join(f"{k} {label(v)}" for k, v in labels.items()))
+
+
 def register(app: click.Group) -> None:
     app.add_command(prune)
+    app.add_command(label_command)

@@ -14,8 +14,8 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from orchestrator.cli.common import orchestrator_of, run
-from orchestrator.core.versions import label, parse_version
+from orchestrator.cli.common import orchestrator_of, run, version_of
+from orchestrator.core.versions import label
 from orchestrator.errors import UsageError
 
 if TYPE_CHECKING:
@@ -72,9 +72,11 @@ def status_table(status: ModelStatus, wide: bool = False) -> str:
     if status.journal_damaged_count:
         lines.append(f"  journal damaged: {status.journal_damaged_count} record(s) no longer read (latest: "
                      f"{status.journal_damaged[-1]}); `orchestrate history` lists the rest")
+    if status.labels_error:
+        lines.append(f"  labels: {status.labels_error}")
     extra = f" {'FILED':<26} {'MEMORY':>9} {'FAILED LOADS':>12}" if wide else ""
     lines.append(f"  {'VERSION':<8} {'STATUS':<12} {'RESIDENT':<9} {'TRITON':<12} {'DRIFT':<7} {'CREATED':<26}"
-                 f"{extra} REASON")
+                 f"{extra} {'LABELS':<14} REASON")
     for row in status.versions:
         marker = "*" if row.version == status.served else " "
         triton = "?" if row.triton_state is None else row.triton_state or "-"
@@ -84,7 +86,7 @@ def status_table(status: ModelStatus, wide: bool = False) -> str:
             more = f" {row.filed_at[:25] or '-':<26} {memory:>9} {row.load_failures:>12}"
         lines.append(f" {marker}{label(row.version):<8} {row.status:<12} {'yes' if row.resident else 'no':<9} "
                      f"{triton:<12} {row.drift_baseline or '-':<7} {row.created_at[:25] or '-':<26}{more} "
-                     f"{row.reason}".rstrip())
+                     f"{','.join(row.labels) or '-':<14} {row.reason}".rstrip())
     return "\n".join(lines)
 
 
@@ -217,7 +219,8 @@ def describe_text(d: VersionDescription) -> str:
     role = "serving" if d.serving else "fallback" if d.fallback else "resident" if d.resident else "filed"
     triton = "unreachable" if d.triton_state is None else d.triton_state or "not loaded"
     verification = d.attestation.get("verification") or {}
-    lines = [f"{d.model} {label(d.version)}: {d.status}, {role}, Triton {triton}"]
+    labels = f", labels {', '.join(d.labels)}" if d.labels else ""
+    lines = [f"{d.model} {label(d.version)}: {d.status}, {role}, Triton {triton}{labels}"]
     if verification.get("verified_by") or verification.get("reason"):
         lines.append(f"  verification: {verification.get('verified_by') or '-'} at "
                      f"{verification.get('verified_at') or '-'}: {verification.get('reason') or ''}".rstrip(": "))
@@ -261,7 +264,7 @@ def describe(ctx: click.Context, target: tuple[str, ...], output: str, as_json: 
     if len(target) not in (1, 2):
         run(_usage(f"expected [MODEL] VERSION, got {len(target)} arguments"))
     model = target[0] if len(target) == 2 else None
-    version = run(lambda: parse_version(target[-1]))
+    version = version_of(ctx, model, target[-1])
     output = output_of(output, as_json)
     found = run(lambda: orchestrator_of(ctx).describe(model, version))
     click.echo(render(found.as_dict(), output) if output in ("json", "yaml") else describe_text(found))

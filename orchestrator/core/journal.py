@@ -26,6 +26,7 @@ class Action(str, enum.Enum):
     PRUNE = "prune"  # old versions' artifacts removed, their evidence kept (usecases/prune.py)
     PAUSE = "pause"  # automatic rollback of the model paused by an operator
     RESUME = "resume"  # ... and resumed
+    LABEL = "label"  # a version label moved or removed
 
     @property
     def switches(self) -> bool:

@@ -51,10 +51,12 @@ def fallback_order(served_history: Iterable[int], statuses: Mapping[int, Version
     return order
 
 
-def plan_switch(current: Iterable[int], target: int, fallbacks: Iterable[int], keep_resident: int) -> SwitchPlan:
-    """Steps from the ``current`` policy to one serving ``target`` with up to ``keep_resident`` fallbacks."""
+def plan_switch(current: Iterable[int], target: int, fallbacks: Iterable[int], keep_resident: int,
+                pinned: Iterable[int] = ()) -> SwitchPlan:
+    """Steps from the ``current`` policy to one serving ``target`` with up to ``keep_resident`` fallbacks, and
+    the ``pinned`` versions below it (a label points at them) kept loaded as well."""
     resident = set(current)
-    kept = [v for v in fallbacks if v < target][:keep_resident]
+    kept = [*[v for v in fallbacks if v < target][:keep_resident], *(v for v in pinned if v < target)]
     final = tuple(sorted({target, *kept}))
     steps: list[tuple[int, ...]] = []
     if target not in resident:

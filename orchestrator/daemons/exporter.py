@@ -29,6 +29,7 @@ class WatchMetrics:
     def __init__(self, registry: CollectorRegistry) -> None:
         self.registry = registry
         self._initialised: set[str] = set()
+        self._labels: dict[str, set[str]] = {}  # label names exported per model
         self.served_version = Gauge("orchestrator_served_version", "Version the disk says is served",
                                     ["model"], registry=registry)
         self.resident = Gauge("orchestrator_resident_version", "1 for each version kept loaded (served or fallback)",
@@ -66,6 +67,9 @@ class WatchMetrics:
         self.paused = Gauge("orchestrator_automatic_rollback_paused", "1 while an operator has paused the "
                             "watcher's automatic rollback of the model (`orchestrate pause`)", ["model"],
                             registry=registry)
+        self.version_label = Gauge("orchestrator_version_label", "The version each label points at (`orchestrate "
+                                   "label`; stable follows the served version)", ["model", "label"],
+                                   registry=registry)
         self.triton_up = Gauge("orchestrator_triton_up", "1 when Triton answered the last check", registry=registry)
         self.probe_latency = Histogram("orchestrator_probe_latency_seconds", "Latency of the watcher's probes",
                                        ["model"], registry=registry)
@@ -124,6 +128,15 @@ class WatchMetrics:
         if quarantined:
             self.quarantines.labels(model).inc()
             self.last_event.labels(model, "quarantine").set(time.time())
+
+    def set_labels(self, model: str, labels: dict[str, int]) -> None:
+        """The model's labels now; a label removed since the last call is removed from the exposition too."""
+        shown = self._labels.get(model, set())
+        for name in shown - set(labels):
+            self.version_label.remove(model, name)
+        for name, version in labels.items():
+            self.version_label.labels(model, name).set(version)
+        self._labels[model] = set(labels)
 
     def set_residency(self, model: str, served: int | None, resident: tuple[int, ...], known: list[int]) -> None:
         self.served_version.labels(model).set(served if served is not None else 0)

@@ -23,18 +23,21 @@ from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
-from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client import CollectorRegistry
 
 from orchestrator.daemons.command_socket import CommandSocket
 from orchestrator.daemons.exporter import WatchMetrics
+from orchestrator.daemons.http_api import serve
 from orchestrator.daemons.watcher import ModelWatcher
 from orchestrator.delivery.fetch import DEFAULT_QUIET_S, QuietPackages, settle
 from orchestrator.errors import Busy, OrchestratorError, WriteFailed
 from orchestrator.settings import Settings
 from orchestrator.store.backlog import WriteBacklog
+from orchestrator.store.labels import read_labels
 from orchestrator.store.lock import WatchLock
 from orchestrator.store.policyfile import read_policies
-from orchestrator.triton.protocol import TritonAPI
+from orchestrator.triton.control import TritonControl
+from orchestrator.triton.protocol import TritonAPI, TritonState
 from orchestrator.usecases.orchestrator import Orchestrator
 
 log = logging.getLogger(__name__)
@@ -194,6 +197,18 @@ class Watch:
             fresh.recent_rollbacks = old.recent_rollbacks  # the loop breaker remembers
             fresh.journal_cursor, fresh.follow_started = old.journal_cursor, old.follow_started  # nothing uncounted
 
+    def labels_of(self, model: str) -> dict[str, int]:
+        """For the labels API: the model's labels (UnknownModel, RepositoryCorrupt as they are)."""
+        return read_labels(self.orchestrator.repository.model(model).state)
+
+    def ready_of(self, model: str) -> set[int]:
+        """For the labels API: the versions Triton reports READY, asked on a connection of the request's own."""
+        triton = TritonControl(self.settings.triton_url, self.settings.admin_key, timeout_s=1.0)
+        try:
+            return {v for v, e in triton.states(model).items() if e.state is TritonState.READY}
+        finally:
+            triton.close()
+
     def interval(self) -> float:
         return min((w.policy.interval_s for w in self.watchers.values()), default=1.0)
 
@@ -220,5 +235,9 @@ class Watch:
         log.warning("watch stopped")
 
 
-def serve_metrics(registry: CollectorRegistry, port: int, address: str) -> None:
-    start_http_server(port, addr=address, registry=registry)
+def serve_metrics(registry: CollectorRegistry, port: int, address: str, daemon: Watch | None = None) -> None:
+    """``/metrics``, and with ``daemon`` the read-only labels API beside it (``daemons/http_api.py``)."""
+    if daemon is None:
+        serve(registry, port, address)
+    else:
+        serve(registry, port, address, daemon.labels_of, daemon.ready_of)

@@ -36,6 +36,7 @@ from orchestrator.errors import (
 )
 from orchestrator.store.baselines import read_latency_baselines, write_latency_baselines
 from orchestrator.store.golden import load_golden
+from orchestrator.store.labels import read_labels
 from orchestrator.store.modelconfig import contract
 from orchestrator.store.pause import read_pause
 from orchestrator.store.repository import ModelStore
@@ -123,6 +124,7 @@ class ModelWatcher:
         for anomaly in anomalies:
             self.metrics.anomalies.labels(self.store.name, anomaly.rule, anomaly.severity.value).inc()
         paused = self._pause()
+        self._export_labels()
         for action in decide_check(anomalies, self.served, self.gave_up_on):
             if action.response is Response.ALERT:
                 self._alert(action.anomaly, action.evidence)
@@ -257,6 +259,12 @@ class ModelWatcher:
         write_latency_baselines(self.store.state, self.latency_baselines)
 
     # --- acting ---------------------------------------------------------------------------
+    def _export_labels(self) -> None:
+        try:
+            self.metrics.set_labels(self.store.name, read_labels(self.store.state))
+        except RepositoryCorrupt as exc:  # the exposition keeps the last labels it could read
+            log.warning("%s: %s", self.store.name, exc)
+
     def _pause(self) -> dict[str, str] | None:
         """The operator's pause of automatic rollback (``orchestrate pause``), read every tick."""
         try:

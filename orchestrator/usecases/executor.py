@@ -12,9 +12,12 @@ from collections.abc import Callable
 
 from orchestrator import faults
 from orchestrator.core.journal import Action, Result, new_op_id
+from orchestrator.core.labels import pinned
+from orchestrator.core.model import VersionStatus
 from orchestrator.core.switch import SwitchPlan, plan_switch
 from orchestrator.core.versions import label
-from orchestrator.errors import LoadFailed, TritonError, TritonUnreachable
+from orchestrator.errors import LoadFailed, RepositoryCorrupt, TritonError, TritonUnreachable
+from orchestrator.store.labels import read_labels
 from orchestrator.store.modelconfig import to_json
 from orchestrator.store.repository import ModelStore
 from orchestrator.store.snapshot import ModelSnapshot
@@ -28,7 +31,19 @@ def plan(snap: ModelSnapshot, target: int, exclude: set[int]) -> SwitchPlan:
     keep = snap.policies.promotion.keep_resident
     # Fallbacks stay resident only below the target (the highest loaded version serves).
     above = {v for v in snap.versions if v >= target}
-    return plan_switch(snap.resident, target, snap.fallbacks(exclude | above, limit=keep), keep)
+    return plan_switch(snap.resident, target, snap.fallbacks(exclude | above, limit=keep), keep,
+                       pinned=labelled(snap) - exclude - above)
+
+
+def labelled(snap: ModelSnapshot) -> set[int]:
+    """Verified versions a label (other than ``stable``) points at: they stay loaded through a switch. An
+    unreadable labels file pins nothing: it must not stop a rollback."""
+    try:
+        pins = pinned(read_labels(snap.state))
+    except RepositoryCorrupt as exc:
+        log.warning("%s: %s; no version is kept loaded for a label", snap.name, exc)
+        return set()
+    return {v for v in pins if v in snap.versions and snap.status(v) is VersionStatus.VERIFIED}
 
 
 def switch(ctx: Context, store: ModelStore, snap: ModelSnapshot, target: int, op: str, action: Action,

@@ -70,6 +70,22 @@ class Orchestrator(Context):
 
         return status.describe(self, model, version)
 
+    def resolve_version(self, model: str | None, text: str) -> int:
+        """A version as typed: ``v2``, ``2`` or one of the model's labels (``stable``)."""
+        from orchestrator.usecases import labels  # noqa: PLC0415
+
+        return labels.resolve(self, model, text)
+
+    def label(self, model: str | None, name: str, version: int) -> tuple[dict[str, int], bool]:
+        from orchestrator.usecases import labels  # noqa: PLC0415
+
+        return labels.set_label(self, model, name, version)
+
+    def unlabel(self, model: str | None, name: str) -> int | None:
+        from orchestrator.usecases import labels  # noqa: PLC0415
+
+        return labels.remove_label(self, model, name)
+
     def pause(self, model: str | None, reason: str) -> tuple[Pause, bool]:
         from orchestrator.usecases import pause  # noqa: PLC0415
 

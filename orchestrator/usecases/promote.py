@@ -25,6 +25,7 @@ from orchestrator.store.snapshot import ModelSnapshot
 from orchestrator.usecases import executor
 from orchestrator.usecases.candidate import check_candidate, reject
 from orchestrator.usecases.context import Context, SwitchResult
+from orchestrator.usecases.labels import carry
 from orchestrator.usecases.memory import make_room
 from orchestrator.usecases.reconcile import settle
 from orchestrator.usecases.repair import repair
@@ -97,7 +98,7 @@ def promote(ctx: Context, model: str | None, version: int, force: bool = False, 
         duration, switch_ms = ctx.ms_since(started), round((switched_at - started) * 1000.0, 2)
         ctx.record(store, snap, Action.PROMOTE, Result.SUCCEEDED, op, from_version=served, to_version=version,
                    duration_ms=duration, details={"resident": list(snap.resident), "metrics": verdict.metrics,
-                                                  "switch_ms": switch_ms})
+                                                  "switch_ms": switch_ms, **carry(ctx, store, snap)})
         return SwitchResult(store.name, "promote", served, version, snap.resident, duration, True, verdict.metrics,
                             switch_ms)
 

@@ -12,6 +12,7 @@ from orchestrator.core.switch import rollback_target
 from orchestrator.errors import StaleJudgement
 from orchestrator.usecases import executor
 from orchestrator.usecases.context import Context, SwitchResult
+from orchestrator.usecases.labels import carry
 from orchestrator.usecases.reconcile import settle
 from orchestrator.usecases.repair import mark_rolled_back, repair
 
@@ -75,5 +76,6 @@ def rollback(ctx: Context, model: str | None, to: int | None = None, force: bool
         duration = ctx.ms_since(started)
         ctx.record(store, snap, Action.ROLLBACK, Result.SUCCEEDED, op, from_version=served, to_version=to,
                    reason=reason, duration_ms=duration,
-                   details={"resident": list(snap.resident), "switch_ms": switch_ms, **details})
+                   details={"resident": list(snap.resident), "switch_ms": switch_ms, **details,
+                            **carry(ctx, store, snap)})
         return SwitchResult(store.name, "rollback", served, to, snap.resident, duration, True, switch_ms=switch_ms)

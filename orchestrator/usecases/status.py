@@ -9,6 +9,7 @@ from orchestrator.core.memory import MIB
 from orchestrator.core.model import VersionStatus
 from orchestrator.errors import RepositoryCorrupt, TritonError
 from orchestrator.store.baselines import drift_progress
+from orchestrator.store.labels import read_labels
 from orchestrator.store.pause import read_pause
 from orchestrator.store.repository import ModelStore
 from orchestrator.triton.protocol import TritonState
@@ -28,6 +29,7 @@ class VersionRow:
     filed_at: str = ""
     footprint_mb: float | None = None
     load_failures: int = 0
+    labels: list[str] = field(default_factory=list)  # the version labels pointing at it (stable, canary)
 
 
 @dataclass(frozen=True)
@@ -48,6 +50,8 @@ class ModelStatus:
     served_status: str | None = None  # the served version's status (verified, unverified, ...)
     paused: dict[str, str] | None = None  # automatic rollback paused: by, at, reason
     pruned: list[int] = field(default_factory=list)  # versions whose artifacts `prune` removed (evidence kept)
+    labels: dict[str, int] = field(default_factory=dict)  # version labels: name -> version
+    labels_error: str = ""  # labels.json unreadable
 
     def as_dict(self) -> dict[str, object]:
         return {**asdict(self), "problems": self.problems, "healthy": not self.problems}
@@ -83,6 +87,10 @@ def model_status(ctx: Context, store: ModelStore) -> ModelStatus:
         states, reachable, triton_error, triton_exit_code = {}, False, str(exc), exc.exit_code
     rows = []
     drift = drift_progress(store)
+    try:
+        labels, labels_error = read_labels(store.state), ""
+    except RepositoryCorrupt as exc:
+        labels, labels_error = {}, str(exc)
     for version in snap.versions:
         filed, footprint, failures = "", None, 0
         try:
@@ -94,7 +102,8 @@ def model_status(ctx: Context, store: ModelStore) -> ModelStatus:
         except RepositoryCorrupt as exc:
             status, created, reason = "corrupt", "", str(exc)
         rows.append(VersionRow(version, status, version in resident, states.get(version, "") if reachable else None,
-                               created, reason, drift.get(version, ""), filed, footprint, failures))
+                               created, reason, drift.get(version, ""), filed, footprint, failures,
+                               [name for name, v in labels.items() if v == version]))
     ready = {v for v, s in states.items() if s == TritonState.READY.value}
     unfinished = snap.journal.unfinished()
     return ModelStatus(
@@ -115,6 +124,8 @@ def model_status(ctx: Context, store: ModelStore) -> ModelStatus:
         served_status=next((r.status for r in rows if r.version == snap.served), None),
         paused=_pause(store),
         pruned=list(store.pruned_versions()),
+        labels=labels,
+        labels_error=labels_error,
     )
 
 
@@ -154,6 +165,7 @@ class VersionDescription:
     meta: dict[str, object]  # meta.yaml as filed (its own verification claims left out: never evidence)
     attestation: dict[str, object]  # the orchestrator's records: verification, golden metrics, shadow, loads
     journal: list[dict[str, object]]  # every record that names the version, oldest first
+    labels: list[str] = field(default_factory=list)  # version labels pointing at it
 
     def as_dict(self) -> dict[str, object]:
         return asdict(self)
@@ -177,4 +189,5 @@ def describe(ctx: Context, model: str | None, version: int) -> VersionDescriptio
         model=store.name, version=version, status=attestation.verification.status.value,
         serving=snap.served == version, resident=version in snap.resident, fallback=snap.last_verified() == version,
         triton_state=triton_state, meta=meta_doc, attestation=asdict(attestation),
-        journal=[json.loads(r.to_json()) for r in named])
+        journal=[json.loads(r.to_json()) for r in named],
+        labels=[name for name, v in read_labels(store.state).items() if v == version])

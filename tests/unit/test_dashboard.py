@@ -87,6 +87,7 @@ def watcher_exposition() -> str:
     metrics.rule_value.labels(MODEL, rule, "p99_ms").set(12.0)
     metrics.probe_divergence.labels(MODEL, "LOGITS").set(0.001)
     metrics.production_samples.labels(MODEL).inc()
+    metrics.set_labels(MODEL, {"stable": 2, "canary": 1})
     return generate_latest(registry).decode()
 
 

@@ -24,7 +24,7 @@ def test_killed_triton_comes_back_serving_the_promoted_version(stack: Stack, pac
     assert stack.served_by_triton() == 2
     assert {v: e.state for v, e in stack.triton().states(MODEL).items()} == {1: "READY", 2: "READY"}
     status = stack.cli("status")
-    assert "serving v2, last verified v1, resident v1, v2 (in sync)" in status.stdout
+    assert "serving v2 (verified), fallback v1, resident v1, v2 (in sync)" in status.stdout
 
 
 def test_triton_restarted_without_the_model_is_reconciled(stack: Stack, packages):

@@ -92,7 +92,16 @@ _versions = versions_text
 @as_json_option
 @click.pass_context
 def import_(ctx: click.Context, package: Path, as_json: bool) -> None:
-    """File a package (folder or .tar.gz) as the model's next version."""
+    """File a package (folder or .tar.gz) as the model's next version.
+
+    The signature over meta.yaml is checked first (keys in <state>/trusted_keys/), then every artifact's
+    sha256, the model's contract and the files the backend may load; nothing is filed on any refusal (exit 3).
+
+    \b
+    Examples:
+      orchestrate import ./classifier-plan-2
+      orchestrate import classifier-v7.tar.gz --json
+    """
     result = run(lambda: orchestrator_of(ctx).import_package(package))
     if as_json:
         _print_json({"model": result.model, "version": result.version, "artifacts": result.artifacts})
@@ -133,7 +142,15 @@ def promote(ctx: click.Context, target: tuple[str, ...], force: bool, retry: boo
             as_json: bool) -> None:
     """Verify a version beside production, then make it the served version.
 
-    Steps: memory check, candidate load, warm-up, golden set (candidate and served), switch."""
+    Steps: memory check, candidate load, warm-up, golden set (candidate and served), switch. VERSION is
+    v<N>, <N> or a label; MODEL may be left out when the repository holds one model.
+
+    \b
+    Examples:
+      orchestrate promote v2
+      orchestrate promote classifier 7 --json
+      orchestrate promote classifier v5 --force    # a quarantined version, after you know why
+    """
     started = time.monotonic()
     model, version = _model_and_version(ctx, target)
     orch = orchestrator_of(ctx)
@@ -154,6 +171,11 @@ def promote(ctx: click.Context, target: tuple[str, ...], force: bool, retry: boo
 def rollback(ctx: click.Context, model: str | None, to: str | None, force: bool, reason: str, local: bool,
              as_json: bool) -> None:
     """Serve the last verified version again (no load when it is resident).
+
+    \b
+    Examples:
+      orchestrate rollback classifier
+      orchestrate rollback classifier --to ab-control --reason "line 3 complaints"
 
     Handed to a running `orchestrate watch` of the same state folder and Triton when there is one (it has
     everything loaded: traffic moves without this process's start-up), else done here."""
@@ -236,7 +258,15 @@ def _default_metrics_url(triton_url: str) -> str:
 def watch(ctx: click.Context, models: tuple[str, ...], metrics_port: int, metrics_address: str,
           triton_metrics_url: str | None, inbox: Path | None, trace_dir: Path | None) -> None:
     """Watch the served versions (all models by default) and roll back to the last verified one on anomalies
-    (until SIGTERM)."""
+    (until SIGTERM).
+
+    Serves Prometheus metrics and the read-only labels API (/api/v1/models/MODEL/labels) on --metrics-port,
+    takes `orchestrate rollback` on <state>/orchestrate.sock, and files packages dropped in --inbox.
+
+    \b
+    Example:
+      orchestrate watch --metrics-port 9400 --inbox /srv/orch/inbox
+    """
     from orchestrator.daemons.watch import Watch, serve_metrics  # noqa: PLC0415
 
     def start() -> Watch:

@@ -186,7 +186,13 @@ def history_line(record: Record, wide: bool = False) -> str:
 @click.pass_context
 def history(ctx: click.Context, model: str | None, limit: int, output: str, as_json: bool) -> None:
     """The model's journal, oldest first: one line per operation (its outcome, or its start when it never
-    finished); `-o wide` adds the operation id, json/yaml every field. Times are UTC, with their offset."""
+    finished); `-o wide` adds the operation id, json/yaml every field. Times are UTC, with their offset.
+
+    \b
+    Examples:
+      orchestrate history classifier --limit 20
+      orchestrate history classifier -o json | jq '.[] | select(.action == "rollback")'
+    """
     from orchestrator.core.journal import Result  # noqa: PLC0415
 
     output = output_of(output, as_json)

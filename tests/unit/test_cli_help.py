@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 from click.testing import CliRunner
 
 from orchestrator.cli.main import app
@@ -57,3 +58,11 @@ def test_the_watchers_exporter_listens_on_loopback_unless_told_otherwise() -> No
 
     [address] = [p for p in watch.params if p.name == "metrics_address"]
     assert address.default == "127.0.0.1"
+
+
+@pytest.mark.parametrize("command", ["import", "promote", "rollback", "status", "history", "describe", "pause",
+                                     "label", "prune", "watch"])
+def test_the_everyday_verbs_show_an_example(command: str) -> None:
+    result = CliRunner().invoke(app, [command, "--help"])
+    assert result.exit_code == 0
+    assert "Example" in result.output and f"orchestrate {command} " in result.output

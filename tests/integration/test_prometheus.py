@@ -3,8 +3,6 @@ real Triton: the watcher's first automatic rollback fires OrchestratorRolledBack
 
 from __future__ import annotations
 
-import os
-import shutil
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,6 +15,7 @@ import yaml
 from orchestrator.daemons.watch import serve_metrics
 from orchestrator.sample import write_faulty_package
 from orchestrator.triton.embedded import free_ports
+from tests.system_tools import require_tool
 
 from .conftest import MODEL, Stack, Traffic
 from .watchkit import wait_for, watch_rollbacks, watching
@@ -26,16 +25,6 @@ pytestmark = pytest.mark.triton
 ROOT = Path(__file__).resolve().parents[2]
 SHIPPED = ROOT / "docker" / "prometheus" / "prometheus.yml"
 RULES = ROOT / "docker" / "prometheus" / "alerts.yml"
-
-
-def _binary() -> str:
-    found = shutil.which("prometheus")
-    if found is None:
-        message = "prometheus is missing (scripts/system-deps installs Debian's prometheus package)"
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
-    return found
 
 
 def scrape_config(triton_metrics: str, orchestrator_metrics: str) -> dict[str, Any]:
@@ -51,7 +40,7 @@ def scrape_config(triton_metrics: str, orchestrator_metrics: str) -> dict[str, A
 
 @pytest.fixture
 def prometheus(tmp_path: Path) -> Iterator[Any]:
-    binary = _binary()
+    binary = require_tool("prometheus")
 
     class Prometheus:
         url = ""

@@ -3,7 +3,6 @@ of every alert (tests/prometheus/alerts.test.yml), including a series that appea
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
 import subprocess
@@ -12,6 +11,8 @@ from typing import Any
 
 import pytest
 import yaml
+
+from tests.system_tools import require_tool
 
 ROOT = Path(__file__).resolve().parents[2]
 RULES = ROOT / "docker" / "prometheus" / "alerts.yml"
@@ -22,13 +23,7 @@ README = ROOT / "README.md"
 
 @pytest.fixture(scope="module")
 def promtool() -> str:
-    found = shutil.which("promtool")
-    if found is None:
-        message = "promtool is missing (scripts/system-deps installs Debian's prometheus package)"
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
-    return found
+    return require_tool("promtool")
 
 
 def _run(*args: str) -> subprocess.CompletedProcess[str]:

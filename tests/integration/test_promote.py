@@ -99,7 +99,7 @@ def test_promoting_the_served_version_is_a_no_op(stack: Stack):
 @pytest.mark.parametrize(("args", "code", "message"), [
     (["promote", "v9"], 2, "has no version v9 (versions: v1)"),
     (["promote", "detector", "v2"], 2, "unknown model 'detector'"),
-    (["promote", "latest"], 2, "is not a version"),
+    (["promote", "latest"], 2, "is neither a version (v<N>) nor a label of classifier"),
     (["rollback", "--to", "v7"], 2, "has no version v7"),
 ])
 def test_user_errors_are_one_line_with_exit_code(stack: Stack, args, code, message):

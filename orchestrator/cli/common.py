@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 import click
 
@@ -21,6 +21,8 @@ if TYPE_CHECKING:
 
 T = TypeVar("T")
 log = logging.getLogger("orchestrator")
+
+as_json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table")
 
 
 class State:
@@ -64,6 +66,15 @@ def run(fn: Callable[[], T]) -> T:
         click.echo(f"error: unexpected {type(exc).__name__}: {' '.join(str(exc).split())} (a bug; rerun with "
                    f"--verbose for the traceback)", err=True)
         raise click.exceptions.Exit(UNEXPECTED_EXIT) from None
+
+
+def fail(error: OrchestratorError) -> NoReturn:
+    """End the command with ``error``, as ``run`` does: bad arguments found by the command itself, or a
+    verdict found after its output was printed (`status`'s health, `history`'s damaged records)."""
+    def raise_it() -> None:
+        raise error
+    run(raise_it)
+    raise error  # not reached: run ends the command for every OrchestratorError
 
 
 def orchestrator_of(ctx: click.Context) -> Orchestrator:

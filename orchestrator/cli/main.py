@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 
 import click
 
-from orchestrator.cli.common import State, orchestrator_of, run, version_of
+from orchestrator.cli.common import State, as_json_option, fail, orchestrator_of, run, version_of
 from orchestrator.cli.shadow import register as register_shadow_commands
 from orchestrator.cli.trust import register as register_trust_commands
 from orchestrator.cli.versions import register as register_version_commands
@@ -37,7 +37,6 @@ if TYPE_CHECKING:
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 110, "show_default": True}
 PATH = click.Path(path_type=Path)
-as_json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table")
 
 
 class _InOrder(click.Group):
@@ -78,13 +77,12 @@ def _print_json(data: object) -> None:
 
 def _switch_line(result: SwitchResult) -> str:
     if not result.changed:
-        return f"{result.model}: {label(result.to_version)} already serves; resident {_versions(result.resident)}"
+        return f"{result.model}: {label(result.to_version)} already serves; resident {versions_text(result.resident)}"
     return (f"{result.model}: {result.action} {label(result.from_version)} -> {label(result.to_version)}: "
             f"{label(result.to_version)} serving after {result.switch_ms:.0f} ms (command {result.duration_ms:.0f} ms);"
-            f" resident {_versions(result.resident)}")
+            f" resident {versions_text(result.resident)}")
 
 
-_versions = versions_text
 
 
 @app.command("import")
@@ -112,15 +110,9 @@ def import_(ctx: click.Context, package: Path, as_json: bool) -> None:
 def _model_and_version(ctx: click.Context, target: tuple[str, ...]) -> tuple[str | None, int]:
     """``[MODEL] VERSION``, the version as a number (``v2``, ``2``) or a label (``canary``)."""
     if len(target) not in (1, 2):
-        run(_usage(f"expected [MODEL] VERSION, got {len(target)} arguments: {' '.join(target)}"))
+        fail(UsageError(f"expected [MODEL] VERSION, got {len(target)} arguments: {' '.join(target)}"))
     model = target[0] if len(target) == 2 else None
     return model, version_of(ctx, model, target[-1])
-
-
-def _usage(message: str) -> Callable[[], None]:
-    def fail() -> None:
-        raise UsageError(message)
-    return fail
 
 
 def progress_printer(started: float) -> Callable[[str], None]:

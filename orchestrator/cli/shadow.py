@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 
 import click
 
-from orchestrator.cli.common import orchestrator_of, run, version_of
+from orchestrator.cli.common import as_json_option, orchestrator_of, run, version_of
 from orchestrator.core.versions import label
 from orchestrator.errors import ShadowFailed
 
@@ -25,7 +25,6 @@ if TYPE_CHECKING:  # numpy (shadow_stats) and the use cases: imported by the com
 DEFAULT_SAMPLE_RATE = 0.001
 
 PATH = click.Path(path_type=Path)
-as_json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table")
 
 
 @click.group("shadow", help="Replay sampled production requests to a candidate version.")

@@ -10,14 +10,13 @@ from typing import TYPE_CHECKING
 
 import click
 
-from orchestrator.cli.common import orchestrator_of, run, version_of
+from orchestrator.cli.common import as_json_option, fail, orchestrator_of, run, version_of
 from orchestrator.core.versions import label
 from orchestrator.errors import UsageError
 
 if TYPE_CHECKING:
     from orchestrator.usecases.prune import PruneResult
 
-as_json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table")
 
 
 @click.command("prune")
@@ -101,10 +100,7 @@ def label_command(ctx: click.Context, args: tuple[str, ...], remove: bool, as_js
     wanted = 1 if remove else 2
     if len(args) not in (wanted, wanted + 1):
         shape = "[MODEL] NAME --remove" if remove else "[MODEL] NAME VERSION"
-
-        def fail() -> None:
-            raise UsageError(f"expected {shape}, got {len(args)} argument(s)")
-        run(fail)
+        fail(UsageError(f"expected {shape}, got {len(args)} argument(s)"))
     model = args[0] if len(args) == wanted + 1 else None
     name = args[-1] if remove else args[-2]
     orch = orchestrator_of(ctx)

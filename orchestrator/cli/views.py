@@ -14,9 +14,9 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from orchestrator.cli.common import orchestrator_of, run, version_of
+from orchestrator.cli.common import fail, orchestrator_of, run, version_of
 from orchestrator.core.versions import label
-from orchestrator.errors import UsageError
+from orchestrator.errors import NotHealthy, RepositoryCorrupt, UsageError
 
 if TYPE_CHECKING:
     from orchestrator.core.journal import Record
@@ -96,9 +96,7 @@ def _show_statuses(statuses: list[ModelStatus], output: str) -> str:
     return "\n\n".join(status_table(s, wide=output == "wide") for s in statuses) or "no models in the repository"
 
 
-def _health(statuses: list[ModelStatus]) -> Exception | None:
-    from orchestrator.errors import NotHealthy  # noqa: PLC0415
-
+def _health(statuses: list[ModelStatus]) -> NotHealthy | None:
     problems = [f"{s.model}: {p}" for s in statuses for p in s.problems]
     if not problems:
         return None
@@ -136,7 +134,8 @@ def status(ctx: click.Context, model: str | None, output: str, as_json: bool, wa
     if not watch and timeout is None:
         statuses = run(lambda: orch.status(model))
         click.echo(_show_statuses(statuses, output))
-        _exit_for(_health(statuses))
+        if (problem := _health(statuses)) is not None:
+            fail(problem)
         return
     deadline = time.monotonic() + timeout if timeout is not None else None
     shown, problem = "", None
@@ -157,16 +156,10 @@ def status(ctx: click.Context, model: str | None, output: str, as_json: bool, wa
             time.sleep(interval if deadline is None else max(0.0, min(interval, deadline - time.monotonic())))
     except KeyboardInterrupt:
         pass  # watching ends on Ctrl-C; the exit code says how the models were at the last look
-    if problem is not None and timeout is not None:
-        problem.args = (f"after {timeout:g} s, {problem}",)
-    _exit_for(problem)
-
-
-def _exit_for(problem: Exception | None) -> None:
     if problem is not None:
-        def fail() -> None:
-            raise problem
-        run(fail)
+        if timeout is not None:
+            problem.args = (f"after {timeout:g} s, {problem}",)
+        fail(problem)
 
 
 # --- history -------------------------------------------------------------------------------------
@@ -212,10 +205,8 @@ def history(ctx: click.Context, model: str | None, limit: int, output: str, as_j
         if problem not in journal.damaged:
             click.echo(f"warning: skipped {problem.describe()}", err=True)
     if journal.damaged:
-        from orchestrator.errors import RepositoryCorrupt  # noqa: PLC0415
-
         places = "; ".join(p.describe() for p in journal.damaged)
-        _exit_for(RepositoryCorrupt(f"the journal has {len(journal.damaged)} damaged record(s), shown records "
+        fail(RepositoryCorrupt(f"the journal has {len(journal.damaged)} damaged record(s), shown records "
                                     f"skip them: {places}"))
 
 
@@ -268,18 +259,12 @@ def describe(ctx: click.Context, target: tuple[str, ...], output: str, as_json: 
       orchestrate describe classifier v2 -o yaml
     """
     if len(target) not in (1, 2):
-        run(_usage(f"expected [MODEL] VERSION, got {len(target)} arguments"))
+        fail(UsageError(f"expected [MODEL] VERSION, got {len(target)} arguments"))
     model = target[0] if len(target) == 2 else None
     version = version_of(ctx, model, target[-1])
     output = output_of(output, as_json)
     found = run(lambda: orchestrator_of(ctx).describe(model, version))
     click.echo(render(found.as_dict(), output) if output in ("json", "yaml") else describe_text(found))
-
-
-def _usage(message: str) -> Callable[[], None]:
-    def fail() -> None:
-        raise UsageError(message)
-    return fail
 
 
 def register(app: click.Group) -> None:

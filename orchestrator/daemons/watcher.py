@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from orchestrator.core.drift import DriftWindow
-from orchestrator.core.journal import Action, Record, Result, new_op_id
+from orchestrator.core.journal import WATCH_ACTOR, Action, Record, Result, new_op_id
 from orchestrator.core.model import VersionStatus
 from orchestrator.core.policy import Divergence, Severity, WatchPolicy
 from orchestrator.core.rules import Anomaly, Finding, Observation, Outcome, Streak, assess, step
@@ -38,7 +38,7 @@ from orchestrator.store.baselines import read_latency_baselines, write_latency_b
 from orchestrator.store.golden import load_golden
 from orchestrator.store.labels import read_labels
 from orchestrator.store.modelconfig import contract
-from orchestrator.store.pause import read_pause
+from orchestrator.store.pause import pause_in_effect
 from orchestrator.store.repository import ModelStore
 from orchestrator.triton import metrics as triton_metrics
 from orchestrator.triton.protocol import TritonAPI, TritonState
@@ -49,7 +49,6 @@ from orchestrator.usecases.rollback import rollback
 
 log = logging.getLogger(__name__)
 
-WATCH_ACTOR = "watch"
 
 
 class ModelWatcher:
@@ -267,11 +266,7 @@ class ModelWatcher:
 
     def _pause(self) -> dict[str, str] | None:
         """The operator's pause of automatic rollback (``orchestrate pause``), read every tick."""
-        try:
-            found = read_pause(self.store.state)
-            pause = {"by": found.by, "at": found.at, "reason": found.reason} if found is not None else None
-        except RepositoryCorrupt as exc:  # unreadable is still a pause: someone meant to stop rollbacks
-            pause = {"by": "?", "at": "?", "reason": str(exc)}
+        pause = pause_in_effect(self.store.state)
         self.metrics.paused.labels(self.store.name).set(1 if pause is not None else 0)
         if pause is None and self.was_paused:
             # Resumed: judge afresh, so that a breach the pause held back rolls back once its streak is seen again.

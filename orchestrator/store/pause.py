@@ -35,6 +35,16 @@ def read_pause(state: Path) -> Pause | None:
         raise RepositoryCorrupt(f"{path} is unreadable ({exc}); `orchestrate resume` removes it") from exc
 
 
+def pause_in_effect(state: Path) -> dict[str, str] | None:
+    """The pause as the watcher and `status` see it: who, when, why; an unreadable file is a pause too
+    (someone meant to stop automatic rollbacks), its error as the reason."""
+    try:
+        found = read_pause(state)
+    except RepositoryCorrupt as exc:
+        return {"by": "?", "at": "?", "reason": str(exc)}
+    return asdict(found) if found is not None else None
+
+
 def write_pause(state: Path, pause: Pause) -> None:
     write_atomic(state / PAUSE_FILE, json.dumps(asdict(pause), indent=2) + "\n")
 

@@ -10,7 +10,7 @@ from orchestrator.core.model import VersionStatus
 from orchestrator.errors import RepositoryCorrupt, TritonError
 from orchestrator.store.baselines import drift_progress
 from orchestrator.store.labels import read_labels
-from orchestrator.store.pause import read_pause
+from orchestrator.store.pause import pause_in_effect
 from orchestrator.store.repository import ModelStore
 from orchestrator.triton.protocol import TritonState
 from orchestrator.usecases.context import Context
@@ -122,19 +122,11 @@ def model_status(ctx: Context, store: ModelStore) -> ModelStatus:
         journal_damaged=list(snap.journal.damaged),
         journal_damaged_count=snap.journal.damaged_count,
         served_status=next((r.status for r in rows if r.version == snap.served), None),
-        paused=_pause(store),
+        paused=pause_in_effect(store.state),
         pruned=list(store.pruned_versions()),
         labels=labels,
         labels_error=labels_error,
     )
-
-
-def _pause(store: ModelStore) -> dict[str, str] | None:
-    try:
-        found = read_pause(store.state)
-    except RepositoryCorrupt as exc:
-        return {"by": "?", "at": "?", "reason": str(exc)}
-    return asdict(found) if found is not None else None
 
 
 def journal_gap(journaled: tuple[int, ...], served: int | None) -> str | None:

@@ -8,6 +8,7 @@ nothing else but a bug.
     OrchestratorError                                                       (exit 1)
     ├── UsageError              bad arguments, unknown model or version      (exit 2)
     │   ├── UnknownModel        a model the repository does not hold         (exit 2)
+    │   │   └── UnmanagedModel  an ensemble or plain step: no versions of ours (exit 2)
     │   └── UnknownVersion      a version the model does not have            (exit 2)
     ├── PackageRejected         an import refused; nothing was filed         (exit 3)
     ├── PolicyViolation         a rule forbids the requested switch          (exit 4)
@@ -51,6 +52,14 @@ class UnknownModel(UsageError):
     def __init__(self, model: str, known: list[str]) -> None:
         listing = ", ".join(known) if known else "none"
         super().__init__(f"unknown model {model!r} (models in the repository: {listing})")
+        self.model = model
+
+
+class UnmanagedModel(UnknownModel):
+    """A model in the repository that no version command applies to: an ensemble, a plain step."""
+
+    def __init__(self, model: str, what: str, known: list[str]) -> None:
+        UsageError.__init__(self, f"{model!r} is {what} (managed models: {', '.join(known) or 'none'})")
         self.model = model
 
 
@@ -208,7 +217,7 @@ class Interrupted(OrchestratorError):
 
 # Every class above, for the test that keeps the exit codes distinct.
 ERROR_TYPES: tuple[type[OrchestratorError], ...] = (
-    OrchestratorError, UsageError, UnknownModel, UnknownVersion, PackageRejected, PolicyViolation,
+    OrchestratorError, UsageError, UnknownModel, UnmanagedModel, UnknownVersion, PackageRejected, PolicyViolation,
     NotEnoughMemory, StaleJudgement, UnverifiedResident, CandidateRejected, ShadowFailed, RepositoryCorrupt, Busy,
     TritonError, TritonUnreachable, NotTriton, TritonForbidden, LoadFailed, FetchFailed, WriteFailed, EngineBuildError,
     EmbeddedTritonError, NotHealthy, Interrupted,

@@ -59,6 +59,9 @@ def status_table(status: ModelStatus, wide: bool = False) -> str:
     serving = label(status.served) + (f" ({status.served_status})" if status.served is not None else "")
     lines = [f"model {status.model}: serving {serving}, fallback {label(status.fallback)}, "
              f"resident {versions_text(status.resident)} ({sync})"]
+    if status.route:
+        lines.append(f"  clients call {status.route} (ensemble: {' -> '.join(status.route_steps)}), "
+                     f"{status.route_state or '?'} in Triton")
     if status.paused:
         lines.append(f"  automatic rollback paused by {status.paused['by']} at {status.paused['at']}: "
                      f"{status.paused['reason'] or 'no reason given'} (`orchestrate resume {status.model}`)")

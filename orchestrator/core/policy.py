@@ -9,10 +9,17 @@ field optional; the defaults are what an operator gets with no file.
       max_score_drop: 0.0     # candidate golden accuracy may trail the served one by this much
       min_score: 0.0          # and must reach at least this
       keep_resident: 1        # verified fallbacks kept loaded below the served version
-      golden: golden          # folder (relative to the model) with inputs.npy and labels.npy
+      golden: golden          # folder (relative to the model): inputs.npy (or <INPUT>.npy) and labels.npy
+                              # for a classifier, truth.npy (frame, class, x1, y1, x2, y2 rows) for a detector
       batch_size: 8           # golden inputs per request
       memory_headroom_mb: 256 # device memory that must stay free with the candidate loaded
       free_fallback_for_memory: false  # when short of memory, unload the resident fallback first
+      route: ""               # the ensemble clients call (verified and probed through); "" finds the one
+                              # ensemble whose step follows this model (model_version: -1), else the model
+      max_map_drop: 0.0       # detectors (a golden set with truth.npy): candidate mAP may trail the served
+                              # one by this much (absolute: 0.03 is "mAP_diff < 3 points")
+      min_map: 0.0            # and must reach at least this
+      map_metric: map50_95    # the mAP gated: map50_95 (COCO, IoU 0.5:0.95) or map50 (IoU 0.5)
 
     shadow:                   # the gate of ``orchestrate shadow`` (core/shadow_gate.py)
       require: false            # promote refuses a version without a passed shadow run
@@ -33,8 +40,9 @@ field optional; the defaults are what an operator gets with no file.
       webhook: null           # URL notified (POST JSON) on rollbacks and alerts
       rules:
         output_sanity: {severity: rollback, for_checks: 1, bound: 1.0e6}
-        divergence:    {severity: rollback, for_checks: 1, window: 20, max_mean_abs: 1.0, min_top1_agreement: 0.3}
-        golden_score:  {severity: rollback, for_checks: 1, max_drop: 0.10}
+        divergence:    {severity: rollback, for_checks: 1, window: 20, max_mean_abs: 1.0, min_top1_agreement: 0.3,
+                        min_box_agreement: 0.5, max_count_diff: 1.0}   # the last two: detectors
+        golden_score:  {severity: rollback, for_checks: 1, max_drop: 0.10, max_map_drop: 0.10}
         probe_errors:  {severity: rollback, for_checks: 2}
         error_rate:    {severity: rollback, for_checks: 2, max_rate: 0.05, min_requests: 20}
         latency:       {severity: rollback, for_checks: 3, max_ratio: 2.0, min_requests: 20}
@@ -76,6 +84,7 @@ from typing import Any, TypeVar
 
 # The drift statistics (core/drift.py computes them; numpy is imported only there, not for reading a policy).
 STATISTICS = ("class_histogram", "detection_count", "mean")
+MAP_METRICS = ("map50_95", "map50")
 
 
 def baseline_key(statistic: str, output: str, window: int, threshold: float) -> str:
@@ -102,6 +111,10 @@ class PromotionPolicy:
     batch_size: int = 8
     memory_headroom_mb: float = 256.0
     free_fallback_for_memory: bool = False
+    route: str = ""
+    max_map_drop: float = 0.0
+    min_map: float = 0.0
+    map_metric: str = "map50_95"
 
     @property
     def memory_headroom_bytes(self) -> int:
@@ -123,6 +136,12 @@ class PromotionPolicy:
             problems.append("keep_resident must be >= 0")
         if self.batch_size < 1:
             problems.append("batch_size must be >= 1")
+        if not 0 <= self.max_map_drop <= 1:
+            problems.append("max_map_drop must be within 0..1")
+        if not 0 <= self.min_map <= 1:
+            problems.append("min_map must be within 0..1")
+        if self.map_metric not in MAP_METRICS:
+            problems.append(f"map_metric must be one of {', '.join(MAP_METRICS)}")
         if problems:
             raise ValueError("; ".join(problems))
 
@@ -182,11 +201,14 @@ class Divergence(Rule):
     window: int = 20  # samples compared at once: one disagreeing sample says little
     max_mean_abs: float = 1.0
     min_top1_agreement: float = 0.3
+    min_box_agreement: float = 0.5  # detectors: share of boxes matched at IoU 0.5 with the same class
+    max_count_diff: float = 1.0  # detectors: mean |boxes per frame - the baseline's|
 
 
 @dataclass(frozen=True)
 class GoldenScore(Rule):
     max_drop: float = 0.10
+    max_map_drop: float = 0.10  # detectors: mAP points (absolute) below the last verified version
 
 
 @dataclass(frozen=True)

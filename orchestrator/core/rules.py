@@ -15,6 +15,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 
 from orchestrator.core.checks import sanity
+from orchestrator.core.detection import Boxes, agreement
 from orchestrator.core.drift import DriftWindow, worst_deviation
 from orchestrator.core.policy import (
     Divergence,
@@ -48,6 +49,11 @@ class Observation:
     baseline: dict[str, np.ndarray] | None = None  # last verified version, the same samples as window
     golden_accuracy: float | None = None  # completed pass of the golden set through the served version
     baseline_accuracy: float | None = None
+    zeros_ok: bool = False  # a detector's padded outputs: all zeros is a frame without objects
+    detections: tuple[Boxes, ...] | None = None  # a detector's: served version, the last probed frames
+    baseline_detections: tuple[Boxes, ...] | None = None  # last verified version, the same frames
+    golden_map: float | None = None  # a detector's completed pass (the policy's map_metric)
+    baseline_map: float | None = None
     requests: float | None = None  # Triton metrics delta for the served version
     failures: float | None = None
     avg_latency_us: float | None = None
@@ -79,11 +85,32 @@ def assess(name: str, rule: Rule, obs: Observation) -> Finding:
 def _output_sanity(name: str, rule: OutputSanity, obs: Observation) -> Finding:
     if obs.outputs is None:
         return _inconclusive(name, "no probe output")
-    verdict = sanity(obs.outputs, rule.bound)
+    verdict = sanity(obs.outputs, rule.bound, zeros_ok=obs.zeros_ok)
     return Finding(name, Outcome.OK if verdict.passed else Outcome.BREACH, verdict.reason)
 
 
+def _box_divergence(name: str, rule: Divergence, obs: Observation) -> Finding:
+    """A detector against the last verified version on the same frames: IoU-matched boxes of the same class."""
+    served, base = obs.detections, obs.baseline_detections
+    if served is None or base is None:
+        return _inconclusive(name, "no baseline detections from a verified version")
+    if len(served) < rule.window:
+        return _inconclusive(name, f"{len(served)} of {rule.window} frames so far")
+    if any(not (np.isfinite(f.boxes).all() and (f.scores is None or np.isfinite(f.scores).all())) for f in served):
+        return Finding(name, Outcome.BREACH, "detections not finite", {"box_agreement": 0.0})
+    found = agreement(served, base)
+    values = {"box_agreement": found.matched_share, "count_diff": found.count_diff}
+    if found.matched_share < rule.min_box_agreement or found.count_diff > rule.max_count_diff:
+        return Finding(name, Outcome.BREACH, f"{found.matched_share:.0%} of boxes match the last verified version's "
+                       f"at IoU 0.5 with the same class (min {rule.min_box_agreement:.0%}); {found.count_diff:.2f} "
+                       f"boxes per frame apart (max {rule.max_count_diff:g}) over {found.frames} frames "
+                       f"({found.boxes_a} against {found.boxes_b} boxes)", values)
+    return Finding(name, Outcome.OK, "", values)
+
+
 def _divergence(name: str, rule: Divergence, obs: Observation) -> Finding:
+    if obs.detections is not None or obs.zeros_ok:
+        return _box_divergence(name, rule, obs)
     if obs.window is None or obs.baseline is None:
         return _inconclusive(name, "no baseline outputs from a verified version")
     worst: Finding | None = None
@@ -107,7 +134,21 @@ def _divergence(name: str, rule: Divergence, obs: Observation) -> Finding:
     return worst or _inconclusive(name, "no comparable output tensor")
 
 
+def _golden_map(name: str, rule: GoldenScore, obs: Observation) -> Finding:
+    if obs.golden_map is None or obs.baseline_map is None:
+        return _inconclusive(name, "golden pass not complete")
+    drop = obs.baseline_map - obs.golden_map
+    values = {"map": obs.golden_map, "baseline_map": obs.baseline_map}
+    if drop > rule.max_map_drop:
+        return Finding(name, Outcome.BREACH, f"golden mAP {obs.golden_map:.3f} dropped {drop * 100:.1f} points below "
+                       f"the last verified version's {obs.baseline_map:.3f} (max drop {rule.max_map_drop * 100:g})",
+                       values)
+    return Finding(name, Outcome.OK, "", values)
+
+
 def _golden_score(name: str, rule: GoldenScore, obs: Observation) -> Finding:
+    if obs.zeros_ok or obs.golden_map is not None:
+        return _golden_map(name, rule, obs)
     if obs.golden_accuracy is None or obs.baseline_accuracy is None:
         return _inconclusive(name, "golden pass not complete")
     drop = obs.baseline_accuracy - obs.golden_accuracy

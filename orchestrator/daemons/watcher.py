@@ -40,6 +40,7 @@ from orchestrator.store.labels import read_labels
 from orchestrator.store.modelconfig import contract
 from orchestrator.store.pause import pause_in_effect
 from orchestrator.store.repository import ModelStore
+from orchestrator.store.snapshot import ModelSnapshot
 from orchestrator.triton import metrics as triton_metrics
 from orchestrator.triton.protocol import TritonAPI, TritonState
 from orchestrator.usecases.context import Context
@@ -67,14 +68,7 @@ class ModelWatcher:
         self.triton = triton if triton is not None else _own_client(ctx)
         snap = store.snapshot()
         metrics.initialise(store.name, snap.journal, {name: rule.severity for name, rule in policy.rules.items()})
-        golden = load_golden(store.state / snap.policies.promotion.golden, contract(snap.config))
-        divergence = policy.rules.get("divergence")
-        self.probe = GoldenProbe(
-            store.name, golden, snap.outputs, policy.probe_batch,
-            divergence.window if isinstance(divergence, Divergence) else 20,
-            on_latency=metrics.probe_latency.labels(store.name).observe,
-            on_divergence=lambda output, value: metrics.probe_divergence.labels(store.name, output).set(value),
-        ) if golden is not None else None
+        self.probe = _golden_probe(store, snap, policy, metrics)
         drift = drift_rule(policy.rules, store, contract(snap.config))
         self.drift = DriftWatch(store, *drift, snap.outputs, snap.config.max_batch_size > 0, self.triton, trace_dir,
                                 clock, metrics.production_samples.labels(store.name).inc, WATCH_ACTOR) \
@@ -370,6 +364,28 @@ class ModelWatcher:
         if self.drift is not None:
             self.drift.close()
         self.triton.close()
+
+
+def _golden_probe(store: ModelStore, snap: ModelSnapshot, policy: WatchPolicy, metrics: WatchMetrics
+                  ) -> GoldenProbe | None:
+    """Probes on the route clients take (the model, or the ensemble whose step follows it); None without a golden
+    set, or when the route is ambiguous (said once: the metrics-based rules still run)."""
+    try:
+        route = snap.route
+        golden = load_golden(store.state / snap.policies.promotion.golden, snap.client_contract)
+    except PolicyViolation as exc:
+        log.error("%s: no golden probes: %s", store.name, exc)
+        return None
+    if golden is None:
+        return None
+    divergence = policy.rules.get("divergence")
+    return GoldenProbe(
+        store.name, golden, snap.client_outputs, policy.probe_batch,
+        divergence.window if isinstance(divergence, Divergence) else 20,
+        on_latency=metrics.probe_latency.labels(store.name).observe,
+        on_divergence=lambda output, value: metrics.probe_divergence.labels(store.name, output).set(value),
+        route=route, map_metric=snap.policies.promotion.map_metric,
+    )
 
 
 def _own_client(ctx: Context) -> TritonAPI:

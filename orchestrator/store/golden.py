@@ -1,4 +1,5 @@
-"""The golden set on disk: ``<state>/<model>/<golden>/inputs.npy`` (or ``<INPUT>.npy``) and ``labels.npy``."""
+"""The golden set on disk: ``<state>/<model>/<golden>/inputs.npy`` (or ``<INPUT>.npy``), and ``labels.npy`` (a
+classifier's class per sample) or ``truth.npy`` (a detector's boxes: rows of frame, class, x1, y1, x2, y2)."""
 
 from __future__ import annotations
 
@@ -6,9 +7,12 @@ from pathlib import Path
 
 import numpy as np
 
+from orchestrator.core.detection import truths_from_table
 from orchestrator.core.golden import GoldenSet
 from orchestrator.core.model import Contract
 from orchestrator.errors import RepositoryCorrupt
+
+TRUTH_FILE = "truth.npy"
 
 
 def load_golden(folder: Path, contract: Contract) -> GoldenSet | None:
@@ -22,9 +26,19 @@ def load_golden(folder: Path, contract: Contract) -> GoldenSet | None:
     try:
         inputs = {name: np.load(path, allow_pickle=False) for name, path in files.items()}
         labels = np.load(folder / "labels.npy", allow_pickle=False) if (folder / "labels.npy").exists() else None
+        table = np.load(folder / TRUTH_FILE, allow_pickle=False) if (folder / TRUTH_FILE).exists() else None
     except (OSError, ValueError) as exc:
         raise RepositoryCorrupt(f"golden set in {folder} is unreadable: {exc}") from exc
     sizes = {len(a) for a in inputs.values()} | ({len(labels)} if labels is not None else set())
     if len(sizes) != 1 or 0 in sizes:
         raise RepositoryCorrupt(f"golden set in {folder}: inputs and labels differ in length or are empty")
-    return GoldenSet(inputs, labels)
+    if labels is not None and table is not None:
+        raise RepositoryCorrupt(f"golden set in {folder} has both labels.npy and {TRUTH_FILE}: keep the one that "
+                                f"fits the model (labels: a classifier, truth: a detector)")
+    truths = None
+    if table is not None:
+        try:
+            truths = tuple(truths_from_table(table, sizes.pop()))
+        except ValueError as exc:
+            raise RepositoryCorrupt(f"golden set in {folder}: {TRUTH_FILE}: {exc}") from exc
+    return GoldenSet(inputs, labels, truths)

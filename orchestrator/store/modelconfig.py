@@ -14,9 +14,11 @@ from types import ModuleType
 
 from google.protobuf import text_format
 
+from orchestrator.core.ensemble import FOLLOWS_SERVED, Ensemble, Step
 from orchestrator.core.model import Contract, TensorSpec, VersionPolicy
 
 CONFIG_FILE = "config.pbtxt"
+CANDIDATE_SUFFIX = "__candidate"  # the orchestrator's own entries beside a model: never routes clients take
 
 _REAL_SCHEMA = "tritonclient.grpc.model_config_pb2"
 _PRIVATE_SCHEMA = "orchestrator.store._model_config_pb2"
@@ -227,3 +229,46 @@ def renamed(text: str, name: str) -> tuple[str, ModelConfig]:
     config = parse_config(text)
     config.name = name
     return _edited(text, config, "name", f'name: "{name}"'), config
+
+
+# --- ensembles --------------------------------------------------------------------------
+
+def is_ensemble(config: ModelConfig) -> bool:
+    return config.platform == "ensemble"
+
+
+def ensemble_of(config: ModelConfig) -> Ensemble | None:
+    """The ensemble ``config`` describes, or None for any other model."""
+    if not is_ensemble(config):
+        return None
+    steps = tuple(Step(s.model_name, int(s.model_version), tuple(sorted(s.input_map.items())),
+                       tuple(sorted(s.output_map.items())))
+                  for s in config.ensemble_scheduling.step)
+    return Ensemble(config.name, steps, contract(config))
+
+
+def ensemble_candidate(text: str, model: str, entry: str, name: str) -> tuple[str, ModelConfig]:
+    """The ensemble in ``text`` renamed ``name``, its steps of ``model`` sent to the candidate ``entry``."""
+    config = parse_config(text)
+    config.name = name
+    for step in config.ensemble_scheduling.step:
+        if step.model_name == model:
+            step.model_name = entry
+            step.model_version = FOLLOWS_SERVED
+    return text_format.MessageToString(config), config
+
+
+def read_ensembles(root: Path) -> list[Ensemble]:
+    """Every ensemble in the repository at ``root`` (the orchestrator's candidate entries aside); a config that
+    does not parse is skipped here: that model's own commands report it."""
+    found = []
+    for folder in sorted(root.iterdir()) if root.is_dir() else []:
+        if folder.name.endswith(CANDIDATE_SUFFIX) or not (folder / CONFIG_FILE).is_file():
+            continue
+        try:
+            ensemble = ensemble_of(read_config(folder / CONFIG_FILE)[1])
+        except ConfigError:
+            continue
+        if ensemble is not None:
+            found.append(Ensemble(folder.name, ensemble.steps, ensemble.contract))
+    return found

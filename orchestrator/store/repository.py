@@ -36,11 +36,12 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from orchestrator import faults
+from orchestrator.core.ensemble import Ensemble
 from orchestrator.core.journal import Record, now_iso
 from orchestrator.core.model import Attestation
 from orchestrator.core.shadow_gate import META_KEY as SHADOW_META_KEY
 from orchestrator.core.versions import is_version_folder
-from orchestrator.errors import RepositoryCorrupt, UnknownModel
+from orchestrator.errors import RepositoryCorrupt, UnknownModel, UnmanagedModel
 from orchestrator.store.atomic import fsync_dir, write_atomic
 from orchestrator.store.attestation import forget_attestation, write_attestation
 from orchestrator.store.journal import JOURNAL_FILE, Journal
@@ -52,17 +53,22 @@ from orchestrator.store.metafile import (
     write_meta,
 )
 from orchestrator.store.modelconfig import (
+    CANDIDATE_SUFFIX,
     CONFIG_FILE,
     ConfigError,
     ModelConfig,
+    ensemble_candidate,
+    ensemble_of,
+    is_ensemble,
     parse_config,
+    read_config,
+    read_ensembles,
     renamed,
     version_policy,
     with_specific_versions,
 )
 from orchestrator.store.snapshot import PRUNED_DIR, PRUNED_RECORD, Attestations, Metas, ModelSnapshot
 
-CANDIDATE_SUFFIX = "__candidate"
 STAGING_PREFIX = ".staging-"
 TRASH_PREFIX = ".trash-"
 
@@ -322,13 +328,50 @@ class ModelStore:
     def remove_candidate_entry(self) -> None:
         remove_tree(self.folder.parent / candidate_name(self.name))
 
+    def write_candidate_route(self, route: Ensemble) -> tuple[str, ModelConfig]:
+        """``<route>__candidate``: the ensemble clients call, with its step of this model sent to the candidate
+        entry, so that a candidate is judged through the same pre- and post-processing as production."""
+        name = candidate_name(route.name)
+        entry = self.folder.parent / name
+        remove_tree(entry)
+        entry.mkdir()
+        text, config = ensemble_candidate((self.folder.parent / route.name / CONFIG_FILE).read_text(), self.name,
+                                          candidate_name(self.name), name)
+        write_atomic(entry / CONFIG_FILE, text)
+        (entry / "1").mkdir()  # an ensemble's version folder holds nothing
+        fsync_dir(entry)
+        return name, config
+
+    def candidate_routes(self) -> list[str]:
+        """Every ``<ensemble>__candidate`` on disk that sends a step to this model's candidate entry."""
+        entry, found = candidate_name(self.name), []
+        for folder in sorted(self.folder.parent.glob(f"*{CANDIDATE_SUFFIX}")):
+            if folder.name == entry or not (folder / CONFIG_FILE).is_file():
+                continue
+            try:
+                ensemble = ensemble_of(read_config(folder / CONFIG_FILE)[1])
+            except ConfigError:
+                continue
+            if ensemble is not None and entry in ensemble.models:
+                found.append(folder.name)
+        return found
+
+    def remove_candidate_routes(self) -> None:
+        for name in self.candidate_routes():
+            remove_tree(self.folder.parent / name)
+
 
 class ModelRepository:
+    """The repository's models, in three kinds: managed (the orchestrator files and switches their versions),
+    ensembles (routes to managed models; no weights of their own) and plain models it leaves alone (an
+    ensemble's pre- and post-processing steps: folders without meta.yaml that the orchestrator never filed)."""
+
     def __init__(self, root: Path, state_root: Path) -> None:
         self.root = root
         self.state_root = state_root
 
-    def models(self) -> list[str]:
+    def entries(self) -> list[str]:
+        """Every model Triton can load from the repository (not the orchestrator's candidate entries)."""
         if not self.root.is_dir():
             return []
         return sorted(
@@ -340,9 +383,47 @@ class ModelRepository:
             and (p / CONFIG_FILE).is_file()
         )
 
+    def models(self) -> list[str]:
+        """The managed models."""
+        return [name for name in self.entries() if self._kind(name) == "managed"]
+
+    def ensembles(self) -> list[Ensemble]:
+        return read_ensembles(self.root)
+
+    def unmanaged(self) -> dict[str, str]:
+        """Models the orchestrator leaves alone, and why."""
+        return {name: kind for name in self.entries() if (kind := self._kind(name)) != "managed"}
+
+    def _config(self, name: str) -> ModelConfig | None:
+        try:
+            return read_config(self.root / name / CONFIG_FILE)[1]
+        except ConfigError:
+            return None  # the model's own commands say what is wrong with it
+
+    def _kind(self, name: str) -> str:
+        config = self._config(name)
+        if config is not None and is_ensemble(config):
+            return "ensemble"
+        folder = self.root / name
+        versions = [p for p in folder.iterdir() if p.is_dir() and is_version_folder(p.name)]
+        # Managed once the orchestrator filed a version or journaled anything about it (so a deleted
+        # meta.yaml is still reported as damage, not hidden); a model with no versions yet is one to import into.
+        if not versions or (self.state_root / name / JOURNAL_FILE).exists() \
+                or any((v / META_FILE).exists() for v in versions):
+            return "managed"
+        return "plain"
+
     def model(self, name: str) -> ModelStore:
         models = self.models()
         if name not in models:
+            kind = self.unmanaged().get(name)
+            if kind == "ensemble":
+                routed = [m for e in self.ensembles() if e.name == name for m in e.models if m in models]
+                raise UnmanagedModel(name, f"an ensemble: its versions are those of {', '.join(routed) or 'its steps'}"
+                                           f", name {'that model' if len(routed) == 1 else 'one of them'}", models)
+            if kind == "plain":
+                raise UnmanagedModel(name, "a model the orchestrator does not manage (no version of it carries "
+                                           "meta.yaml)", models)
             raise UnknownModel(name, models)
         return ModelStore(self.root / name, self.state_root / name)
 

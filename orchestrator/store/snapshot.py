@@ -13,14 +13,15 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from orchestrator.core.ensemble import Ensemble, RouteError, route_of
 from orchestrator.core.journal import JournalSummary, Record
-from orchestrator.core.model import Attestation, VersionMeta, VersionPolicy, VersionStatus
+from orchestrator.core.model import Attestation, Contract, VersionMeta, VersionPolicy, VersionStatus
 from orchestrator.core.policy import Policies
 from orchestrator.core.switch import fallback_order
-from orchestrator.errors import RepositoryCorrupt, UnknownVersion
+from orchestrator.errors import PolicyViolation, RepositoryCorrupt, UnknownVersion
 from orchestrator.store.attestation import read_attestation
 from orchestrator.store.metafile import META_FILE, MetaError, read_meta
-from orchestrator.store.modelconfig import ModelConfig, version_policy
+from orchestrator.store.modelconfig import ModelConfig, contract, read_ensembles, version_policy
 from orchestrator.store.policyfile import read_policies
 
 # Where ``prune`` keeps a removed version's evidence: <state>/<model>/pruned/<N>/{meta.yaml, removed.json}.
@@ -147,6 +148,29 @@ class ModelSnapshot:
         if "policies" not in self.read_once:
             self.read_once["policies"] = read_policies(self.state)
         return self.read_once["policies"]  # type: ignore[return-value]
+
+    @property
+    def route(self) -> Ensemble | None:
+        """The ensemble clients reach this model through (``core/ensemble.py``), None when they call it directly;
+        PolicyViolation when the repository leaves it ambiguous and the policy does not say."""
+        if "route" not in self.read_once:
+            try:
+                self.read_once["route"] = route_of(self.name, read_ensembles(self.folder.parent),
+                                                   self.policies.promotion.route)
+            except RouteError as exc:
+                raise PolicyViolation(str(exc)) from exc
+        return self.read_once["route"]  # type: ignore[return-value]
+
+    @property
+    def client_contract(self) -> Contract:
+        """What clients send and get: the route's contract, else the model's own (the golden set's shape)."""
+        route = self.route
+        return route.contract if route is not None else contract(self.config)
+
+    @property
+    def client_outputs(self) -> list[str]:
+        route = self.route
+        return route.output_names if route is not None else self.outputs
 
     def statuses(self, exclude: set[int] | None = None) -> Mapping[int, VersionStatus]:
         versions = tuple(v for v in self.versions if v not in (exclude or set()))

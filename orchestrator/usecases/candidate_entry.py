@@ -15,8 +15,16 @@ log = logging.getLogger(__name__)
 
 
 def drop_candidate(ctx: Context, store: ModelStore, quiet: bool = False, wait: bool = True) -> None:
-    """Unload the candidate entry and remove its folder; ``wait``: first until Triton has let go of it."""
+    """Unload the candidate entry (and the candidate routes through it, first) and remove their folders;
+    ``wait``: first until Triton has let go of the entry."""
     entry = candidate_name(store.name)
+    for route in store.candidate_routes():
+        try:
+            ctx.triton.unload(route)
+        except TritonError as exc:
+            if not quiet:
+                log.warning("could not unload %s: %s", route, exc)
+    store.remove_candidate_routes()
     try:
         ctx.triton.unload(entry)
         if wait:

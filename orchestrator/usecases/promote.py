@@ -17,13 +17,13 @@ from orchestrator.core.shadow_gate import recorded_verdict
 from orchestrator.delivery.plan_compat import plan_incompatibility
 from orchestrator.errors import CandidateRejected, OrchestratorError, PolicyViolation, RepositoryCorrupt
 from orchestrator.store.golden import load_golden
-from orchestrator.store.modelconfig import contract, to_json
+from orchestrator.store.modelconfig import to_json
 from orchestrator.store.policyfile import POLICY_FILE
 from orchestrator.store.repository import ModelStore
 from orchestrator.store.shadow_state import refuse_while_shadowing
 from orchestrator.store.snapshot import ModelSnapshot
 from orchestrator.usecases import executor
-from orchestrator.usecases.candidate import check_candidate, reject
+from orchestrator.usecases.candidate import check_candidate, reject, require_judgeable
 from orchestrator.usecases.context import Context, SwitchResult
 from orchestrator.usecases.labels import carry
 from orchestrator.usecases.memory import make_room
@@ -54,10 +54,11 @@ def promote(ctx: Context, model: str | None, version: int, force: bool = False, 
         if incompatible:
             raise PolicyViolation(f"{store.name} v{version} cannot run on this server: {incompatible}")
         require_passed_shadow(snap, version, snap.policies.shadow)
-        golden = load_golden(store.state / policy.golden, contract(snap.config))
+        golden = load_golden(store.state / policy.golden, snap.client_contract)
         if golden is None:
             raise PolicyViolation(f"{store.name} has no golden set in {store.state / policy.golden}: "
                                   f"a candidate cannot be verified without one")
+        require_judgeable(golden, snap.client_outputs, f"{store.name} v{version}")
         ctx.triton.require_live()
         op = new_op_id()
         started = ctx.clock()

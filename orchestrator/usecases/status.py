@@ -7,7 +7,7 @@ from dataclasses import asdict, dataclass, field
 
 from orchestrator.core.memory import MIB
 from orchestrator.core.model import VersionStatus
-from orchestrator.errors import RepositoryCorrupt, TritonError
+from orchestrator.errors import PolicyViolation, RepositoryCorrupt, TritonError
 from orchestrator.store.baselines import drift_progress
 from orchestrator.store.labels import read_labels
 from orchestrator.store.pause import pause_in_effect
@@ -52,6 +52,10 @@ class ModelStatus:
     pruned: list[int] = field(default_factory=list)  # versions whose artifacts `prune` removed (evidence kept)
     labels: dict[str, int] = field(default_factory=dict)  # version labels: name -> version
     labels_error: str = ""  # labels.json unreadable
+    route: str = ""  # the ensemble clients call to reach the model ("" when they call it directly)
+    route_steps: list[str] = field(default_factory=list)
+    route_state: str | None = None  # the ensemble's state in Triton (None when unreachable or no route)
+    route_error: str = ""  # which ensemble routes to the model cannot be told
 
     def as_dict(self) -> dict[str, object]:
         return {**asdict(self), "problems": self.problems, "healthy": not self.problems}
@@ -69,6 +73,11 @@ class ModelStatus:
                          f"`orchestrate reconcile {self.model}`")
         if self.served is not None and self.served_status != VersionStatus.VERIFIED.value:
             found.append(f"v{self.served} serves and is {self.served_status or 'unreadable'}, not verified")
+        if self.route_error:
+            found.append(self.route_error)
+        elif self.route and self.triton_reachable and self.route_state != TritonState.READY.value:
+            found.append(f"{self.route}, the ensemble clients call, is {self.route_state or 'not loaded'} in Triton: "
+                         f"clients fail until it is loaded (`orchestrate reconcile {self.model}`)")
         return found
 
 
@@ -106,6 +115,16 @@ def model_status(ctx: Context, store: ModelStore) -> ModelStatus:
                                [name for name, v in labels.items() if v == version]))
     ready = {v for v, s in states.items() if s == TritonState.READY.value}
     unfinished = snap.journal.unfinished()
+    route, route_error, route_state = None, "", None
+    try:
+        route = snap.route
+    except PolicyViolation as exc:
+        route_error = str(exc)
+    if route is not None and reachable:
+        try:
+            route_state = next((e.state.value for e in ctx.triton.states(route.name).values()), "")
+        except TritonError:
+            route_state = None
     return ModelStatus(
         model=store.name,
         served=snap.served,
@@ -126,6 +145,10 @@ def model_status(ctx: Context, store: ModelStore) -> ModelStatus:
         pruned=list(store.pruned_versions()),
         labels=labels,
         labels_error=labels_error,
+        route=route.name if route is not None else "",
+        route_steps=[step.model for step in route.steps] if route is not None else [],
+        route_state=route_state,
+        route_error=route_error,
     )
 
 

@@ -11,6 +11,14 @@ from orchestrator.delivery.signing import generate_keypair, sign_package
 from orchestrator.sample import Variant, write_sample_package
 
 ROOT = Path(__file__).resolve().parent.parent
+DETECTOR_ENTRIES = ("detection", "detector", "detector_nms", "detector_pre")
+
+
+def classifier_only(folder: str, names: list[str]) -> list[str]:
+    """``shutil.copytree`` ignore: the sample repository (and state) without the detector ensemble, for the
+    tests whose subject is the classifier alone (the twin serves no ensembles; one model needs no names)."""
+    return [n for n in names if n in DETECTOR_ENTRIES] if Path(folder).name in (
+        "model_repository", "orchestrator_state") else []
 
 
 @dataclass(frozen=True)

@@ -25,6 +25,7 @@ from orchestrator.store.repository import ModelStore
 from orchestrator.triton.client import Triton
 from orchestrator.triton.embedded import EmbeddedTriton
 from orchestrator.usecases.orchestrator import Orchestrator
+from tests.conftest import classifier_only
 
 ROOT = Path(__file__).resolve().parents[2]
 MODEL = "classifier"
@@ -90,8 +91,8 @@ class Stack:
 
 def start_stack(tmp: Path, trusted_key: Path | None = None) -> Stack:
     repository, state = tmp / "model_repository", tmp / "orchestrator_state"
-    shutil.copytree(ROOT / "model_repository", repository)
-    shutil.copytree(ROOT / "orchestrator_state", state)
+    shutil.copytree(ROOT / "model_repository", repository, ignore=classifier_only)
+    shutil.copytree(ROOT / "orchestrator_state", state, ignore=classifier_only)
     if trusted_key is not None:
         (state / "trusted_keys").mkdir()
         shutil.copy(trusted_key, state / "trusted_keys" / trusted_key.name)

@@ -16,6 +16,8 @@ from pathlib import Path
 import click
 import pytest
 
+from tests.conftest import classifier_only
+
 ROOT = Path(__file__).resolve().parents[2]
 # What `--help` and the command modules must not pull in (each costs 30-350 ms to import).
 HEAVY = ("tritonclient.grpc", "tritonclient.http", "grpc", "gevent", "numpy", "cryptography", "requests",
@@ -90,8 +92,8 @@ def test_help_lists_every_command() -> None:
 
 @pytest.fixture
 def sample_copy(tmp_path: Path) -> Path:
-    shutil.copytree(ROOT / "model_repository", tmp_path / "model_repository")
-    shutil.copytree(ROOT / "orchestrator_state", tmp_path / "orchestrator_state")
+    shutil.copytree(ROOT / "model_repository", tmp_path / "model_repository", ignore=classifier_only)
+    shutil.copytree(ROOT / "orchestrator_state", tmp_path / "orchestrator_state", ignore=classifier_only)
     return tmp_path / "model_repository"
 
 

@@ -16,13 +16,14 @@ import pytest
 from orchestrator.daemons.command_socket import CommandSocket, NoDaemon, request_rollback, socket_path
 from orchestrator.errors import OrchestratorError
 from orchestrator.settings import Settings
+from tests.conftest import classifier_only
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture
 def settings(tmp_path: Path) -> Settings:
-    shutil.copytree(ROOT / "model_repository", tmp_path / "model_repository")
+    shutil.copytree(ROOT / "model_repository", tmp_path / "model_repository", ignore=classifier_only)
     (tmp_path / "state").mkdir()
     return Settings(tmp_path / "model_repository", state_dir=tmp_path / "state", triton_url="http://127.0.0.1:9",
                     actor="op")

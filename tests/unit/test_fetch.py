@@ -26,6 +26,7 @@ from orchestrator.cli.trust import register
 from orchestrator.delivery.fetch import QuietPackages, fetch, settle
 from orchestrator.errors import FetchFailed, PackageRejected, UsageError
 from orchestrator.sample import Variant, write_sample_package
+from tests.conftest import classifier_only
 
 PAYLOAD = os.urandom(300_000)
 DIGEST = hashlib.sha256(PAYLOAD).hexdigest()
@@ -365,7 +366,7 @@ def test_cli_fetch_downloads_and_imports(site: tuple[Site, str], tmp_path: Path,
     with tarfile.open(archive, "w:gz") as tar:
         tar.add(package, arcname="pkg")
     state.files["/classifier-better.tar.gz"] = archive.read_bytes()
-    repository = Path(shutil.copytree(ROOT / "model_repository", tmp_path / "repo"))
+    repository = Path(shutil.copytree(ROOT / "model_repository", tmp_path / "repo", ignore=classifier_only))
     # Unsigned on purpose: the test holds both before and after the import path checks signatures.
     monkeypatch.setenv("ORCH_ALLOW_UNSIGNED", "1")
     monkeypatch.setenv("NO_PROXY", "127.0.0.1")

@@ -17,6 +17,7 @@ from orchestrator.store.journal import Cursor, Journal
 from orchestrator.store.repository import ModelStore
 from orchestrator.triton.twin import Behaviour, TritonTwin
 from orchestrator.usecases.orchestrator import Orchestrator
+from tests.conftest import classifier_only
 
 ROOT = Path(__file__).resolve().parents[2]
 MODEL = "classifier"
@@ -70,8 +71,8 @@ class Reads:
 @pytest.fixture
 def orch(tmp_path: Path, build_key) -> Iterator[Orchestrator]:  # type: ignore[no-untyped-def]
     repo, state = tmp_path / "model_repository", tmp_path / "orchestrator_state"
-    shutil.copytree(ROOT / "model_repository", repo)
-    shutil.copytree(ROOT / "orchestrator_state", state)
+    shutil.copytree(ROOT / "model_repository", repo, ignore=classifier_only)
+    shutil.copytree(ROOT / "orchestrator_state", state, ignore=classifier_only)
     (state / "trusted_keys").mkdir()
     shutil.copy(build_key.public, state / "trusted_keys" / build_key.public.name)
     twin = TritonTwin("reads", repo, load_models=(MODEL,), behaviour_for=onnx_behaviour)

@@ -15,14 +15,15 @@ from orchestrator.errors import RepositoryCorrupt
 from orchestrator.store.atomic import write_atomic
 from orchestrator.store.journal import Journal
 from orchestrator.store.lock import LOCK_FILE, model_lock
+from tests.conftest import classifier_only
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture
 def copy(tmp_path: Path) -> Path:
-    shutil.copytree(ROOT / "model_repository", tmp_path / "model_repository")
-    shutil.copytree(ROOT / "orchestrator_state", tmp_path / "orchestrator_state")
+    shutil.copytree(ROOT / "model_repository", tmp_path / "model_repository", ignore=classifier_only)
+    shutil.copytree(ROOT / "orchestrator_state", tmp_path / "orchestrator_state", ignore=classifier_only)
     return tmp_path
 
 

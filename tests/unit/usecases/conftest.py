@@ -38,7 +38,7 @@ from orchestrator.triton.protocol import TritonState
 from orchestrator.triton.twin import Behaviour, TritonTwin, VirtualClock
 from orchestrator.usecases import candidate as candidate_module
 from orchestrator.usecases.orchestrator import Orchestrator
-from tests.conftest import BuildKey
+from tests.conftest import BuildKey, classifier_only
 
 ROOT = Path(__file__).resolve().parents[3]
 MODEL = "classifier"
@@ -264,8 +264,8 @@ def env(tmp_path: Path, build_key: BuildKey, packages: dict[Variant, Path],
     for name in (faults.ENV, faults.ENV_WRITE, "ORCH_TRUSTED_KEYS", "ORCH_ALLOW_UNSIGNED"):
         monkeypatch.delenv(name, raising=False)
     repository, state = tmp_path / "model_repository", tmp_path / "orchestrator_state"
-    shutil.copytree(ROOT / "model_repository", repository)
-    shutil.copytree(ROOT / "orchestrator_state", state)
+    shutil.copytree(ROOT / "model_repository", repository, ignore=classifier_only)
+    shutil.copytree(ROOT / "orchestrator_state", state, ignore=classifier_only)
     (state / "trusted_keys").mkdir()
     shutil.copy(build_key.public, state / "trusted_keys" / build_key.public.name)
     clock = VirtualClock()

@@ -21,7 +21,11 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from orchestrator.sample import Variant, write_sample_package  # noqa: E402
+from orchestrator.sample.detector import DetectorVariant, write_detector_package  # noqa: E402
 from orchestrator.triton.embedded import EmbeddedTriton  # noqa: E402
+
+# The classifier, and the detector's ensemble with its steps (Triton would load the steps with it).
+LOADED = ("classifier", "detector_pre", "detector", "detector_nms", "detection")
 
 
 def orchestrate(env: dict[str, str], *args: str) -> None:
@@ -44,16 +48,18 @@ def main() -> None:
         shutil.copytree(state, work / "orchestrator_state")
         repository, state = work / "model_repository", work / "orchestrator_state"
     package = write_sample_package(work / "classifier-better", Variant.BETTER)
-    print(f"repository: {repository}\nstate: {state}\nnew package: {package}")
+    detector = write_detector_package(work / "detector-better", DetectorVariant.BETTER)
+    print(f"repository: {repository}\nstate: {state}\nnew packages: {package}, {detector}")
     env = dict(os.environ, ORCH_REPOSITORY=str(repository), ORCH_STATE_DIR=str(state), ORCH_ACTOR="demo")
     # The build side signs; the device trusts the build key's public half.
     orchestrate(env, "keygen", "--out", str(work / "keys"), "--name", "builder")
     (state / "trusted_keys").mkdir(exist_ok=True)
     shutil.copy(work / "keys" / "builder.pub", state / "trusted_keys" / "builder.pub")
     orchestrate(env, "sign", str(package), "--key", str(work / "keys" / "builder.key"))
+    orchestrate(env, "sign", str(detector), "--key", str(work / "keys" / "builder.key"))
     # Locked model-control API, as on a device: only holders of the key may load or unload.
     admin_key = secrets.token_urlsafe(24)
-    server = EmbeddedTriton(repository, work / "triton", load_models=("classifier",), admin_key=admin_key)
+    server = EmbeddedTriton(repository, work / "triton", load_models=LOADED, admin_key=admin_key)
     server.start()
     print(f"embedded Triton ready at {server.url} (log: {server.log_path})")
     env["ORCH_TRITON_URL"] = server.url
@@ -61,11 +67,16 @@ def main() -> None:
     try:
         orchestrate(env, "status")
         orchestrate(env, "import", str(package))
-        orchestrate(env, "promote", "v2")
+        orchestrate(env, "promote", "classifier", "v2")
+        # The detector: clients call the ensemble "detection"; the candidate is judged through a copy of it.
+        orchestrate(env, "import", str(detector))
+        orchestrate(env, "promote", "detector", "v2")
         orchestrate(env, "status")
-        orchestrate(env, "rollback")
+        orchestrate(env, "rollback", "classifier")
+        orchestrate(env, "rollback", "detector")
         orchestrate(env, "status")
         orchestrate(env, "history", "classifier")
+        orchestrate(env, "history", "detector")
     finally:
         server.stop()
         print("\nembedded Triton stopped")

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING
 import click
 
 from orchestrator.cli.common import State, as_json_option, fail, orchestrator_of, run, version_of
+from orchestrator.cli.replay import register as register_replay_commands
 from orchestrator.cli.shadow import register as register_shadow_commands
 from orchestrator.cli.trust import register as register_trust_commands
 from orchestrator.cli.versions import register as register_version_commands
@@ -294,7 +295,7 @@ def local_triton(ctx: click.Context, port: int, load: tuple[str, ...]) -> None:
         repo = Path(ctx.obj.options["repository"] or "model_repository")
         if not repo.is_dir():
             raise UsageError(f"model repository {repo} is not a folder")
-        models = tuple(load or ModelRepository(repo, repo.parent / "orchestrator_state").models())
+        models = tuple(load or ModelRepository(repo, repo.parent / "orchestrator_state").entries())
         workdir = Path(tempfile.mkdtemp(prefix="orch-triton-"))
         # With ORCH_ADMIN_KEY(_FILE) set, the control API is locked as on a device.
         return EmbeddedTriton(repo, workdir, models, ports=(port, port + 1, port + 2),
@@ -314,6 +315,7 @@ def local_triton(ctx: click.Context, port: int, load: tuple[str, ...]) -> None:
 
 register_trust_commands(app)
 register_shadow_commands(app)
+register_replay_commands(app)
 register_version_commands(app)  # prune
 
 

@@ -8,6 +8,7 @@ a model is not healthy (Triton unreachable: 9; out of sync or serving a version 
 from __future__ import annotations
 
 import json
+import math
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -20,7 +21,7 @@ from orchestrator.errors import NotHealthy, RepositoryCorrupt, UsageError
 
 if TYPE_CHECKING:
     from orchestrator.core.journal import Record
-    from orchestrator.usecases.status import ModelStatus, VersionDescription
+    from orchestrator.usecases.status import ModelStatus, ProbeBudget, VersionDescription
 
 OUTPUTS = ("table", "wide", "json", "yaml")
 
@@ -62,6 +63,8 @@ def status_table(status: ModelStatus, wide: bool = False) -> str:
     if status.route:
         lines.append(f"  clients call {status.route} (ensemble: {' -> '.join(status.route_steps)}), "
                      f"{status.route_state or '?'} in Triton")
+    if status.probe_budget is not None:
+        lines.append(f"  probe budget  {probe_budget_text(status.probe_budget)}")
     if status.paused:
         lines.append(f"  automatic rollback paused by {status.paused['by']} at {status.paused['at']}: "
                      f"{status.paused['reason'] or 'no reason given'} (`orchestrate resume {status.model}`)")
@@ -91,6 +94,18 @@ def status_table(status: ModelStatus, wide: bool = False) -> str:
                      f"{triton:<12} {row.drift_baseline or '-':<7} {row.created_at[:25] or '-':<26}{more} "
                      f"{','.join(row.labels) or '-':<14} {row.reason}".rstrip())
     return "\n".join(lines)
+
+
+def probe_budget_text(budget: ProbeBudget) -> str:
+    """``20% of device time (bake, 4 min left), then 1%`` or ``1% of device time (steady)``."""
+    def share(value: float) -> str:
+        return f"{value * 100:g}%" if value else "0% (no probes)"
+
+    if budget.phase == "bake":
+        left = f"{math.ceil(budget.bake_left_s / 60)} min" if budget.bake_left_s >= 60 else \
+            f"{math.ceil(budget.bake_left_s)} s"
+        return f"{share(budget.share)} of device time (bake, {left} left), then {share(budget.steady_share)}"
+    return f"{share(budget.share)} of device time (steady)"
 
 
 def _show_statuses(statuses: list[ModelStatus], output: str) -> str:

@@ -27,6 +27,7 @@ class Action(str, enum.Enum):
     PAUSE = "pause"  # automatic rollback of the model paused by an operator
     RESUME = "resume"  # ... and resumed
     LABEL = "label"  # a version label moved or removed
+    REPLAY = "replay"  # recording of production inputs for replay set up, stopped or cleared
 
     @property
     def switches(self) -> bool:

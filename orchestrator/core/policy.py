@@ -1,6 +1,6 @@
 """Every per-model policy as values, and the one builder that reads them from plain mappings.
 
-``<state>/<model>/policy.yaml`` (read by ``store/policyfile.py``) has four sections, every
+``<state>/<model>/policy.yaml`` (read by ``store/policyfile.py``) has five sections, every
 field optional; the defaults are what an operator gets with no file.
 
     promotion:
@@ -27,13 +27,19 @@ field optional; the defaults are what an operator gets with no file.
       max_mean_abs_diff: 1.0e-3 # per output tensor
       min_cosine: 0.999         # mean per-row cosine similarity, per output tensor
       min_top1_agreement: 0.99  # classifier-shaped outputs
+      min_box_agreement: 0.9    # detectors (BOXES, SCORES, CLASSES, COUNT): share of boxes matched one-to-one
+                                # with production's at IoU 0.5 with the same class
+      max_count_diff: 0.3       # detectors: mean |boxes per frame - production's|
       max_latency_ratio: 1.5    # candidate / served mean time inside Triton
       latency_slack_ms: 0.5     # ...failing only when the candidate is also this much slower
 
     watch:                    # the watcher's rules (judged in core/rules.py)
-      interval_s: 0.05        # one probe (golden samples to the served version) per interval
+      interval_s: 0.05        # the shortest time between probes (golden samples to the served version)
       probe_batch: 4          # golden samples per probe
-      metrics_interval_s: 1.0 # Triton /metrics scrape
+      probe_budget: 0.01      # probes may use this share of the device's time (0.01: 1%); 0: none after the bake
+      bake_budget: 0.2        # ...and this share for bake_s after every switch, when a new version is most
+      bake_s: 300             # likely to fail
+      metrics_interval_s: 1.0 # Triton /metrics scrape (and the probes' cost read from Triton's statistics)
       grace_s: 10             # after a switch, latency/error-rate/resources wait this long
       max_rollbacks: 3        # the loop breaker: this many automatic rollbacks within
       rollback_window_s: 600  # ...this window, or a fallback that breaches within it: stop, alert
@@ -56,10 +62,37 @@ field optional; the defaults are what an operator gets with no file.
       keep: 3                   # newest versions kept besides the served, resident and last verified ones
       every_s: 3600             # the watcher prunes at most this often
 
+    replay:                   # recorded production inputs, replayed at promote (usecases/replay.py); off by default
+      enabled: false            # RECORDS PRODUCTION DATA into <state>/<model>/replay/ (see below)
+      max_mb: 64                # the ring's bound: the oldest records go first, never more on disk
+      every_n: 20               # keep 1 sampled request in N
+      min_samples: 50           # fewer recorded inputs replayed: inconclusive (said, promote goes on)
+      require: false            # ...unless this: then fewer refuse the promote
+      min_top1_agreement: 0.5   # classifier outputs: candidate and served agree on the top class
+      min_box_agreement: 0.6    # detector outputs: share of boxes matched (IoU 0.5, same class)
+      max_count_diff: 1.0       # detector outputs: mean |boxes per frame, candidate - served|
+      limit: 200                # the newest recorded inputs (requests) replayed at promote
+
+The replay gate compares the candidate with the served version, not with the truth (production
+inputs have none), so its defaults catch a candidate that breaks on real inputs and let an upgrade
+through. Measured on the samples: boxes shifted by half their size agree 0.03, swapped classes 0.02,
+the classifier's drift fault 0.09; the better detector against v1 0.83 (0.45 boxes per frame
+apart), the better classifier against v1 0.60. Raise them for a release meant to change nothing
+(an engine rebuilt for a new TensorRT).
+
 The shadow gate's latency slack is there because a candidate sees only the sampled requests:
 on a sub-millisecond model the ratio then measures how long its idle backend takes to wake
 (measured on the CPU sample: an identical candidate at 1 replay per 20 ms read 0.68 ms against
 production's 0.45 ms, 1.5x), not the model.
+
+The probe budget (``core/probe_budget.py``) is a share of the device's inference time, for each
+watched model, measured from Triton's own statistics: a probe costs the compute time of one
+execution of each model it passes through (an ensemble's pre-processing, network and
+post-processing add up). A probe runs when the budget has that much credit and ``interval_s``
+has passed since the last one: on the CPU sample classifier (0.2-0.8 ms an execution) 1% allows
+12-50 probes a second, about what ``interval_s`` allows; on a 25 ms detector, one every 2.5 s
+(one every 125 ms during the bake). ``orchestrate status`` shows the share in force. Triton's
+metrics and the drift sampler cost no inference and keep their own schedule.
 
 Drift judges real production outputs, sampled by Triton's tensor tracing at about
 ``samples_per_s`` (``daemons/sampler.py``): one finding per window of ``window`` outputs, so
@@ -71,6 +104,25 @@ until ``samples_per_s`` is set (2 is a good start): Triton 2.51 (the pytriton bu
 once while tracing production at 20 samples/s through a version switch (1 crash in about 150
 switches measured with tracing on), and a crashed server is worse than a missed drift.
 Re-measure on your Triton build before turning it on.
+
+Replay keeps real client inputs on disk, a size-bounded ring (``store/replay_ring.py``), so
+that at promote time the candidate and the served version both answer them and the gate
+compares the two (``core/replay_gate.py``): a candidate faces real inputs even when traffic is
+too thin for a shadow run. It holds production data: turn it on only where keeping clients'
+inputs on the device is allowed. A model clients call directly records what the drift sampler
+already traces (``enabled: true`` and ``drift.samples_per_s`` > 0: the tracing cap is never
+raised for replay); a model behind an ensemble records in the ensemble's first step instead,
+without Triton's tracing, once ``orchestrate replay enable MODEL`` configured that step (the
+gate then runs whether or not ``enabled`` is set here). The watcher's probes and promote's
+golden runs pass through what records, and a replay sends recorded inputs through it again: the
+ring skips golden inputs and repeats of its records, and the gate skips any that got in. It
+never judges the first version served (nothing to compare with).
+
+Replay measures agreement with the served version, not accuracy (recorded inputs have no
+labels): a candidate that fixes the served version's mistakes disagrees exactly there.
+Measured on the sample classifier: the better head (golden accuracy 0.97 against 0.65) agrees
+with the baseline on 0.60 of new images, so the default 0.95 would refuse that upgrade; lower
+the thresholds for a release meant to change answers.
 """
 
 from __future__ import annotations
@@ -155,6 +207,8 @@ class ShadowPolicy:
     max_latency_ratio: float = 1.5
     latency_slack_ms: float = 0.5
     require: bool = False
+    min_box_agreement: float = 0.9  # detectors: boxes matched with production's (IoU 0.5, same class)
+    max_count_diff: float = 0.3  # detectors: mean |boxes per frame - production's|
 
     def __post_init__(self) -> None:
         problems = []
@@ -170,6 +224,10 @@ class ShadowPolicy:
             problems.append("max_latency_ratio must be > 0")
         if self.latency_slack_ms < 0:
             problems.append("latency_slack_ms must be >= 0")
+        if not 0 <= self.min_box_agreement <= 1:
+            problems.append("min_box_agreement must be within 0..1")
+        if not (self.max_count_diff >= 0 and math.isfinite(self.max_count_diff)):
+            problems.append("max_count_diff must be a number >= 0")
         if problems:
             raise ValueError("; ".join(problems))
 
@@ -294,6 +352,9 @@ RULE_TYPES: dict[str, type[Rule]] = {
 class WatchPolicy:
     interval_s: float = 0.05
     probe_batch: int = 4
+    probe_budget: float = 0.01  # share of the device's time the probes may use at steady state
+    bake_budget: float = 0.2  # ...and for bake_s after every switch
+    bake_s: float = 300.0
     metrics_interval_s: float = 1.0
     grace_s: float = 10.0
     webhook: str | None = None
@@ -306,6 +367,10 @@ class WatchPolicy:
     def __post_init__(self) -> None:
         if self.interval_s <= 0 or self.metrics_interval_s <= 0 or self.grace_s < 0 or self.probe_batch < 1:
             raise ValueError("interval_s, metrics_interval_s and probe_batch must be positive, grace_s >= 0")
+        if not (0 <= self.probe_budget <= 1 and 0 <= self.bake_budget <= 1):
+            raise ValueError("probe_budget and bake_budget are shares of the device's time: within 0..1")
+        if not (self.bake_s >= 0 and math.isfinite(self.bake_s)):
+            raise ValueError("bake_s must be a number >= 0")
         if self.max_rollbacks < 1 or not self.rollback_window_s >= 0:
             raise ValueError("max_rollbacks must be >= 1 and rollback_window_s >= 0")
         if self.webhook is not None and not self.webhook.startswith(("http://", "https://")):
@@ -331,13 +396,55 @@ class RetentionPolicy:
 
 
 @dataclass(frozen=True)
+class ReplayPolicy:
+    """Recording production inputs and the promote gate that replays them (see above); off by default."""
+
+    enabled: bool = False
+    max_mb: float = 64.0
+    every_n: int = 20
+    min_samples: int = 50  # recorded inputs (requests) replayed and compared
+    require: bool = False
+    min_top1_agreement: float = 0.5
+    min_box_agreement: float = 0.6
+    max_count_diff: float = 1.0
+    limit: int = 200
+
+    @property
+    def max_bytes(self) -> int:
+        return int(self.max_mb * 2**20)
+
+    def __post_init__(self) -> None:
+        problems = []
+        if not (self.max_mb > 0 and math.isfinite(self.max_mb)) or self.max_bytes < 1:
+            problems.append("max_mb must be a number > 0")
+        if self.every_n < 1:
+            problems.append("every_n must be an integer >= 1")
+        if self.limit < 1:
+            problems.append("limit must be an integer >= 1")
+        if self.min_samples < 1:
+            problems.append("min_samples must be an integer >= 1")
+        elif self.min_samples > self.limit:
+            problems.append(f"min_samples ({self.min_samples}) must be <= limit ({self.limit}): "
+                            f"no more are replayed")
+        if not 0 <= self.min_top1_agreement <= 1:
+            problems.append("min_top1_agreement must be within 0..1")
+        if not 0 <= self.min_box_agreement <= 1:
+            problems.append("min_box_agreement must be within 0..1")
+        if not (self.max_count_diff >= 0 and math.isfinite(self.max_count_diff)):
+            problems.append("max_count_diff must be a number >= 0")
+        if problems:
+            raise ValueError("; ".join(problems))
+
+
+@dataclass(frozen=True)
 class Policies:
-    """The four sections of one model's policy file."""
+    """The five sections of one model's policy file."""
 
     promotion: PromotionPolicy = field(default_factory=PromotionPolicy)
     watch: WatchPolicy = field(default_factory=WatchPolicy)
     shadow: ShadowPolicy = field(default_factory=ShadowPolicy)
     retention: RetentionPolicy = field(default_factory=RetentionPolicy)
+    replay: ReplayPolicy = field(default_factory=ReplayPolicy)
 
 
 # --- the builder --------------------------------------------------------------------------
@@ -420,6 +527,9 @@ class _WatchSettings:
 
     interval_s: float = WatchPolicy.interval_s
     probe_batch: int = WatchPolicy.probe_batch
+    probe_budget: float = WatchPolicy.probe_budget
+    bake_budget: float = WatchPolicy.bake_budget
+    bake_s: float = WatchPolicy.bake_s
     metrics_interval_s: float = WatchPolicy.metrics_interval_s
     grace_s: float = WatchPolicy.grace_s
     webhook: str | None = None
@@ -428,7 +538,7 @@ class _WatchSettings:
 
 
 def build_policies(raw: Any, where: str) -> Policies:
-    """All four sections of a policy file's mapping."""
+    """All five sections of a policy file's mapping."""
     if raw is None:
         return Policies()
     if not isinstance(raw, dict):
@@ -436,7 +546,8 @@ def build_policies(raw: Any, where: str) -> Policies:
     return Policies(promotion=build(PromotionPolicy, raw.get("promotion"), f"{where} promotion"),
                     watch=build_watch(raw.get("watch"), f"{where} watch"),
                     shadow=build(ShadowPolicy, raw.get("shadow"), f"{where} shadow"),
-                    retention=build(RetentionPolicy, raw.get("retention"), f"{where} retention"))
+                    retention=build(RetentionPolicy, raw.get("retention"), f"{where} retention"),
+                    replay=build(ReplayPolicy, raw.get("replay"), f"{where} replay"))
 
 
 def parse_watch_policy(raw: Any) -> WatchPolicy:

@@ -23,6 +23,7 @@ from orchestrator.daemons.sampler import ProductionSampler
 from orchestrator.errors import RepositoryCorrupt
 from orchestrator.store.baselines import read_drift_baselines, write_drift_baselines
 from orchestrator.store.policyfile import POLICY_FILE
+from orchestrator.store.replay import tracing_ring
 from orchestrator.store.repository import ModelStore
 from orchestrator.triton.protocol import TritonAPI
 
@@ -54,7 +55,7 @@ class DriftWatch:
         self.store, self.rule, self.output, self.row_size = store, rule, output, row_size
         self.batched = batched  # traced outputs then carry the batch dimension
         self.on_samples, self.actor = on_samples, actor
-        self.sampler = ProductionSampler(triton, store, rule.samples_per_s, trace_dir, clock)
+        self.sampler = ProductionSampler(triton, store, rule.samples_per_s, trace_dir, clock, ring=tracing_ring(store))
         self.key = rule.baseline_key(outputs)
         self.baselines = read_drift_baselines(store.state)
         self.accumulator = WindowAccumulator(rule.statistic, rule.window, row_size)

@@ -9,6 +9,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from orchestrator.core.journal import JournalSummary, Record, counted
 from orchestrator.core.policy import Severity
+from orchestrator.core.probe_budget import PHASES
 
 _SWITCH_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 _DETECTION_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.2, 0.3, 0.5, 1.0, 2.0, 5.0, 10.0)
@@ -81,6 +82,18 @@ class WatchMetrics:
         self.production_samples = Counter("orchestrator_watch_production_samples",
                                           "Production outputs sampled from Triton's traces for drift",
                                           ["model"], registry=registry)
+        # The probe budget (core/probe_budget.py): the share in force and what the probes really used.
+        self.probe_budget = Gauge("orchestrator_probe_budget_ratio", "Share of the device's inference time the "
+                                  "watcher's probes may use, on the series of the phase in force (bake after a "
+                                  "switch, steady after it; the other phase reads 0)", ["model", "phase"],
+                                  registry=registry)
+        self.probe_cost = Gauge("orchestrator_probe_cost_seconds", "Device time one probe costs: Triton's compute "
+                                "time per execution of each model a probe passes through (before any is "
+                                "measured, the probe's round trip)", ["model"], registry=registry)
+        self.probe_spent = Gauge("orchestrator_probe_spent_ratio", "Share of the device's time the probes used over "
+                                 "the last minute", ["model"], registry=registry)
+        self.probes = Counter("orchestrator_probes", "Golden probes sent to the served version", ["model"],
+                              registry=registry)
 
     def initialise(self, model: str, summary: JournalSummary, rules: dict[str, Severity]) -> None:
         """Every labelled series an alert reads, present from the start (an alert on ``increase`` needs the
@@ -107,6 +120,11 @@ class WatchMetrics:
         for reason in BLOCKED_REASONS:
             self.rollback_blocked.labels(model, reason).set(0)
         self.paused.labels(model).set(0)
+        for phase in PHASES:
+            self.probe_budget.labels(model, phase).set(0)
+        self.probe_cost.labels(model).set(0)
+        self.probe_spent.labels(model).set(0)
+        self.probes.labels(model)
 
     def counted(self, model: str, record: Record, started: Record | None = None) -> None:
         """A final record seen in the journal (or the watcher's own): the counters and event times it moves."""

@@ -15,6 +15,10 @@ and deletes its model's files, and keeps the cost bounded three ways:
 - while a shadow run is active it owns the model's tracing and its trace files: the sampler
   stands aside (drift is inconclusive meanwhile) and, should its own arm have landed after
   the shadow worker's, puts the shadow's settings back.
+
+With replay on (``store/replay.py``'s ``tracing_ring``) the inputs of the sampled requests are
+parsed too and offered to the model's replay ring (which keeps 1 in its ``every_n``): replay
+rides on drift's tracing budget and never raises it.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from pathlib import Path
 
 from orchestrator.core.shadow_stats import ShadowPhase
 from orchestrator.errors import OrchestratorError
+from orchestrator.store.replay_ring import RingWriter
 from orchestrator.store.repository import ModelStore
 from orchestrator.store.shadow_state import active_shadow
 from orchestrator.triton.client import Triton
@@ -64,8 +69,10 @@ def needs_rearm(armed: int | None, wanted: int) -> bool:
 
 class ProductionSampler:
     def __init__(self, triton: Triton, store: ModelStore, samples_per_s: float, trace_dir: Path | None = None,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic, ring: RingWriter | None = None) -> None:
         self.triton, self.store, self.samples_per_s = triton, store, samples_per_s
+        self.ring = ring  # replay's recorder of the sampled requests' inputs; None: outputs only
+        self.ring_errors = 0
         self.trace_dir = trace_dir
         self.clock = clock
         self.tail: TraceTail | None = None
@@ -76,9 +83,11 @@ class ProductionSampler:
         self.standing_aside = False
 
     def poll(self, requests_per_s: float | None) -> list[TraceSample]:
-        """The model's requests traced since the last poll (outputs only); keeps tracing armed."""
+        """The model's requests traced since the last poll (outputs; inputs too with a ring); keeps tracing armed."""
         said = self.reason
         samples = self._poll(requests_per_s)
+        if self.ring is not None:
+            self._record(samples, self.ring)
         if self.reason and self.reason != said:
             log.warning("%s: drift sampling paused: %s", self.store.name, self.reason)
         return samples
@@ -100,8 +109,19 @@ class ProductionSampler:
         self.reason = ""
         return samples
 
+    def _record(self, samples: list[TraceSample], ring: RingWriter) -> None:
+        for sample in samples:
+            if sample.inputs:
+                ring.offer(sample.inputs)  # never raises: a full disk is counted
+        if ring.errors != self.ring_errors:
+            self.ring_errors = ring.errors
+            log.warning("%s: replay ring not written (%d errors so far): %s", self.store.name, ring.errors,
+                        ring.last_error)
+
     def close(self) -> None:
         """Tracing back to the server's settings (off) and this model's leftover files removed."""
+        if self.ring is not None:
+            self.ring.close()
         if self.tail is None or self.armed_rate is None or self.standing_aside:
             return
         try:
@@ -142,7 +162,7 @@ class ProductionSampler:
         except OrchestratorError as exc:
             self.reason = str(exc)
             return False
-        self.tail = TraceTail(folder, prefix, self.store.name, inputs=False)
+        self.tail = TraceTail(folder, prefix, self.store.name, inputs=self.ring is not None)
         return True
 
     def _arm(self, requests_per_s: float | None) -> None:

@@ -8,6 +8,12 @@ Triton down or unreachable is reported (metric, log) and never causes a rollback
 answers again, each model is reconciled to the disk and its watcher starts over with a
 grace period, since a restarted server cold-starts every version.
 
+Each model's watcher says when it next needs a tick (its next probe within the probe budget, its
+next scrape, and soon enough to see a change on disk: ``ModelWatcher.next_due``); the loop sleeps
+until the earliest and ticks only the watchers whose time has come, and never ticks a watcher more
+often than its ``interval_s`` (or ``metrics_interval_s`` when shorter). The watchers share one
+scrape of Triton's /metrics (``shared_scrape.py``).
+
 Nothing but SIGTERM ends it: an error in a model's check (Triton's answers, the disk, a bug) or
 in the inbox scan is logged and counted in ``orchestrator_watch_errors_total`` and the next tick
 tries again. Each model is watched by one daemon at a time (``store.lock.WatchLock``): a second
@@ -25,9 +31,12 @@ from pathlib import Path
 
 from prometheus_client import CollectorRegistry
 
+from orchestrator.core.probe_budget import SLACK_S
 from orchestrator.daemons.command_socket import CommandSocket
 from orchestrator.daemons.exporter import WatchMetrics
 from orchestrator.daemons.http_api import serve
+from orchestrator.daemons.probe_schedule import STEADY_TICK_S
+from orchestrator.daemons.shared_scrape import SharedScrape
 from orchestrator.daemons.watcher import ModelWatcher
 from orchestrator.delivery.fetch import DEFAULT_QUIET_S, QuietPackages, settle
 from orchestrator.errors import Busy, OrchestratorError, WriteFailed
@@ -45,6 +54,7 @@ log = logging.getLogger(__name__)
 INBOX_INTERVAL_S = 5.0
 RETENTION_RETRY_S = 60.0  # retention off, or a command held the model's lock: look again this much later
 ERROR_LOG_EVERY_S = 60.0
+MIN_GAP_S = 0.001  # a watcher due again at once (a bug, a clock gone back) waits interval_s instead of spinning
 
 
 class Watch:
@@ -67,6 +77,8 @@ class Watch:
         self.metrics = WatchMetrics(self.registry)
         self.metrics_url = metrics_url
         self.trace_dir = trace_dir
+        self.scrape = SharedScrape(clock)
+        self.next_run: dict[str, float] = {}  # when each model's watcher is due next (absent: now)
         names = models or self.orchestrator.repository.models()
         self.watchers = {name: self._watcher(name) for name in names}
         self.locks = {name: WatchLock(self.orchestrator.repository.model(name).state) for name in names}
@@ -81,25 +93,37 @@ class Watch:
     def _watcher(self, name: str) -> ModelWatcher:
         store = self.orchestrator.repository.model(name)
         return ModelWatcher(self.orchestrator, store, read_policies(store.state).watch, self.metrics, self.metrics_url,
-                            clock=self.clock, trace_dir=self.trace_dir, triton=self.triton)
+                            clock=self.clock, trace_dir=self.trace_dir, triton=self.triton, scrape=self.scrape)
 
     def tick(self) -> None:
+        """One pass: the watchers whose time has come check their model, then Triton's liveness is judged."""
         if len(self.backlog):
             try:
                 self.backlog.flush()
             except Exception as exc:  # not the disk's refusal: it stays first in line, said once a minute
                 self._failed("", "backlog", exc)
         self.metrics.pending_writes.set(len(self.backlog))
+        now, ticked = self.clock(), []
         for name, watcher in self.watchers.items():
+            if self.next_run.get(name, now) > now + SLACK_S:
+                continue
+            # Never more often than the fixed loop ticked: a check that fails, a model another daemon holds.
+            soonest = now + min(watcher.policy.interval_s, watcher.policy.metrics_interval_s)
+            self.next_run[name] = soonest
             if not self._holds(name):
                 continue
+            ticked.append(watcher)
             try:
                 watcher.tick()
+                due = watcher.next_due()
+                self.next_run[name] = due if due > now + MIN_GAP_S else soonest
             except Exception as exc:  # the daemon outlives any one check
                 self._failed(name, "check", exc)
             self._retain(name)
+        if not ticked:
+            return  # nobody looked: nothing new about the server
         # A probe that got any answer (or none from a server that is not live) already told.
-        seen = [w.seen_live for w in self.watchers.values() if w.seen_live is not None]
+        seen = [w.seen_live for w in ticked if w.seen_live is not None]
         live = all(seen) if seen else self.orchestrator.triton.is_live()
         if not live and self.down_since is None:
             self.down_since = self.clock()
@@ -117,7 +141,8 @@ class Watch:
             return
         self.next_prune[name] = now + RETENTION_RETRY_S  # unless the policy says otherwise
         try:
-            policy = read_policies(self.orchestrator.repository.model(name).state).retention
+            # The watcher's own store: looking the model up again reads every config.pbtxt of the repository.
+            policy = read_policies(self.watchers[name].store.state).retention
             if policy.enabled:
                 self.next_prune[name] = now + policy.every_s
                 self.orchestrator.prune(name, keep=policy.keep)
@@ -193,6 +218,7 @@ class Watch:
             old = self.watchers[name]
             old.close()
             self.watchers[name] = self._watcher(name)  # fresh baseline, streaks and grace period
+            self.next_run.pop(name, None)
             fresh = self.watchers[name]
             fresh.recent_rollbacks = old.recent_rollbacks  # the loop breaker remembers
             fresh.journal_cursor, fresh.follow_started = old.journal_cursor, old.follow_started  # nothing uncounted
@@ -212,19 +238,25 @@ class Watch:
     def interval(self) -> float:
         return min((w.policy.interval_s for w in self.watchers.values()), default=1.0)
 
+    def next_wake(self) -> float:
+        """The clock time of the next pass: the first watcher due, the inbox's next scan, within STEADY_TICK_S."""
+        now = self.clock()
+        wanted = [now + STEADY_TICK_S, *(self.next_run.get(name, now) for name in self.watchers)]
+        if self.inbox is not None:
+            wanted.append(self.next_inbox_scan)
+        return min(wanted)
+
     def run(self, stop: threading.Event) -> None:
         log.warning("watching %s", ", ".join(self.watchers) or "no models")
         commands = CommandSocket(self.settings, self.backlog).start() if self.take_commands else None
         try:
-            next_tick = time.monotonic()
             while not stop.is_set():
                 self.tick()
                 try:
                     self.scan_inbox()
                 except Exception as exc:  # an unreadable inbox folder, a full disk: next scan
                     self._failed("", "inbox", exc)
-                next_tick = max(next_tick + self.interval(), time.monotonic())
-                stop.wait(max(0.0, next_tick - time.monotonic()))
+                stop.wait(max(0.0, self.next_wake() - self.clock()))
         finally:
             if commands is not None:
                 commands.stop()

@@ -19,11 +19,14 @@ from orchestrator.core.drift import DriftWindow
 from orchestrator.core.journal import WATCH_ACTOR, Action, Record, Result, new_op_id
 from orchestrator.core.model import VersionStatus
 from orchestrator.core.policy import Divergence, Severity, WatchPolicy
+from orchestrator.core.probe_budget import SLACK_S, last_switch
 from orchestrator.core.rules import Anomaly, Finding, Observation, Outcome, Streak, assess, step
 from orchestrator.core.watch_decision import Response, WatchAction, decide_check
 from orchestrator.daemons.drift_watch import DriftWatch, drift_rule
 from orchestrator.daemons.exporter import BLOCKED_REASONS, WatchMetrics
+from orchestrator.daemons.probe_schedule import ProbeSchedule, next_scrape
 from orchestrator.daemons.probes import GoldenProbe
+from orchestrator.daemons.watched_files import WatchedFiles
 from orchestrator.daemons.webhook import notify
 from orchestrator.errors import (
     Busy,
@@ -36,9 +39,7 @@ from orchestrator.errors import (
 )
 from orchestrator.store.baselines import read_latency_baselines, write_latency_baselines
 from orchestrator.store.golden import load_golden
-from orchestrator.store.labels import read_labels
 from orchestrator.store.modelconfig import contract
-from orchestrator.store.pause import pause_in_effect
 from orchestrator.store.repository import ModelStore
 from orchestrator.store.snapshot import ModelSnapshot
 from orchestrator.triton import metrics as triton_metrics
@@ -54,11 +55,14 @@ log = logging.getLogger(__name__)
 
 class ModelWatcher:
     """Injected: the context rollbacks run in, the Triton this watcher probes (its own connection,
-    short deadlines), the clock, and where Triton's trace files appear (drift sampling)."""
+    short deadlines), the clock, where Triton's trace files appear (drift sampling), the models a
+    probe passes through (``probe_path``, whose costs the probe budget adds up; default the model
+    alone) and the /metrics scraper (the daemon shares one among its watchers)."""
 
     def __init__(self, ctx: Context, store: ModelStore, policy: WatchPolicy, metrics: WatchMetrics,
                  metrics_url: str, clock: Callable[[], float] = time.monotonic, trace_dir: Path | None = None,
-                 triton: TritonAPI | None = None) -> None:
+                 triton: TritonAPI | None = None, probe_path: tuple[str, ...] | None = None,
+                 scrape: Callable[[str, float], triton_metrics.Snapshot | None] | None = None) -> None:
         self.ctx = ctx
         self.store = store
         self.policy = policy
@@ -66,9 +70,14 @@ class ModelWatcher:
         self.metrics_url = metrics_url
         self.clock = clock
         self.triton = triton if triton is not None else _own_client(ctx)
+        self.files = WatchedFiles(store)  # config, labels, pause, journal: a stat per tick when unchanged
+        self.scrape = scrape or (lambda url, timeout_s: triton_metrics.scrape(url, timeout_s=timeout_s))
         snap = store.snapshot()
         metrics.initialise(store.name, snap.journal, {name: rule.severity for name, rule in policy.rules.items()})
         self.probe = _golden_probe(store, snap, policy, metrics)
+        if probe_path is None and self.probe is not None and self.probe.route is not None:
+            probe_path = self.probe.route.models  # through an ensemble a probe costs every step it runs
+        self.schedule = ProbeSchedule(store.name, policy, metrics, probe_path)
         drift = drift_rule(policy.rules, store, contract(snap.config))
         self.drift = DriftWatch(store, *drift, snap.outputs, snap.config.max_batch_size > 0, self.triton, trace_dir,
                                 clock, metrics.production_samples.labels(store.name).inc, WATCH_ACTOR) \
@@ -80,6 +89,7 @@ class ModelWatcher:
         self.streaks: dict[str, Streak] = {}
         self.last_scrape: triton_metrics.Snapshot | None = None
         self.last_scrape_at = 0.0
+        self.next_scrape_at = 0.0  # on a grid shared by the daemon's watchers: one scrape serves them all
         self.requests_per_s: float | None = None
         self.latency_baselines = read_latency_baselines(store.state)
         self.gave_up_on: int | None = None  # served version with no verified fallback: alert once, no retries
@@ -134,7 +144,7 @@ class ModelWatcher:
         """The config's resident versions, after the guard (``usecases/residency.py``) when they changed: a hand
         edit, perhaps already loaded by a Triton restart, is rewritten and the verified set loaded before this
         tick judges what serves. The lock is taken only when there is something to drop."""
-        resident = self.store.resident()
+        resident = self.files.resident()
         if resident == self.guarded:
             return resident
         if not residency(self.store.snapshot()).dropped:
@@ -175,6 +185,7 @@ class ModelWatcher:
         self.fallback = fallbacks[0] if fallbacks else None
         if self.probe is not None:
             self.probe.reset(self.triton, self.fallback)
+        self.schedule.reset(now, last_switch(snap.journal))
         self.metrics.set_residency(self.store.name, served, tuple(resident), list(snap.versions))
         if self.drift is not None:
             refs = snap.fallbacks(exclude={served} if served is not None else set(), limit=1)
@@ -182,15 +193,19 @@ class ModelWatcher:
 
     def _observe(self, now: float) -> Observation:
         probe: dict[str, object] = {}
-        if self.probe is not None and self.served is not None:
+        if self.probe is not None and self.served is not None and self.schedule.due(now):
+            started = self.clock()
             probe = self.probe.probe(self.triton, self.served)
+            self.schedule.probed(now, self.clock() - started, ok=probe.get("probe_ok") is True)
             self.seen_live = not probe.get("unreachable")
             if probe.get("unreachable"):
                 self.metrics.triton_up.set(0)
                 return Observation(time=now, live=False)
         self.metrics.triton_up.set(1)
+        self.schedule.measure(self.triton, now)  # what a probe costs, from Triton's statistics
         scrape: dict[str, object] = {}
-        if now - self.last_scrape_at >= self.policy.metrics_interval_s or probe.get("probe_ok") is False:
+        if now >= self.next_scrape_at - SLACK_S or probe.get("probe_ok") is False:
+            self.next_scrape_at = next_scrape(now, self.policy.metrics_interval_s)  # a failed one too: not every tick
             scrape = self._scrape(now)
         drift: dict[str, object] = {}
         if self.drift is not None and self.served is not None:
@@ -205,7 +220,7 @@ class ModelWatcher:
             observed["served_ready"] = entry is not None and entry.state is TritonState.READY
         except TritonError:
             pass
-        snapshot = triton_metrics.scrape(self.metrics_url, timeout_s=2.0)
+        snapshot = self.scrape(self.metrics_url, 2.0)
         if snapshot is None or self.served is None:
             return observed
         observed["cpu_utilization"] = snapshot.gpu_utilization if snapshot.gpu_utilization is not None \
@@ -225,6 +240,15 @@ class ModelWatcher:
                 observed["baseline_latency_us"] = base
         self.last_scrape, self.last_scrape_at = snapshot, now
         return observed
+
+    def next_due(self) -> float:
+        """When this watcher next needs a tick (the daemon sleeps until the earliest): its next probe, scrape
+        or drift poll, and soon enough to see a change on disk (``probe_schedule.ProbeSchedule.next_due``)."""
+        wanted = [self.next_scrape_at]
+        if self.drift is not None and self.served is not None:
+            wanted.append(self.drift.last_sampled_at + self.policy.metrics_interval_s)
+        probing = self.probe is not None and self.served is not None
+        return self.schedule.next_due(self.clock(), probing, *wanted)
 
     # --- learning --------------------------------------------------------------------------
     def _learn_drift(self, window: DriftWindow, findings: list[Finding]) -> None:
@@ -254,13 +278,13 @@ class ModelWatcher:
     # --- acting ---------------------------------------------------------------------------
     def _export_labels(self) -> None:
         try:
-            self.metrics.set_labels(self.store.name, read_labels(self.store.state))
+            self.metrics.set_labels(self.store.name, self.files.labels())
         except RepositoryCorrupt as exc:  # the exposition keeps the last labels it could read
             log.warning("%s: %s", self.store.name, exc)
 
     def _pause(self) -> dict[str, str] | None:
         """The operator's pause of automatic rollback (``orchestrate pause``), read every tick."""
-        pause = pause_in_effect(self.store.state)
+        pause = self.files.pause()
         self.metrics.paused.labels(self.store.name).set(1 if pause is not None else 0)
         if pause is None and self.was_paused:
             # Resumed: judge afresh, so that a breach the pause held back rolls back once its streak is seen again.
@@ -345,6 +369,8 @@ class ModelWatcher:
     def _follow_journal(self) -> None:
         """Count what other processes (the CLI, the command socket) journaled since the last look: promote
         outcomes and rollbacks. The watcher's own rollbacks were counted as they happened."""
+        if not self.files.journal_changed():
+            return
         records, self.journal_cursor = self.store.journal.read_since(self.journal_cursor)
         for record in records:
             if record.result is Result.STARTED:

@@ -27,7 +27,7 @@ from typing import Any
 from urllib.parse import quote, urlsplit
 
 from orchestrator.errors import LoadFailed, NotTriton, TritonError, TritonForbidden, TritonUnreachable
-from orchestrator.triton.protocol import IndexEntry, TritonState, wait_unloaded
+from orchestrator.triton.protocol import ExecutionStats, IndexEntry, TritonState, wait_unloaded
 
 ADMIN_HEADER = "admin-key"
 # The APIs every Triton of this project locks behind the admin key (--http-restricted-api and
@@ -260,7 +260,7 @@ class TritonControl:
         path = _model(model) + (f"/versions/{version}" if version else "") + "/ready"
         return self._raw("GET", path)[0] == 200  # 400: unknown model or version, or not loaded
 
-    # --- tracing and statistics (shadow traffic) -----------------------------------------
+    # --- tracing and statistics (shadow traffic, the probes' cost) -----------------------
     def _trace_path(self, model: str | None) -> str:
         return f"{_model(model)}/trace/setting" if model else "/v2/trace/setting"
 
@@ -286,6 +286,23 @@ class TritonControl:
                 count += int(success.get("count", 0))
                 total_ns += int(success.get("ns", 0))
         return count, total_ns
+
+    def execution_stats(self, model: str) -> dict[int, ExecutionStats]:
+        """Each loaded version's executions, samples, compute time and successful requests, from one GET."""
+        what = f"statistics of {model}"
+        raw: Any = self._json_object("GET", f"{_model(model)}/stats", what)
+        found: dict[int, ExecutionStats] = {}
+        with self._shaped(what, raw):
+            for entry in raw["model_stats"]:
+                stats = entry.get("inference_stats", {})
+                found[int(entry["version"])] = ExecutionStats(
+                    executions=int(entry.get("execution_count", 0)),
+                    inferences=int(entry.get("inference_count", 0)),
+                    compute_ns=sum(int(stats.get(part, {}).get("ns", 0))
+                                   for part in ("compute_input", "compute_infer", "compute_output")),
+                    success_count=int(stats.get("success", {}).get("count", 0)),
+                    success_ns=int(stats.get("success", {}).get("ns", 0)))
+        return found
 
 
 def _error_message(data: bytes) -> str:

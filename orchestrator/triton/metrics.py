@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 import requests
@@ -9,6 +10,10 @@ from prometheus_client.parser import text_string_to_metric_families
 
 # Queue rejections are a capacity signal, not a broken model.
 _IGNORED_FAILURE_REASONS = {"REJECTED"}
+_COUNTERS = ("nv_inference_request_success", "nv_inference_request_failure", "nv_inference_request_duration_us")
+_GAUGES = ("nv_cpu_utilization", "nv_cpu_memory_used_bytes", "nv_gpu_utilization", "nv_gpu_memory_used_bytes")
+_READ = frozenset(_COUNTERS + _GAUGES)
+_METRIC_LINE = re.compile(r"[a-zA-Z_:][a-zA-Z0-9_:]*(\{.*\})?\s+\S+")
 
 
 @dataclass(frozen=True)
@@ -27,16 +32,32 @@ class Snapshot:
     gpu_memory_bytes: float | None
 
 
+def _read_lines(text: str) -> str:
+    """The lines of the families ``parse`` reads: Triton's page has a dozen more per model (queue, compute,
+    pending, ...) and the Prometheus parser is pure Python, a watcher's largest cost after its probes."""
+    first = next((line for line in text.splitlines() if line.strip()), "")
+    if first and not (first.startswith("#") or _METRIC_LINE.match(first)):
+        raise ValueError("not Prometheus text")  # an HTML page, a proxy's error: filtering would hide it
+    kept = []
+    for line in text.splitlines():
+        if line.startswith("#"):
+            words = line.split(None, 3)
+            if len(words) > 2 and words[1] in ("HELP", "TYPE") and words[2] in _READ:
+                kept.append(line)
+        elif line.split("{", 1)[0].split(" ", 1)[0] in _READ:
+            kept.append(line)
+    return "\n".join(kept) + "\n"
+
+
 def parse(text: str) -> Snapshot:
     counters: dict[tuple[str, int], dict[str, float]] = {}
     gauges: dict[str, float] = {}
-    for family in text_string_to_metric_families(text):
+    for family in text_string_to_metric_families(_read_lines(text)):
         for sample in family.samples:
             labels = sample.labels
             # Triton's counters lack the "_total" suffix; the parser adds it to counter samples.
             name = sample.name.removesuffix("_total") if family.type == "counter" else sample.name
-            if name in ("nv_inference_request_success", "nv_inference_request_failure",
-                               "nv_inference_request_duration_us"):
+            if name in _COUNTERS:
                 try:
                     key = (labels["model"], int(labels["version"]))
                 except (KeyError, ValueError):
@@ -45,8 +66,7 @@ def parse(text: str) -> Snapshot:
                     continue
                 slot = counters.setdefault(key, {})
                 slot[name] = slot.get(name, 0.0) + sample.value
-            elif name in ("nv_cpu_utilization", "nv_cpu_memory_used_bytes", "nv_gpu_utilization",
-                                 "nv_gpu_memory_used_bytes"):
+            elif name in _GAUGES:
                 gauges[name] = max(gauges.get(name, 0.0), sample.value)
     versions = {
         key: VersionCounters(values.get("nv_inference_request_success", 0.0),

@@ -48,6 +48,22 @@ class IndexEntry:
 
 
 @dataclass(frozen=True)
+class ExecutionStats:
+    """One version's counters from Triton's statistics API, since it loaded.
+
+    An execution is one run of the model (a batch); ``compute_ns`` is the time those runs spent
+    in the backend (Triton's compute_input + compute_infer + compute_output): device time, not
+    queueing or the HTTP round trip. ``success_*`` count requests, their whole time inside Triton.
+    """
+
+    executions: int = 0
+    inferences: int = 0  # samples: a batch of 4 counts 4
+    compute_ns: int = 0
+    success_count: int = 0
+    success_ns: int = 0
+
+
+@dataclass(frozen=True)
 class InferenceResult:
     model: str
     version: int
@@ -93,6 +109,9 @@ class TritonAPI(Protocol):
 
     def inference_stats(self, model: str) -> tuple[int, int]:
         """Successful requests of ``model`` (all versions) and their total time inside Triton in ns."""
+
+    def execution_stats(self, model: str) -> dict[int, ExecutionStats]:
+        """Each loaded version's execution counters (what the watcher's probes cost, ``daemons/probe_schedule.py``)."""
 
 
 POLL_S = 0.02

@@ -11,6 +11,12 @@ thousands of twins fit in one process. Time comes from an injectable clock and s
 Versions are the numeric folders under ``repository/<model>/`` (symlinks followed), or, without
 a repository, those registered with ``add_version``. A twin cannot run a model: each version gets
 a behaviour (``inputs -> outputs``), by default zeros shaped by the config's outputs.
+
+Statistics count what the twin served: one execution per request (no dynamic batching), the
+request's batch as its inferences, and as compute time either the behaviour's own time on the
+clock or, when set (``compute_s`` of the twin or of a version), that many seconds per execution,
+which the request then also takes on the clock: a twin over a ``VirtualClock`` models a device
+whose every probe costs a known amount.
 """
 
 from __future__ import annotations
@@ -28,7 +34,7 @@ import numpy as np
 
 from orchestrator.errors import LoadFailed, TritonError, TritonForbidden, TritonUnreachable
 from orchestrator.triton.control import RESTRICTED_APIS
-from orchestrator.triton.protocol import IndexEntry, InferenceResult, TritonState, wait_unloaded
+from orchestrator.triton.protocol import ExecutionStats, IndexEntry, InferenceResult, TritonState, wait_unloaded
 
 Behaviour = Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]
 # Called when a version loads (the backend's initialize()): an exception fails that version's load.
@@ -66,6 +72,7 @@ class VersionSpec:
     hung: bool = False  # requests never answer: the client times out (TritonUnreachable)
     load_latency_s: float | None = None  # None: the twin's default
     unload_latency_s: float | None = None
+    compute_s: float | None = None  # device time per execution; None: the twin's default
 
 
 @dataclass(frozen=True)
@@ -85,8 +92,9 @@ class _Server:
 
     def __init__(self, repository: Path | None, admin_key: str | None, load_models: tuple[str, ...],
                  load_latency_s: float, unload_latency_s: float, clock: Callable[[], float],
-                 behaviour_for: BehaviourFactory | None) -> None:
+                 behaviour_for: BehaviourFactory | None, compute_s: float | None = None) -> None:
         self.repository, self.admin_key, self.load_models = repository, admin_key, load_models
+        self.compute_s = compute_s
         self.load_latency_s, self.unload_latency_s = load_latency_s, unload_latency_s
         self.clock, self.behaviour_for = clock, behaviour_for
         self.lock = threading.Lock()  # the state; never held while time passes
@@ -101,7 +109,7 @@ class _Server:
         """What a restart forgets: everything the control API did."""
         self.slots: dict[str, dict[int, _Slot]] = {}
         self.overrides: dict[str, dict] = {}  # a load's config sticks until unload (measured)
-        self.stats: dict[tuple[str, int], tuple[int, int]] = {}
+        self.stats: dict[tuple[str, int], ExecutionStats] = {}
         self.trace = dict(TRACE_DEFAULTS)
         self.model_trace: dict[str, dict[str, object]] = {}
 
@@ -224,10 +232,11 @@ class TritonTwin:
                  key: str | None = None, load_models: tuple[str, ...] = (), load_latency_s: float = 0.0,
                  unload_latency_s: float = 0.0, clock: Callable[[], float] = time.monotonic,
                  sleep: Callable[[float], None] = time.sleep, timeout_s: float = 10.0,
-                 behaviour_for: BehaviourFactory | None = None) -> None:
+                 behaviour_for: BehaviourFactory | None = None, compute_s: float | None = None) -> None:
         self.url = f"twin://{name}"
         self._key, self._clock, self._sleep, self._timeout_s = key, clock, sleep, timeout_s
-        self._s = _Server(repository, admin_key, load_models, load_latency_s, unload_latency_s, clock, behaviour_for)
+        self._s = _Server(repository, admin_key, load_models, load_latency_s, unload_latency_s, clock, behaviour_for,
+                          compute_s)
         self.start()
 
     def with_key(self, key: str | None) -> TritonTwin:
@@ -368,7 +377,7 @@ class TritonTwin:
                 table[v] = s.unloading(model, v, slot)
         table.update(built)
         for v in built:
-            s.stats[(model, v)] = (0, 0)
+            s.stats[(model, v)] = ExecutionStats()
 
     def unload(self, model: str) -> None:
         with self._s.lock:
@@ -416,9 +425,14 @@ class TritonTwin:
             result = {name: produced[name] for name in outputs}
         except Exception as exc:  # the backend's error response
             raise TritonError(f"{what} failed: {exc}") from exc
+        charged = spec.compute_s if spec.compute_s is not None else self._s.compute_s
+        if charged:
+            self._sleep(charged)
+        compute_ns = int((self._clock() - started if charged is None else charged) * 1e9)
+        batch = len(next(iter(inputs.values()))) if inputs and int((slot.config or {}).get("max_batch_size", 0)) else 1
         with self._s.lock:
-            count, ns = self._s.stats.get((model, version), (0, 0))
-            self._s.stats[(model, version)] = (count + 1, ns + int((self._clock() - started) * 1e9))
+            self._s.stats[(model, version)] = _counted(self._s.stats.get((model, version), ExecutionStats()), batch,
+                                                       compute_ns, int((self._clock() - started) * 1e9))
         return InferenceResult(model=model, version=version, outputs=result)
 
     def trace_settings(self, model: str | None = None) -> dict[str, object]:
@@ -468,5 +482,19 @@ class TritonTwin:
             ready = self._s.ready(model)
             if not ready:
                 raise TritonError(f"statistics of {model} failed: requested model '{model}' is not available")
-            rows = [self._s.stats.get((model, v), (0, 0)) for v in ready]
-            return sum(c for c, _ in rows), sum(ns for _, ns in rows)
+            rows = [self._s.stats.get((model, v), ExecutionStats()) for v in ready]
+            return sum(r.success_count for r in rows), sum(r.success_ns for r in rows)
+
+    def execution_stats(self, model: str) -> dict[int, ExecutionStats]:
+        with self._s.lock:
+            self._check(f"statistics of {model}", "statistics")
+            ready = self._s.ready(model)
+            if not ready:
+                raise TritonError(f"statistics of {model} failed: requested model '{model}' is not available")
+            return {v: self._s.stats.get((model, v), ExecutionStats()) for v in sorted(ready)}
+
+
+def _counted(stats: ExecutionStats, batch: int, compute_ns: int, request_ns: int) -> ExecutionStats:
+    """One more successful request, run as one execution of ``batch`` samples."""
+    return ExecutionStats(stats.executions + 1, stats.inferences + batch, stats.compute_ns + compute_ns,
+                          stats.success_count + 1, stats.success_ns + max(request_ns, compute_ns))

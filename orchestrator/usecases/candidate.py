@@ -19,6 +19,7 @@ from orchestrator.core.golden import GoldenSet
 from orchestrator.core.journal import Action, Result, now_iso
 from orchestrator.core.model import Verification, VersionStatus
 from orchestrator.core.policy import PromotionPolicy
+from orchestrator.core.replay_gate import with_replay
 from orchestrator.core.verdict import Verdict
 from orchestrator.errors import CandidateRejected, LoadFailed, PolicyViolation, TritonError, TritonUnreachable
 from orchestrator.store.golden import TRUTH_FILE
@@ -28,6 +29,7 @@ from orchestrator.store.snapshot import ModelSnapshot
 from orchestrator.triton.golden import run_golden
 from orchestrator.usecases.candidate_entry import await_previous, drop_candidate
 from orchestrator.usecases.context import Context
+from orchestrator.usecases.replay import replay_verdict
 
 log = logging.getLogger(__name__)
 
@@ -110,6 +112,12 @@ def check_candidate(ctx: Context, store: ModelStore, snap: ModelSnapshot, versio
             verdict = compare_scores(score, served_score, policy)
         if not verdict.passed:
             reject(ctx, store, snap, version, op, verdict.reason, verdict.metrics)
+        replay = replay_verdict(ctx, store, snap, target, route.name if route else store.name,
+                                None if route else snap.served, snap.policies.replay, outputs, golden)
+        if replay is not None:  # recorded production inputs (usecases/replay.py); None when replay is off
+            verdict = with_replay(verdict, replay)
+            if not verdict.passed:
+                reject(ctx, store, snap, version, op, verdict.reason, verdict.metrics)
         return CandidateResult(verdict, footprint, snap)
     finally:
         drop_candidate(ctx, store, wait=False)

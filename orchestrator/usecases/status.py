@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import asdict, dataclass, field
 
 from orchestrator.core.memory import MIB
 from orchestrator.core.model import VersionStatus
+from orchestrator.core.probe_budget import Budget, last_switch, since, standing
 from orchestrator.errors import PolicyViolation, RepositoryCorrupt, TritonError
 from orchestrator.store.baselines import drift_progress
 from orchestrator.store.labels import read_labels
 from orchestrator.store.pause import pause_in_effect
 from orchestrator.store.repository import ModelStore
+from orchestrator.store.snapshot import ModelSnapshot
 from orchestrator.triton.protocol import TritonState
 from orchestrator.usecases.context import Context
 
@@ -30,6 +33,17 @@ class VersionRow:
     footprint_mb: float | None = None
     load_failures: int = 0
     labels: list[str] = field(default_factory=list)  # the version labels pointing at it (stable, canary)
+
+
+@dataclass(frozen=True)
+class ProbeBudget:
+    """The watcher's probe budget in force (``core/probe_budget.py``), from the policy and the journal's last
+    switch: what the watcher uses, computed without asking it."""
+
+    phase: str  # bake or steady
+    share: float  # of the device's inference time, in force now
+    steady_share: float  # after the bake
+    bake_left_s: float  # 0 at steady state
 
 
 @dataclass(frozen=True)
@@ -56,6 +70,7 @@ class ModelStatus:
     route_steps: list[str] = field(default_factory=list)
     route_state: str | None = None  # the ensemble's state in Triton (None when unreachable or no route)
     route_error: str = ""  # which ensemble routes to the model cannot be told
+    probe_budget: ProbeBudget | None = None  # None: policy.yaml unreadable (the watcher says why)
 
     def as_dict(self) -> dict[str, object]:
         return {**asdict(self), "problems": self.problems, "healthy": not self.problems}
@@ -149,7 +164,17 @@ def model_status(ctx: Context, store: ModelStore) -> ModelStatus:
         route_steps=[step.model for step in route.steps] if route is not None else [],
         route_state=route_state,
         route_error=route_error,
+        probe_budget=probe_budget(snap),
     )
+
+
+def probe_budget(snap: ModelSnapshot, now_unix: float | None = None) -> ProbeBudget | None:
+    try:
+        policy = snap.policies.watch
+    except RepositoryCorrupt:
+        return None
+    found = standing(Budget.of(policy), since(last_switch(snap.journal), time.time() if now_unix is None else now_unix))
+    return ProbeBudget(found.phase, found.share, found.steady, round(found.bake_left_s, 1))
 
 
 def journal_gap(journaled: tuple[int, ...], served: int | None) -> str | None:

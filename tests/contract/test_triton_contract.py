@@ -16,7 +16,7 @@ import pytest
 from google.protobuf import json_format, text_format
 
 from orchestrator.errors import LoadFailed, TritonError, TritonForbidden, TritonUnreachable
-from orchestrator.triton.protocol import IndexEntry, InferenceResult, TritonAPI, TritonState
+from orchestrator.triton.protocol import ExecutionStats, IndexEntry, InferenceResult, TritonAPI, TritonState
 
 from .conftest import (
     BROKEN,
@@ -194,6 +194,7 @@ def test_a_name_with_url_characters_is_one_unknown_model(triton: TritonAPI) -> N
             triton.load(name)
         assert caught.value.model == name
         assert_answered_error(lambda name=name: triton.inference_stats(name))
+        assert_answered_error(lambda name=name: triton.execution_stats(name))
         assert_answered_error(lambda name=name: triton.trace_settings(name))
         triton.unload(name)  # unloading what is not there is no error
     assert state(triton, GOOD) is READY and not triton.model_ready(SPARE)
@@ -217,6 +218,29 @@ def test_inference_stats_count_successful_requests(triton: TritonAPI) -> None:
     assert_answered_error(lambda: triton.inference_stats("no-such-model"))
 
 
+def test_execution_stats_count_each_versions_executions_and_compute_time(triton: TritonAPI) -> None:
+    """What the watcher's probe budget is measured with: one request of 4 images is one execution of 4
+    inferences, its compute time part of the request's time inside Triton; a refused request is not counted."""
+    before = triton.execution_stats(MODEL)
+    assert set(before) == {GOOD}
+    for _ in range(3):
+        infer(triton)
+    assert_answered_error(lambda: infer(triton, images=IMAGES[:, :1]))
+    after = triton.execution_stats(MODEL)
+    was, now = before[GOOD], after[GOOD]
+    assert (now.executions - was.executions, now.inferences - was.inferences) == (3, 3 * len(IMAGES))
+    assert now.success_count - was.success_count == 3
+    assert 0 < now.compute_ns - was.compute_ns <= now.success_ns - was.success_ns
+    assert sum(s.success_count for s in after.values()) == triton.inference_stats(MODEL)[0]
+    triton.load(MODEL, policy(GOOD, NEW))
+    both = triton.execution_stats(MODEL)
+    assert set(both) == {GOOD, NEW} and both[GOOD] == now  # each version its own, a fresh one from zero
+    assert both[NEW] == ExecutionStats()
+    infer(triton)  # to the highest READY version
+    assert triton.execution_stats(MODEL)[NEW].executions == 1
+    assert_answered_error(lambda: triton.execution_stats("no-such-model"))
+
+
 def test_unload_then_wait_unloaded(triton: TritonAPI) -> None:
     triton.load(MODEL, policy(GOOD, NEW))
     triton.unload(MODEL)
@@ -227,6 +251,7 @@ def test_unload_then_wait_unloaded(triton: TritonAPI) -> None:
     assert_answered_error(lambda: infer(triton))
     assert not triton.model_ready(MODEL)
     assert_answered_error(lambda: triton.inference_stats(MODEL))
+    assert_answered_error(lambda: triton.execution_stats(MODEL))
     assert_answered_error(lambda: triton.trace_settings(MODEL))  # per-model settings need a loaded model
     # The unload dropped the last load's config: a plain load reads config.pbtxt again (v1 only).
     triton.load(MODEL)
@@ -271,6 +296,7 @@ def test_the_locked_api_refuses_a_missing_or_wrong_key(backend: Backend, triton:
             assert client.is_live() and client.model_ready(MODEL, GOOD)
             assert infer(client).version == GOOD
             assert client.inference_stats(MODEL)[0] > 0
+            assert client.execution_stats(MODEL)[GOOD].executions > 0
         assert state(triton, GOOD) is READY and state(triton, NEW) is not READY  # nothing changed
         assert triton.trace_settings(MODEL)["trace_rate"] == "7"  # neither did tracing
         assert triton.trace_settings(MODEL)["trace_level"] == triton.trace_settings()["trace_level"]
@@ -326,6 +352,7 @@ def test_a_stopped_server_is_unreachable_and_restarts_with_only_its_start_models
         for call in (triton.index, triton.require_live, triton.trace_settings, lambda: triton.load(MODEL),
                      lambda: triton.unload(MODEL), lambda: infer(triton), lambda: triton.model_ready(MODEL),
                      lambda: triton.model_ready(MODEL, GOOD), lambda: triton.inference_stats(MODEL),
+                     lambda: triton.execution_stats(MODEL),
                      lambda: triton.states(MODEL), lambda: triton.trace_settings(MODEL),
                      lambda: triton.update_trace_settings(MODEL, {"trace_rate": "5"}),
                      lambda: triton.wait_unloaded(MODEL, None, 1.0), backend.client(None).index):

@@ -26,17 +26,20 @@ DETECTOR_ENTRIES = ("detector_pre", MODEL, "detector_nms", ENSEMBLE)
 OUTPUTS = ["BOXES", "SCORES", "CLASSES", "COUNT"]
 
 
-def start_detector_stack(tmp: Path, trusted_key: Path | None = None) -> Stack:
+def start_detector_stack(tmp: Path, trusted_key: Path | None = None, with_classifier: bool = False) -> Stack:
+    """The detector's ensemble (and with ``with_classifier`` the sample classifier beside it) on a real Triton."""
     repository, state = tmp / "model_repository", tmp / "orchestrator_state"
     repository.mkdir()
-    for entry in DETECTOR_ENTRIES:
+    entries = DETECTOR_ENTRIES + (("classifier",) if with_classifier else ())
+    for entry in entries:
         shutil.copytree(ROOT / "model_repository" / entry, repository / entry)
     state.mkdir()
-    shutil.copytree(ROOT / "orchestrator_state" / MODEL, state / MODEL)
+    for model in (MODEL, "classifier") if with_classifier else (MODEL,):
+        shutil.copytree(ROOT / "orchestrator_state" / model, state / model)
     if trusted_key is not None:
         (state / "trusted_keys").mkdir()
         shutil.copy(trusted_key, state / "trusted_keys" / trusted_key.name)
-    server = EmbeddedTriton(repository, tmp / "triton", load_models=DETECTOR_ENTRIES, admin_key=ADMIN_KEY)
+    server = EmbeddedTriton(repository, tmp / "triton", load_models=entries, admin_key=ADMIN_KEY)
     server.start()
     return Stack(server, repository, state, tmp)
 
@@ -49,9 +52,12 @@ def set_policy(stack: Stack, section: str, values: dict[str, Any]) -> None:
 
 
 @contextmanager
-def watching_detector(stack: Stack, watch: dict[str, Any]) -> Iterator[Watch]:
+def watching_detector(stack: Stack, watch: dict[str, Any], models: tuple[str, ...] | None = (MODEL,)
+                      ) -> Iterator[Watch]:
+    """The watch daemon in a thread over ``models`` (None: every managed model), the detector's policy set."""
     set_policy(stack, "watch", watch)
-    daemon = Watch(stack.settings(), [MODEL], stack.server.metrics_url, CollectorRegistry())
+    daemon = Watch(stack.settings(), list(models) if models else None, stack.server.metrics_url,
+                   CollectorRegistry())
     stop = threading.Event()
     thread = threading.Thread(target=daemon.run, args=(stop,), daemon=True)
     thread.start()

@@ -142,3 +142,25 @@ def test_a_healthy_detector_under_load_through_its_cold_start_is_never_rolled_ba
     assert [r for r in store.journal.read().records if r.action == "rollback"] == []
     assert store.served() == version
     assert traffic.failures() == []
+
+
+def test_a_repository_with_both_models_is_watched_and_shown_whole_and_names_are_asked_for(tmp_path: Path,
+                                                                                        build_key):
+    stack = start_detector_stack(tmp_path, build_key.public, with_classifier=True)
+    try:
+        status = stack.cli("status")
+        assert status.returncode == 0, status.stderr
+        assert "model classifier: serving v1" in status.stdout and "model detector: serving v1" in status.stdout
+        assert "detection" not in status.stdout.split("model detector")[0]  # the ensemble is the detector's route
+        unnamed = stack.cli("rollback")
+        assert unnamed.returncode == 2
+        assert "name the model: the repository holds classifier, detector" in unnamed.stderr
+        with watching_detector(stack, WATCH, models=None) as daemon:
+            assert wait_for(lambda: all(daemon.registry.get_sample_value("orchestrator_checks_total", {"model": m})
+                                        for m in ("classifier", MODEL)), 20)
+        assert set(daemon.watchers) == {"classifier", MODEL}
+        assert daemon.watchers[MODEL].probe is not None and daemon.watchers[MODEL].probe.target == "detection"
+        assert daemon.watchers["classifier"].probe is not None
+        assert daemon.watchers["classifier"].probe.target == "classifier"
+    finally:
+        stack.server.kill()

@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+from datetime import datetime
+
+from orchestrator.cli.views import probe_budget_text, status_table
+from orchestrator.usecases.status import ProbeBudget, probe_budget
+
 from .conftest import MODEL, Env
 
 
@@ -48,3 +54,34 @@ def test_status_with_a_refused_admin_key_still_shows_the_disk(env: Env) -> None:
     [status] = env.orchestrator(admin_key="wrong-key").status(MODEL)
     assert (status.served, status.triton_reachable, status.in_sync) == (1, False, False)
     assert "(403)" in status.triton_error and "wrong-key" not in status.triton_error
+
+
+def test_status_shows_the_probe_budget_of_a_bake_after_a_switch_then_the_steady_share(env: Env) -> None:
+    env.set_policy("watch", probe_budget=0.01, bake_budget=0.2, bake_s=300)
+    [before] = env.orchestrator().status(MODEL)
+    assert before.probe_budget == ProbeBudget("steady", 0.01, 0.01, 0.0)  # no switch on record
+    assert "probe budget  1% of device time (steady)" in status_table(before)
+    env.promote_better()
+    [status] = env.orchestrator().status(MODEL)
+    budget = status.probe_budget
+    assert budget is not None and (budget.phase, budget.share, budget.steady_share) == ("bake", 0.2, 0.01)
+    assert 290 < budget.bake_left_s <= 300
+    assert "probe budget  20% of device time (bake, 5 min left), then 1%" in status_table(status)
+    assert status.as_dict()["probe_budget"] == {"phase": "bake", "share": 0.2, "steady_share": 0.01,
+                                                "bake_left_s": budget.bake_left_s}
+    switched = datetime.fromisoformat(env.last("promote").time).timestamp()
+    later = probe_budget(env.store().snapshot(), now_unix=switched + 250)
+    assert later == ProbeBudget("bake", 0.2, 0.01, 50.0)
+    assert probe_budget_text(later) == "20% of device time (bake, 50 s left), then 1%"
+    assert probe_budget(env.store().snapshot(), now_unix=switched + 300) == ProbeBudget("steady", 0.01, 0.01, 0.0)
+
+
+def test_status_says_when_no_probes_run_after_the_bake_and_leaves_the_budget_out_of_a_broken_policy(
+        env: Env) -> None:
+    env.set_policy("watch", probe_budget=0, bake_s=0)
+    env.promote_better()
+    [status] = env.orchestrator().status(MODEL)
+    assert "probe budget  0% (no probes) of device time (steady)" in status_table(status)
+    (env.state / MODEL / "policy.yaml").write_text("watch: [not, a, mapping]\n")
+    assert probe_budget(env.store().snapshot()) is None
+    assert "probe budget" not in status_table(replace(status, probe_budget=None))

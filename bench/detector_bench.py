@@ -48,8 +48,12 @@ from orchestrator.sample.detector import (
     write_faulty_detector_package,
 )
 from orchestrator.settings import Settings
+from orchestrator.store.golden import load_golden
+from orchestrator.store.modelconfig import to_json
+from orchestrator.store.repository import ModelStore
 from orchestrator.triton.client import Triton
 from orchestrator.triton.embedded import EmbeddedTriton, free_ports
+from orchestrator.triton.golden import run_golden
 from orchestrator.usecases.orchestrator import Orchestrator
 
 ENTRIES = ("detector_pre", MODEL, "detector_nms", ENSEMBLE)
@@ -154,24 +158,64 @@ def variants(args: argparse.Namespace) -> None:
     try:
         orchestrator = orchestrator_of(repository, state, server)
         package = write_detector_package(work / "better", DetectorVariant.BETTER)
-        times, switches = [], []
+        times, switches, floors, bare = [], [], [], []
+        store = orchestrator.repository.model(MODEL)
+        control = Triton(server.url)
         with DetectionClients(server.url, args.threads) as clients:
             for _ in range(args.runs):
                 version = orchestrator.import_package(package).version
+                floor, load_s = by_hand(control, store, version)
+                floors.append(floor)
+                bare.append(load_s)
                 result = orchestrator.promote(MODEL, version)
                 times.append(result.duration_ms / 1000.0)
                 switches.append((result.switch_ms or 0.0) / 1000.0)
                 orchestrator.rollback(MODEL, reason="bench: promote again")
+        control.close()
         failed = sum(1 for _, a in clients.answers if a.good is None)
         golden = orchestrator.repository.model(MODEL).attestation(version).verification.golden
     finally:
         server.stop()
         shutil.rmtree(work, ignore_errors=True)
     print(f"\npromote of the better detector through the ensemble, {args.runs} runs, {args.threads} client threads")
+    print(row("floor", floors) + "   (by hand: candidate + its ensemble loaded, warm-up, golden set on both, "
+          "a bare load_model adding the version)")
+    print(row("bare load", bare) + "   (load_model adding the version to production, nothing else)")
     print(row("promote", times))
-    print(row("to switch", switches))
+    print(row("to switched", switches))
+    print(f"  promote / floor {statistics.median(times) / statistics.median(floors):.2f}x, "
+          f"promote / bare load {statistics.median(times) / statistics.median(bare):.1f}x (medians)")
     print(f"  gate metrics: mAP@.5:.95 {golden.get('map50_95', 0):.3f} against served "
           f"{golden.get('served_map50_95', 0):.3f}; failed client requests {failed} of {len(clients.answers)}")
+
+
+def by_hand(control: Triton, store: ModelStore, version: int) -> tuple[float, float]:
+    """What a promote of ``version`` cannot do without, done by hand with no orchestrator: (seconds, of which the
+    bare load_model of the version into production). Left as it was: v1 serving, the candidate entries gone."""
+    snap = store.snapshot()
+    assert snap.route is not None
+    golden = load_golden(store.state / snap.policies.promotion.golden, snap.client_contract)
+    assert golden is not None
+    started = time.monotonic()
+    _, entry = store.write_candidate_entry(snap, version)
+    route, route_config = store.write_candidate_route(snap.route)
+    control.load(entry.name, to_json(entry))
+    control.load(route, to_json(route_config))
+    for warm in golden.batches(8)[: snap.policies.promotion.warmup_requests]:
+        control.infer(route, warm, snap.client_outputs)
+    run_golden(control, route, None, golden, snap.client_outputs, 8)
+    run_golden(control, snap.route.name, None, golden, snap.client_outputs, 8)
+    control.unload(route)
+    control.unload(entry.name)
+    loading = time.monotonic()
+    control.load(MODEL, to_json(store.write_resident(snap, (1, version)).config))
+    ended = time.monotonic()
+    control.load(MODEL, to_json(store.write_resident(store.snapshot(), (1,)).config))
+    control.wait_unloaded(MODEL, {version}, 30)
+    control.wait_unloaded(entry.name, None, 30)
+    store.remove_candidate_routes()
+    store.remove_candidate_entry()
+    return ended - started, ended - loading
 
 
 # --- overhead ------------------------------------------------------------------------------

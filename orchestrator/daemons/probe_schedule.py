@@ -65,11 +65,11 @@ class ProbeCost:
     the shortest round trip seen (every one includes the compute), the first one left out: it also opens the
     connection and imports the inference client (measured: 45-65 ms, then 1-3 ms)."""
 
-    def __init__(self, models: tuple[str, ...], every_s: float) -> None:
-        self.models, self.every_s = models, every_s
+    def __init__(self, models: tuple[str, ...], every_s: float, samples: int = 1) -> None:
+        self.models, self.every_s, self.samples = models, every_s, samples
         self.read_at = -math.inf
         self.last: dict[str, dict[int, ExecutionStats]] = {}
-        self.per_model: dict[str, float] = {}  # seconds per execution, once a read saw executions
+        self.per_model: dict[str, float] = {}  # seconds per probe, once a read saw executions
         self.round_trip: float | None = None
         self.answered = 0  # probes that succeeded
 
@@ -98,12 +98,17 @@ class ProbeCost:
             if before is None:
                 continue
             # Per version, so that an unloaded (or reloaded: counters from zero) version adds nothing.
-            deltas = [(s.executions - before[v].executions, s.compute_ns - before[v].compute_ns)
-                      for v, s in stats.items() if v in before]
-            executions = sum(e for e, ns in deltas if e > 0 and ns >= 0)
+            # Per sample, times the probe's samples: clients' executions are often of one frame, a probe's of
+            # several, and a per-execution figure would charge a 4-frame probe as one frame (measured: the bake
+            # budget then took half the detector's throughput instead of its 20 %).
+            deltas = [(s.executions - before[v].executions, s.inferences - before[v].inferences,
+                       s.compute_ns - before[v].compute_ns) for v, s in stats.items() if v in before]
+            kept = [(e, i, ns) for e, i, ns in deltas if e > 0 and ns >= 0]
+            executions, samples = sum(e for e, _, _ in kept), sum(i for _, i, _ in kept)
             if executions:
-                compute_ns = sum(ns for e, ns in deltas if e > 0 and ns >= 0)
-                self.per_model[model] = _ewma(self.per_model.get(model), compute_ns / executions / 1e9)
+                compute_s = sum(ns for _, _, ns in kept) / 1e9
+                per_probe = compute_s / samples * self.samples if samples > 0 else compute_s / executions
+                self.per_model[model] = _ewma(self.per_model.get(model), per_probe)
 
     def probed(self, round_trip_s: float, ok: bool) -> None:
         """A failed probe's time (a timeout, a refused request) says nothing of what a probe costs."""
@@ -124,7 +129,7 @@ class ProbeSchedule:
     def __init__(self, model: str, policy: WatchPolicy, metrics: WatchMetrics, models: tuple[str, ...] | None = None,
                  wall: Callable[[], float] = time.time) -> None:
         self.budget = Budget.of(policy)
-        self.cost = ProbeCost(models or (model,), policy.metrics_interval_s)
+        self.cost = ProbeCost(models or (model,), policy.metrics_interval_s, policy.probe_batch)
         self.wall = wall
         self.bucket: Bucket | None = None  # none until the first switch is seen (the watcher's first tick)
         self.started_at: float | None = None

@@ -1,5 +1,6 @@
-"""What a probe costs: Triton's compute time per execution of each model it passes through, from statistic
-deltas read at most once per metrics interval; the probe's own round trip until a delta exists."""
+"""What a probe costs: Triton's compute time per sample of each model it passes through, times the probe's
+samples, from statistic deltas read at most once per metrics interval; the probe's own round trip until a delta
+exists. The helper's executions are of 4 samples, as the probes here."""
 
 from __future__ import annotations
 
@@ -30,7 +31,7 @@ class Stats:
 
 
 def test_the_round_trip_stands_in_until_the_statistics_show_executions() -> None:
-    cost, stats = ProbeCost(("m",), every_s=1.0), Stats()
+    cost, stats = ProbeCost(("m",), every_s=1.0, samples=4), Stats()
     stats.run("m", 1, 0, 0.0)
     assert cost.seconds == 0.0  # nothing known: the first probe is free to run
     cost.probed(0.300, ok=True)  # the first: a new connection, the client's start-up
@@ -48,7 +49,7 @@ def test_the_round_trip_stands_in_until_the_statistics_show_executions() -> None
 
 
 def test_the_cost_is_an_ewma_of_deltas_read_at_most_once_per_interval() -> None:
-    cost, stats = ProbeCost(("m",), every_s=1.0), Stats()
+    cost, stats = ProbeCost(("m",), every_s=1.0, samples=4), Stats()
     stats.run("m", 1, 1, 0.002)
     cost.measure(stats, 0.0)
     stats.run("m", 1, 10, 0.002)
@@ -69,7 +70,7 @@ def test_the_cost_is_an_ewma_of_deltas_read_at_most_once_per_interval() -> None:
 def test_the_models_a_probe_passes_through_add_up() -> None:
     """An ensemble: pre-processing, the network, NMS; each executes once per probe."""
     path = ("pre", "net", "nms")
-    cost, stats = ProbeCost(path, every_s=1.0), Stats()
+    cost, stats = ProbeCost(path, every_s=1.0, samples=4), Stats()
     for model in path:
         stats.run(model, 1, 1, 0.0)
     cost.measure(stats, 0.0)
@@ -80,7 +81,7 @@ def test_the_models_a_probe_passes_through_add_up() -> None:
 
 
 def test_a_version_loaded_again_or_unloaded_adds_nothing_and_a_missing_model_keeps_its_estimate() -> None:
-    cost, stats = ProbeCost(("m", "gone"), every_s=1.0), Stats()
+    cost, stats = ProbeCost(("m", "gone"), every_s=1.0, samples=4), Stats()
     stats.run("m", 1, 100, 0.002)
     stats.run("gone", 1, 10, 0.001)
     cost.measure(stats, 0.0)
@@ -95,3 +96,12 @@ def test_a_version_loaded_again_or_unloaded_adds_nothing_and_a_missing_model_kee
     stats.run("m", 2, 10, 0.004)  # the new version serving
     cost.measure(stats, 3.0)
     assert cost.per_model["m"] == pytest.approx(0.7 * 0.002 + 0.3 * 0.004)
+
+
+def test_clients_sending_one_frame_per_request_do_not_make_a_four_frame_probe_look_cheap() -> None:
+    cost, stats = ProbeCost(("net",), every_s=1.0, samples=4), Stats()
+    stats.models["net"] = {1: ExecutionStats(0, 0, 0)}
+    cost.measure(stats, 0.0)
+    stats.models["net"] = {1: ExecutionStats(100, 100, int(100 * 0.004e9))}  # 100 single frames, 4 ms each
+    cost.measure(stats, 1.0)
+    assert cost.seconds == pytest.approx(0.016)  # not 4 ms: the probe sends four frames

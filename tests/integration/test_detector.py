@@ -106,6 +106,16 @@ def test_a_command_naming_the_ensemble_says_whose_versions_it_serves(shared: Sta
     assert "'detection' is an ensemble: its versions are those of detector" in result.stderr
 
 
+@pytest.fixture(scope="module")
+def watched(tmp_path_factory: pytest.TempPathFactory, build_key) -> Iterator[Stack]:  # type: ignore[no-untyped-def]
+    """One server for the watcher's rollbacks: each ends with v1 serving again and the bad version quarantined."""
+    stack = start_detector_stack(tmp_path_factory.mktemp("watched"), build_key.public)
+    try:
+        yield stack
+    finally:
+        stack.server.kill()
+
+
 @pytest.mark.parametrize(("mode", "rules"), [
     ("nan", {"output_sanity", "divergence"}),
     ("empty", {"divergence", "golden_score"}),
@@ -113,18 +123,20 @@ def test_a_command_naming_the_ensemble_says_whose_versions_it_serves(shared: Sta
     ("confused", {"divergence", "golden_score"}),
     ("errors", {"probe_errors", "error_rate"}),
 ])
-def test_a_detector_that_turns_bad_behind_the_ensemble_is_rolled_back(fresh: Stack, tmp_path: Path, build_key,
+def test_a_detector_that_turns_bad_behind_the_ensemble_is_rolled_back(watched: Stack, tmp_path: Path, build_key,
                                                                       mode, rules):
     package = build_key.sign(write_faulty_detector_package(tmp_path / mode, mode, after_requests=60))
-    version = file_package(fresh, package)
-    with watching_detector(fresh, WATCH) as daemon, DetectionTraffic(fresh.server.url):
-        fresh.orchestrator().promote(MODEL, version)
-        store = fresh.orchestrator().repository.model(MODEL)
+    version = file_package(watched, package)
+    store = watched.orchestrator().repository.model(MODEL)
+    assert store.served() == 1
+    with watching_detector(watched, WATCH) as daemon, DetectionTraffic(watched.server.url):
+        watched.orchestrator().promote(MODEL, version)
         rolled = lambda: [r for r in store.journal.read().records  # noqa: E731
-                          if r.action == "rollback" and r.result == "succeeded" and r.actor == "watch"]
+                          if r.action == "rollback" and r.result == "succeeded" and r.actor == "watch"
+                          and r.from_version == version]
         assert wait_for(rolled, 40), f"no automatic rollback for {mode}"
     record = rolled()[0]
-    assert (record.from_version, record.to_version) == (version, 1)
+    assert record.to_version == 1
     assert record.details["evidence"]["rule"] in rules, record.details["evidence"]
     assert store.served() == 1 and store.status(version) is VersionStatus.QUARANTINED
     assert daemon.watchers[MODEL].probe is not None and daemon.watchers[MODEL].probe.target == "detection"

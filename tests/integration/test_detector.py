@@ -116,11 +116,11 @@ def watched(tmp_path_factory: pytest.TempPathFactory, build_key) -> Iterator[Sta
         stack.server.kill()
 
 
+# No detections and swapped classes reach the same rules as shifted boxes (box agreement, mAP): they are
+# refused at promote above, and rolled back in `scripts/bench detector anomalies`.
 @pytest.mark.parametrize(("mode", "rules"), [
     ("nan", {"output_sanity", "divergence"}),
-    ("empty", {"divergence", "golden_score"}),
     ("shifted", {"divergence", "golden_score"}),
-    ("confused", {"divergence", "golden_score"}),
     ("errors", {"probe_errors", "error_rate"}),
 ])
 def test_a_detector_that_turns_bad_behind_the_ensemble_is_rolled_back(watched: Stack, tmp_path: Path, build_key,

@@ -372,7 +372,7 @@ def main() -> None:
     a = sub.add_parser("anomalies")
     a.add_argument("--runs", type=int, default=20)
     a.add_argument("--steady-runs", type=int, default=3, help="injections per kind after the bake period")
-    a.add_argument("--kinds", default="nan,empty,shifted,errors")
+    a.add_argument("--kinds", default="nan,empty,shifted,confused,errors")
     a.add_argument("--after", type=int, default=100, help="production requests before a version turns bad")
     a.add_argument("--after-steady", type=int, default=0, help="...in the steady-state phase (0: bake_s worth)")
     a.add_argument("--bake-s", type=float, default=30.0)

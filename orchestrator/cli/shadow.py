@@ -110,8 +110,13 @@ def render_report(state: ShadowState, report: ShadowReport) -> str:
     lines = [f"{report.model} v{report.version}: {state.phase.value}; {report.compared} compared of {report.sampled} "
              f"sampled, {report.dropped} dropped, {report.candidate_errors} candidate errors, queue peak "
              f"{report.queue_high_water}"]
-    header = f"{'tensor':<16}{'rows':>8}{'mean|d|':>11}{'max|d|':>11}{'rel':>10}{'cosine':>9}{'top1':>7}{'NaN/Inf':>9}"
-    lines.append(header)
+    if report.served_versions:
+        lines.append("production answered by " + ", ".join(f"v{v} ({n})" for v, n in report.served_versions.items()))
+    if report.detection is not None:
+        lines += _detection_lines(report)
+    if report.tensors or report.detection is None:
+        lines.append(f"{'tensor':<16}{'rows':>8}{'mean|d|':>11}{'max|d|':>11}{'rel':>10}{'cosine':>9}{'top1':>7}"
+                     f"{'NaN/Inf':>9}")
     for name, t in sorted(report.tensors.items()):
         top1 = "-" if t.top1_agreement is None else f"{t.top1_agreement:.3f}"
         lines.append(f"{name:<16}{t.samples:>8}{t.mean_abs_diff:>11.3g}{t.max_abs_diff:>11.3g}{t.mean_rel_diff:>10.3g}"
@@ -122,6 +127,21 @@ def render_report(state: ShadowState, report: ShadowReport) -> str:
                  f"candidate replay p50 {cand.p50_ms:.2f} p99 {cand.p99_ms:.2f}, in Triton mean "
                  f"{report.candidate_server_mean_ms or 0:.2f} | ratio {'-' if ratio is None else f'{ratio:.2f}'}")
     return "\n".join(lines)
+
+
+def _detection_lines(report: ShadowReport) -> list[str]:
+    d = report.detection
+    assert d is not None
+
+    def shares(values: dict[int, float]) -> str:
+        return " ".join(f"{cls}:{share:.2f}" for cls, share in values.items()) or "-"
+
+    return [f"detections   {d.frames} frames, {d.matched_share:.3f} of boxes matched (IoU 0.5, same class), "
+            f"count diff {d.count_diff:.2f}/frame, {d.undecodable} undecodable",
+            f"{'':<13}per frame candidate {d.candidate_per_frame:.2f} production {d.served_per_frame:.2f}; "
+            f"NaN/Inf boxes candidate {d.candidate_nonfinite} production {d.served_nonfinite}",
+            f"{'':<13}class shares candidate {shares(d.candidate_class_shares)} | production "
+            f"{shares(d.served_class_shares)}"]
 
 
 @shadow_app.command("stop")

@@ -2,7 +2,8 @@
 
 Failures first (a broken candidate fails whatever the count), then the sample count, then
 pass; too few compared requests are inconclusive, never a pass. Thresholds and their
-defaults are in ``core/policy.py`` (``ShadowPolicy``).
+defaults are in ``core/policy.py`` (``ShadowPolicy``). A detector's report is judged by its
+detections (box agreement, count difference) where a classifier's is judged per tensor.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from orchestrator.core.policy import ShadowPolicy
-from orchestrator.core.shadow_stats import ShadowPhase, ShadowReport
+from orchestrator.core.shadow_stats import DetectionSummary, ShadowPhase, ShadowReport
 from orchestrator.core.verdict import Outcome, Verdict
 
 META_KEY = "shadow"  # where a meta.yaml from before attestations recorded its last finished shadow run
@@ -36,6 +37,10 @@ def shadow_gate(report: ShadowReport, policy: ShadowPolicy) -> Verdict:
         for metric, failed, text in checks:
             if failed and t.samples + t.shape_mismatches > 0:
                 return Verdict(Outcome.FAILED, f"tensor {name}: {metric}: {text}", name, metric)
+    if report.detection is not None:
+        failed_detection = _detection_failure(report.detection, policy)
+        if failed_detection is not None:
+            return failed_detection
     ratio = report.latency_ratio()
     slower_ms = (report.candidate_server_mean_ms or 0.0) - report.served_latency.mean_ms
     if (ratio is not None and ratio > policy.max_latency_ratio and slower_ms > policy.latency_slack_ms
@@ -48,6 +53,24 @@ def shadow_gate(report: ShadowReport, policy: ShadowPolicy) -> Verdict:
         return Verdict(Outcome.INCONCLUSIVE, f"{report.compared} requests compared, the policy needs "
                                                  f"{policy.min_samples}", None, "samples")
     return Verdict(Outcome.PASSED, f"{report.compared} requests compared within the policy")
+
+
+def _detection_failure(d: DetectionSummary, policy: ShadowPolicy) -> Verdict | None:
+    checks: list[tuple[str, bool, str]] = [
+        ("shape", d.undecodable > 0, f"{d.undecodable} responses are not detections"),
+        ("nan_inf", d.candidate_nonfinite > d.served_nonfinite,
+         f"{d.candidate_nonfinite} boxes with NaN or Inf in the candidate's detections, {d.served_nonfinite} in "
+         f"production's"),
+        ("box_agreement", d.matched_share < policy.min_box_agreement,
+         f"{d.matched_share:.3f} of boxes match production's (IoU 0.5, same class) < {policy.min_box_agreement:g}"),
+        ("count_diff", d.count_diff > policy.max_count_diff,
+         f"{d.count_diff:.2f} boxes per frame apart (candidate {d.candidate_per_frame:.2f}, production "
+         f"{d.served_per_frame:.2f}) > {policy.max_count_diff:g}"),
+    ]
+    for metric, failed, text in checks:
+        if failed and d.frames + d.undecodable > 0:
+            return Verdict(Outcome.FAILED, f"detections: {metric}: {text}", "detections", metric)
+    return None
 
 
 def shadow_record(report: ShadowReport, verdict: Verdict, finished_at: str) -> dict[str, Any]:

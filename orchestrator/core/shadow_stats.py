@@ -4,6 +4,11 @@ Pure and bounded: each accumulator keeps sums and extremes, never the samples, a
 latency window keeps only the most recent values. Replayed inputs come from Triton's
 trace text (six significant digits), so an identical candidate shows differences near
 1e-6, not exactly zero: policies must leave room for that.
+
+A detector's padded outputs (``core.detection.DetectionOutputs``: BOXES, SCORES, CLASSES,
+COUNT) are judged as detections, not element by element: boxes matched one-to-one at IoU 0.5
+with the same class (``core.detection.agreement``, as the watcher's divergence rule does),
+the difference in boxes per frame, and each side's class shares.
 """
 
 from __future__ import annotations
@@ -15,6 +20,8 @@ from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from collections.abc import Mapping
+
     import numpy as np
 
 LATENCY_WINDOW = 4096
@@ -106,6 +113,91 @@ class TensorAccumulator:
         )
 
 
+DETECTION_TENSORS = ("BOXES", "SCORES", "CLASSES", "COUNT")  # core.detection.DetectionOutputs().names()
+
+
+def is_detection(outputs: Mapping[str, object]) -> bool:
+    """A detector's outputs: judged by ``DetectionAccumulator``, not tensor by tensor."""
+    return all(name in outputs for name in DETECTION_TENSORS)
+
+
+@dataclass(frozen=True)
+class DetectionSummary:
+    frames: int = 0  # frames compared (a request of batch 4 counts 4)
+    matched_share: float = 1.0  # boxes matched at IoU 0.5, same class, over the larger count of each frame
+    count_diff: float = 0.0  # mean over frames of |candidate boxes - production's|
+    candidate_per_frame: float = 0.0
+    served_per_frame: float = 0.0
+    candidate_class_shares: dict[int, float] = field(default_factory=dict)  # class -> share of the side's boxes
+    served_class_shares: dict[int, float] = field(default_factory=dict)
+    candidate_nonfinite: int = 0  # boxes with a NaN or Inf coordinate or score
+    served_nonfinite: int = 0
+    undecodable: int = 0  # candidate responses that are not detections (shapes, a count outside 0..K)
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> DetectionSummary:
+        values = dict(raw)
+        for side in ("candidate_class_shares", "served_class_shares"):  # JSON made the classes strings
+            values[side] = {int(k): float(v) for k, v in (raw.get(side) or {}).items()}
+        return cls(**values)
+
+
+class DetectionAccumulator:
+    """Running counts of two detectors' agreement over the frames of every compared request."""
+
+    def __init__(self) -> None:
+        self.frames = self.matched = self.larger = self.count_diff = 0
+        self.boxes = {"candidate": 0, "served": 0}
+        self.classes: dict[str, dict[int, int]] = {"candidate": {}, "served": {}}
+        self.nonfinite = {"candidate": 0, "served": 0}
+        self.undecodable = 0
+
+    def add(self, candidate: Mapping[str, np.ndarray], served: Mapping[str, np.ndarray]) -> None:
+        import numpy as np  # noqa: PLC0415 - see TensorAccumulator.add
+
+        from orchestrator.core.detection import agreement, decode  # noqa: PLC0415
+
+        try:
+            theirs = decode(served)
+        except ValueError:
+            return  # production's own answer is not detections: nothing to compare with
+        try:
+            mine = decode(candidate)
+        except ValueError:
+            self.undecodable += 1
+            return
+        if len(mine) != len(theirs):
+            self.undecodable += 1
+            return
+        found = agreement(mine, theirs)
+        larger = sum(max(len(a), len(b)) for a, b in zip(mine, theirs, strict=True))
+        self.frames += found.frames
+        self.larger += larger
+        self.matched += round(found.matched_share * larger) if larger else 0
+        self.count_diff += sum(abs(len(a) - len(b)) for a, b in zip(mine, theirs, strict=True))
+        for side, frames in (("candidate", mine), ("served", theirs)):
+            for frame in frames:
+                self.boxes[side] += len(frame)
+                broken = ~np.isfinite(frame.boxes).all(axis=1)
+                if frame.scores is not None:
+                    broken |= ~np.isfinite(frame.scores)
+                self.nonfinite[side] += int(broken.sum())
+                counts = self.classes[side]
+                for cls, n in zip(*np.unique(frame.classes, return_counts=True), strict=True):
+                    counts[int(cls)] = counts.get(int(cls), 0) + int(n)
+
+    def summary(self) -> DetectionSummary:
+        frames = max(self.frames, 1)
+        shares = {side: {cls: n / max(self.boxes[side], 1) for cls, n in sorted(counts.items())}
+                  for side, counts in self.classes.items()}
+        return DetectionSummary(
+            frames=self.frames, matched_share=self.matched / self.larger if self.larger else 1.0,
+            count_diff=self.count_diff / frames, candidate_per_frame=self.boxes["candidate"] / frames,
+            served_per_frame=self.boxes["served"] / frames, candidate_class_shares=shares["candidate"],
+            served_class_shares=shares["served"], candidate_nonfinite=self.nonfinite["candidate"],
+            served_nonfinite=self.nonfinite["served"], undecodable=self.undecodable)
+
+
 class LatencyWindow:
     """The most recent latencies (ms): bounded, so a long shadow costs no more memory than a short one."""
 
@@ -171,13 +263,16 @@ class ShadowReport:
     reason: str = ""  # why it failed
     sampled: int = 0  # traces read for this model
     compared: int = 0  # replayed and compared
-    dropped: int = 0  # sampled but not replayed: queue full, unreadable or unsupported trace
+    dropped: int = 0  # sampled but not replayed: queue full, unreadable or unsupported trace, or answered by the
+    # candidate's own version (production served it meanwhile: comparing it with itself proves nothing)
     candidate_errors: int = 0
     queue_high_water: int = 0
     tensors: dict[str, TensorSummary] = field(default_factory=dict)
     served_latency: LatencySummary = field(default_factory=LatencySummary)  # Triton's REQUEST_START..END
     candidate_latency: LatencySummary = field(default_factory=LatencySummary)  # the replay, client side
     candidate_server_mean_ms: float | None = None  # Triton's own statistics for the candidate
+    detection: DetectionSummary | None = None  # a detector's outputs (is_detection), instead of per-tensor figures
+    served_versions: dict[int, int] = field(default_factory=dict)  # production version -> requests compared
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "phase", ShadowPhase(self.phase))
@@ -199,4 +294,7 @@ class ShadowReport:
         values["tensors"] = {name: TensorSummary(**t) for name, t in (raw.get("tensors") or {}).items()}
         values["served_latency"] = LatencySummary(**(raw.get("served_latency") or {}))
         values["candidate_latency"] = LatencySummary(**(raw.get("candidate_latency") or {}))
+        if raw.get("detection") is not None:
+            values["detection"] = DetectionSummary.from_dict(raw["detection"])
+        values["served_versions"] = {int(k): int(v) for k, v in (raw.get("served_versions") or {}).items()}
         return cls(**values)

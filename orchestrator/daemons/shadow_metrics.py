@@ -12,6 +12,7 @@ from orchestrator.core.shadow_stats import ShadowPhase, ShadowReport
 
 _DIVERGENCE_FIELDS = ("mean_abs_diff", "max_abs_diff", "mean_rel_diff", "max_rel_diff", "mean_cosine",
                       "min_cosine", "top1_agreement", "candidate_nan", "candidate_inf")
+_DETECTION_FIELDS = ("matched_share", "count_diff", "candidate_per_frame", "served_per_frame")
 
 
 class ShadowMetrics:
@@ -39,6 +40,9 @@ class ShadowMetrics:
                 value = getattr(summary, name)
                 if value is not None:
                     self.divergence.labels(model, tensor, name).set(float(value))
+        if report.detection is not None and report.detection.frames:  # a detector's: tensor "detections"
+            for name in _DETECTION_FIELDS:
+                self.divergence.labels(model, "detections", name).set(float(getattr(report.detection, name)))
         for side, latency in (("served", report.served_latency), ("candidate", report.candidate_latency)):
             for stat in ("mean_ms", "p50_ms", "p99_ms"):
                 self.latency.labels(model, side, stat.removesuffix("_ms")).set(getattr(latency, stat))

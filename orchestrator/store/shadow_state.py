@@ -41,6 +41,14 @@ class ShadowConfig:
     replay_timeout_s: float = 2.0
     max_consecutive_errors: int = 3
     metrics_port: int | None = None
+    # The ensemble clients call when the model serves through one (``ModelSnapshot.route``): traced, and
+    # replayed to ``<route>__candidate``; "" when clients call the model itself.
+    route: str = ""
+
+    @property
+    def traced(self) -> str:
+        """The entry whose requests are traced: what clients call."""
+        return self.route or self.model
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,11 @@ candidate, record the verdict in the journal and in the version's attestation.
 
 The worker is a detached process (``daemons/shadow_main.py``) unless the caller hands in a
 way to run it (``run_worker``: tests run it in their own process).
+
+A model clients reach through an ensemble (``ModelSnapshot.route``) is shadowed through it, as
+``candidate.py`` judges it: ``<route>__candidate`` (its step of the model sent to
+``<model>__candidate``) is loaded too, the ensemble is traced, and ``drop_candidate`` unloads
+and removes both, so stop and repair need nothing more.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Protocol, TypeVar
 
+from orchestrator.core.ensemble import Ensemble
 from orchestrator.core.journal import Action, Result, new_op_id, now_iso
 from orchestrator.core.shadow_gate import shadow_gate, shadow_record
 from orchestrator.core.shadow_stats import ShadowPhase, ShadowReport
@@ -43,6 +49,7 @@ from orchestrator.store.shadow_state import (
     shadow_dir,
     write_state,
 )
+from orchestrator.store.snapshot import ModelSnapshot
 from orchestrator.triton.traces import TRACING_OFF, TraceTail, trace_location
 from orchestrator.usecases.candidate_entry import drop_candidate
 from orchestrator.usecases.context import Context
@@ -51,7 +58,12 @@ from orchestrator.usecases.repair import repair
 log = logging.getLogger(__name__)
 
 MAX_SAMPLE_RATE = 0.25
-DEFAULT_SAMPLE_RATE = 0.001  # measured: 0.01 cost +28% production p99 on 2 cores, 0.001 within noise
+# Measured on 2 cores (scripts/bench shadow, --per-sample): a traced classifier request costs Triton about
+# 0.6 ms of CPU more, a sample the worker about 0.9 ms, its replay Triton 0.35 ms: at 0.001 of 2,000 requests/s
+# the whole run is about 0.3% of the two cores, below what latency windows resolve there. A traced ensemble
+# request writes every step's tensors too (the sample detector: 287 KiB, +10 ms of CPU against 6.3 ms for the
+# request).
+DEFAULT_SAMPLE_RATE = 0.001
 WORKER_START_S = 15.0
 WORKER_STOP_S = 10.0
 
@@ -88,25 +100,37 @@ def start_shadow(ctx: Context, model: str | None, version: int, sample_rate: flo
         if version == snap.served:
             raise UsageError(f"{store.name} v{version} already serves: there is nothing to compare it with")
         ctx.triton.require_live()
-        folder, prefix = trace_location(ctx.triton, store.name, trace_dir, "shadow traffic")
+        route = snap.route  # PolicyViolation when the repository leaves it ambiguous
+        traced = route.name if route is not None else store.name
+        folder, prefix = trace_location(ctx.triton, traced, trace_dir, "shadow traffic")
         config = ShadowConfig(model=store.name, version=version, triton_url=ctx.triton.url, trace_dir=str(folder),
                               trace_prefix=prefix, sample_rate=sample_rate, min_samples=min_samples,
+                              route=route.name if route is not None else "",
                               **{k: v for k, v in tuning.items() if v is not None})  # type: ignore[arg-type]
         op = new_op_id()
-        _, candidate_config = store.write_candidate_entry(snap, version)
-        try:
-            ctx.triton.load(candidate_name(store.name), to_json(candidate_config))
-        except LoadFailed:
-            drop_candidate(ctx, store, quiet=True)
-            raise
+        _load_candidate(ctx, store, snap, version, route)
         state = initial_state(config, now_iso(), op)
         write_state(store.state, state)
         ctx.record(store, snap, Action.SHADOW, Result.STEP, op, from_version=snap.served, to_version=version,
-                   details={"step": "started", "sample_rate": sample_rate})
+                   details={"step": "started", "sample_rate": sample_rate,
+                            **({"route": route.name} if route is not None else {})})
         if run_worker is not None:
             return run_worker(config, store.state, ctx.settings.admin_key)
         _spawn(store, state)
         return None
+
+
+def _load_candidate(ctx: Context, store: ModelStore, snap: ModelSnapshot, version: int, route: Ensemble | None) -> None:
+    """``<model>__candidate``, then the candidate route through it; on a failed load neither stays."""
+    _, candidate_config = store.write_candidate_entry(snap, version)
+    route_config = store.write_candidate_route(route)[1] if route is not None else None
+    try:
+        ctx.triton.load(candidate_name(store.name), to_json(candidate_config))
+        if route is not None and route_config is not None:
+            ctx.triton.load(candidate_name(route.name), to_json(route_config))
+    except LoadFailed:
+        drop_candidate(ctx, store, quiet=True)
+        raise
 
 
 def _spawn(store: ModelStore, state: ShadowState) -> None:
@@ -144,17 +168,22 @@ def stop_shadow(ctx: Context, model: str | None, worker: RunningWorker | None = 
         state = read_state(store.state)
         if state is None or state.phase == ShadowPhase.STOPPED:
             raise UsageError(f"{store.name} has no shadow run to stop")
+        before = observed(state)  # judged before the stop: once stopped, a detached worker is gone by design
         if worker is not None:
             worker.stop()
-        elif state.pid is not None:
-            _terminate(state.pid)
-        state = observed(read_state(store.state) or state)
+        elif before.pid is not None and before.phase.expects_worker:
+            _terminate(before.pid)
+        state = read_state(store.state) or state  # the worker's last report
+        if before.phase is ShadowPhase.FAILED:
+            state = replace(state, phase=ShadowPhase.FAILED, reason=state.reason or before.reason)
+        traced = state.config.traced
         try:
-            ctx.triton.update_trace_settings(store.name, TRACING_OFF)  # also when the worker died
+            ctx.triton.update_trace_settings(traced, TRACING_OFF)  # also when the worker died
         except TritonError as exc:
-            log.warning("could not turn tracing off for %s: %s", store.name, exc)
-        drop_candidate(ctx, store)  # waits until Triton has let go of the linked version folder
-        TraceTail(Path(state.config.trace_dir), state.config.trace_prefix, store.name).remove_all()
+            log.warning("could not turn tracing off for %s: %s", traced, exc)
+        drop_candidate(ctx, store)  # the candidate route too; waits until Triton has let go of the version folder
+        TraceTail(Path(state.config.trace_dir), state.config.trace_prefix, traced,
+                  nested=bool(state.config.route)).remove_all()
         phase = ShadowPhase.FAILED if state.phase is ShadowPhase.FAILED else ShadowPhase.STOPPED
         report = replace(state.shadow_report(), phase=phase, reason=state.reason)
         policy = read_policies(store.state).shadow

@@ -9,7 +9,7 @@ import pytest
 
 from orchestrator.core.policy import ShadowPolicy
 from orchestrator.core.shadow_gate import Outcome, shadow_gate
-from orchestrator.core.shadow_stats import LatencySummary, ShadowReport, TensorSummary
+from orchestrator.core.shadow_stats import DetectionSummary, LatencySummary, ShadowReport, TensorSummary
 from orchestrator.errors import RepositoryCorrupt
 from orchestrator.store.policyfile import read_policies
 
@@ -77,3 +77,45 @@ def test_policy_loads_from_the_shadow_section(tmp_path: Path) -> None:
     (tmp_path / "policy.yaml").write_text("shadow:\n  min_cosin: 0.99\n")
     with pytest.raises(RepositoryCorrupt, match="min_cosin"):
         read_policies(tmp_path)
+
+
+# --- a detector's report: judged by its detections ------------------------------------------------
+AGREEING = DetectionSummary(frames=500, matched_share=0.95, count_diff=0.1, candidate_per_frame=3.4,
+                            served_per_frame=3.5, candidate_class_shares={0: 0.5, 1: 0.5},
+                            served_class_shares={0: 0.5, 1: 0.5})
+
+
+def detector_report(**fields: object) -> ShadowReport:
+    return report(tensors={}, detection=replace(AGREEING, **fields))  # type: ignore[arg-type]
+
+
+def test_agreeing_detections_pass() -> None:
+    assert shadow_gate(detector_report(), POLICY).outcome is Outcome.PASSED
+
+
+@pytest.mark.parametrize(("change", "metric"), [
+    ({"matched_share": 0.5}, "box_agreement"),
+    ({"count_diff": 0.8}, "count_diff"),
+    ({"candidate_nonfinite": 4}, "nan_inf"),
+    ({"undecodable": 1}, "shape"),
+])
+def test_each_detection_divergence_fails_naming_the_metric(change: dict[str, float], metric: str) -> None:
+    verdict = shadow_gate(detector_report(**change), POLICY)
+    assert verdict.outcome is Outcome.FAILED and verdict.metric == metric and verdict.tensor == "detections"
+    assert metric in verdict.reason
+
+
+def test_detection_thresholds_come_from_the_policy(tmp_path: Path) -> None:
+    loose = replace(POLICY, min_box_agreement=0.4, max_count_diff=1.0)
+    assert shadow_gate(detector_report(matched_share=0.5, count_diff=0.8), loose).passed
+    assert ShadowPolicy().min_box_agreement == 0.9 and ShadowPolicy().max_count_diff == 0.3
+    (tmp_path / "policy.yaml").write_text("shadow:\n  min_box_agreement: 0.8\n  max_count_diff: 0.5\n")
+    assert read_policies(tmp_path).shadow == ShadowPolicy(min_box_agreement=0.8, max_count_diff=0.5)
+    for bad in ({"min_box_agreement": 1.5}, {"max_count_diff": -1.0}):
+        with pytest.raises(ValueError, match=next(iter(bad))):
+            ShadowPolicy(**bad)  # type: ignore[arg-type]
+
+
+def test_a_detector_with_few_frames_is_still_inconclusive_and_a_failed_run_still_fails() -> None:
+    assert shadow_gate(detector_report(), replace(POLICY, min_samples=1000)).outcome is Outcome.INCONCLUSIVE
+    assert shadow_gate(replace(detector_report(), phase="failed", reason="x"), POLICY).metric == "candidate"

@@ -5,15 +5,12 @@ from __future__ import annotations
 import shutil
 import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import yaml
-from prometheus_client import CollectorRegistry
 
 from orchestrator.daemons.watch import Watch
 from orchestrator.sample.detector import ENSEMBLE, MODEL, golden_frames
@@ -21,6 +18,7 @@ from orchestrator.triton.client import Triton
 from orchestrator.triton.embedded import EmbeddedTriton
 
 from .conftest import ADMIN_KEY, ROOT, Stack
+from .watchkit import watching
 
 DETECTOR_ENTRIES = ("detector_pre", MODEL, "detector_nms", ENSEMBLE)
 OUTPUTS = ["BOXES", "SCORES", "CLASSES", "COUNT"]
@@ -51,22 +49,10 @@ def set_policy(stack: Stack, section: str, values: dict[str, Any]) -> None:
     path.write_text(yaml.safe_dump(policy))
 
 
-@contextmanager
 def watching_detector(stack: Stack, watch: dict[str, Any], models: tuple[str, ...] | None = (MODEL,)
-                      ) -> Iterator[Watch]:
-    """The watch daemon in a thread over ``models`` (None: every managed model), the detector's policy set."""
-    set_policy(stack, "watch", watch)
-    daemon = Watch(stack.settings(), list(models) if models else None, stack.server.metrics_url,
-                   CollectorRegistry())
-    stop = threading.Event()
-    thread = threading.Thread(target=daemon.run, args=(stop,), daemon=True)
-    thread.start()
-    try:
-        yield daemon
-    finally:
-        stop.set()
-        thread.join(15)
-        assert not thread.is_alive(), "watch did not stop"
+                      ) -> AbstractContextManager[Watch]:
+    """``watchkit.watching`` with the detector's policy, over the detector alone unless ``models`` says."""
+    return watching(stack, watch, model=MODEL, models=list(models) if models else None)
 
 
 @dataclass
@@ -115,11 +101,3 @@ class DetectionTraffic:
 
     def failures(self) -> list[str]:
         return [error for _, error in self.answers if error]
-
-
-def detect(stack: Stack, frames: np.ndarray) -> dict[str, np.ndarray]:
-    client = Triton(stack.server.url)
-    try:
-        return client.infer(ENSEMBLE, {"IMAGE": frames}, OUTPUTS).outputs
-    finally:
-        client.close()

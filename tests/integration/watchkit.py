@@ -22,17 +22,19 @@ TEST_WATCH: dict[str, Any] = {"grace_s": 1.0, "metrics_interval_s": 0.5,
                               "rules": {"latency": {"min_requests": 10}, "error_rate": {"min_requests": 10}}}
 
 
-def set_watch_policy(stack: Stack, watch: dict[str, Any]) -> None:
-    path = stack.state / MODEL / "policy.yaml"
+def set_watch_policy(stack: Stack, watch: dict[str, Any], model: str = MODEL) -> None:
+    path = stack.state / model / "policy.yaml"
     policy = yaml.safe_load(path.read_text())
     policy["watch"] = watch
     path.write_text(yaml.safe_dump(policy))
 
 
 @contextmanager
-def watching(stack: Stack, watch: dict[str, Any] | None = None, trace_dir: Path | None = None) -> Iterator[Watch]:
-    set_watch_policy(stack, TEST_WATCH if watch is None else watch)
-    daemon = Watch(stack.settings(), None, stack.server.metrics_url, CollectorRegistry(), trace_dir=trace_dir)
+def watching(stack: Stack, watch: dict[str, Any] | None = None, trace_dir: Path | None = None, model: str = MODEL,
+             models: list[str] | None = None) -> Iterator[Watch]:
+    """The daemon in a thread over ``models`` (None: every managed model), ``model``'s watch policy set."""
+    set_watch_policy(stack, TEST_WATCH if watch is None else watch, model)
+    daemon = Watch(stack.settings(), models, stack.server.metrics_url, CollectorRegistry(), trace_dir=trace_dir)
     stop = threading.Event()
     thread = threading.Thread(target=daemon.run, args=(stop,), daemon=True)
     thread.start()
@@ -40,7 +42,7 @@ def watching(stack: Stack, watch: dict[str, Any] | None = None, trace_dir: Path 
         yield daemon
     finally:
         stop.set()
-        thread.join(10)
+        thread.join(15)
         assert not thread.is_alive(), "watch did not stop"
 
 

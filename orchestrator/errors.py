@@ -29,6 +29,14 @@ nothing else but a bug.
     ├── EngineBuildError        a TensorRT engine could not be built         (exit 12)
     ├── EmbeddedTritonError     the embedded local Triton did not start      (exit 13)
     ├── NotHealthy              `status`: out of sync or serving unverified  (exit 14)
+    ├── FleetError              a fleet command could not be carried out     (exit 15)
+    │   ├── PlanRejected        a rollout plan invalid or not signed by a release key (exit 15)
+    │   ├── DocumentRefused     a signed fleet document refused (forged, replayed, expired) (exit 15)
+    │   ├── BrokerFailed        our Mosquitto did not start, or died         (exit 15)
+    │   ├── LinkDown            no MQTT connection now, or it dropped        (exit 15)
+    │   ├── AuthRefused         the broker refused the credentials (CONNACK) (exit 15)
+    │   └── PublishRefused      the broker refused a publish (PUBACK code)   (exit 15)
+    │       └── NotAuthorized   its ACL forbids the topic (PUBACK 0x87)      (exit 15)
     └── Interrupted             Ctrl-C / SIGTERM during a command            (exit 130)
 
 An exception outside this tree is a bug: the CLI prints one line naming it and ``--verbose``
@@ -215,10 +223,71 @@ class Interrupted(OrchestratorError):
         super().__init__("interrupted; the next command repairs any half-done step")
 
 
+class FleetError(OrchestratorError):
+    exit_code = 15
+
+
+class PlanRejected(FleetError):
+    def __init__(self, source: str, reason: str) -> None:
+        super().__init__(f"rollout plan {source} refused: {reason}")
+        self.source, self.reason = source, reason
+
+
+class DocumentRefused(FleetError):
+    """``reason`` is one of the closed set in ``fleet/documents.py`` (``REFUSALS``), for journals and counters."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(f"{reason}: {detail}")
+        self.reason, self.detail = reason, detail
+
+
 # Every class above, for the test that keeps the exit codes distinct.
 ERROR_TYPES: tuple[type[OrchestratorError], ...] = (
     OrchestratorError, UsageError, UnknownModel, UnmanagedModel, UnknownVersion, PackageRejected, PolicyViolation,
     NotEnoughMemory, StaleJudgement, UnverifiedResident, CandidateRejected, ShadowFailed, RepositoryCorrupt, Busy,
     TritonError, TritonUnreachable, NotTriton, TritonForbidden, LoadFailed, FetchFailed, WriteFailed, EngineBuildError,
-    EmbeddedTritonError, NotHealthy, Interrupted,
+    EmbeddedTritonError, NotHealthy, FleetError, PlanRejected, DocumentRefused, Interrupted,
 )
+
+
+class BrokerFailed(FleetError):
+    """Our Mosquitto did not start, did not listen in time, or died; the message quotes its log."""
+
+
+class LinkDown(FleetError):
+    """No MQTT connection at the moment, or it dropped before the broker acknowledged a publish."""
+
+    def __init__(self, client_id: str, detail: str) -> None:
+        super().__init__(f"MQTT link {client_id!r} is down: {detail}")
+        self.client_id = client_id
+
+
+class AuthRefused(FleetError):
+    """The broker refused the connection for its credentials (MQTT 5 CONNACK 0x86 or 0x87)."""
+
+    def __init__(self, user: str, broker: str, reason: str) -> None:
+        super().__init__(f"the broker at {broker} refused user {user!r}: {reason}; check the device's user name "
+                         f"and password (or its certificate) against the broker's password file")
+        self.user = user
+        self.reason = reason
+
+
+class PublishRefused(FleetError):
+    """The broker answered a QoS 1 publish with a failing MQTT 5 PUBACK reason code."""
+
+    hint = ""
+
+    def __init__(self, user: str, topic: str, reason: str) -> None:
+        super().__init__(f"the broker refused {user!r} publishing to {topic}: {reason}{self.hint}")
+        self.user = user
+        self.topic = topic
+        self.reason = reason
+
+
+class NotAuthorized(PublishRefused):
+    """PUBACK 0x87: the broker's ACL does not let this user write that topic."""
+
+    hint = " (its ACL does not let this user write the topic)"
+
+
+ERROR_TYPES += (BrokerFailed, LinkDown, AuthRefused, PublishRefused, NotAuthorized)

@@ -156,6 +156,11 @@ def sign_package(folder: Path, private_key_path: Path) -> str:
     return key_id(private.public_key())
 
 
+def sign_detached(data: bytes, private_key_path: Path) -> bytes:
+    """A signature document over ``data`` exactly (the format of ``meta.yaml.sig``): rollout plans."""
+    return _signature_document(load_private_key(private_key_path), data)
+
+
 def sign_archive(archive: Path, private_key_path: Path) -> str:
     """Sign a ``.tar.gz`` package in place: the same members plus ``meta.yaml.sig`` beside ``meta.yaml``.
 
@@ -270,6 +275,20 @@ def verify_signature(folder: Path, trusted: Path | Iterable[Path] | Mapping[str,
     except InvalidSignature as exc:
         raise PackageRejected(label, f"signature by key {signer} does not match meta.yaml "
                                      f"(meta.yaml altered after signing?)") from exc
+    return signer
+
+
+def verify_detached(data: bytes, signature: bytes, keys: Mapping[str, Ed25519PublicKey], label: str) -> str:
+    """The key id among ``keys`` whose signature document ``signature`` covers ``data``; PackageRejected if none."""
+    signer, raw = _parse_signature(signature, label)
+    key = keys.get(signer)
+    if key is None:
+        known = ", ".join(sorted(keys)) or "none"
+        raise PackageRejected(label, f"signed by unknown key {signer} (trusted: {known})")
+    try:
+        key.verify(raw, data)
+    except InvalidSignature as exc:
+        raise PackageRejected(label, f"signature by key {signer} does not match (altered after signing?)") from exc
     return signer
 
 

@@ -179,8 +179,9 @@ class Traffic:
 CRASHED_STUB_WAIT_S = 2.0
 
 
-def stub_pids(repository: Path) -> dict[str, int]:
-    """model.py path -> pid of its python stub: a changed pid means Triton reloaded that version."""
+def stub_pids(repository: Path, model: str | None = None) -> dict[str, int]:
+    """model.py path -> pid of its python stub: a changed pid means Triton reloaded that version. With `model`,
+    that entry's stubs only: a candidate entry's stub exits on its own time after its entry is unloaded."""
     pids = {}
     for proc in Path("/proc").iterdir():
         if not proc.name.isdigit():
@@ -190,7 +191,8 @@ def stub_pids(repository: Path) -> dict[str, int]:
         except OSError:
             continue  # exited while we looked
         if len(args) > 1 and args[0].endswith(b"triton_python_backend_stub") and str(repository).encode() in args[1]:
-            pids[args[1].decode()] = int(proc.name)
+            if model is None or f"/{model}/".encode() in args[1]:
+                pids[args[1].decode()] = int(proc.name)
     return pids
 
 

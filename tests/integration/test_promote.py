@@ -59,14 +59,14 @@ def test_promote_verifies_then_serves_and_keeps_last_verified_resident(stack: St
 def test_bad_candidate_is_refused_and_old_version_keeps_serving(stack: Stack, packages, variant, reason):
     settle_startup_reload(stack)
     _import(stack, packages[variant])
-    pids_before = stub_pids(stack.repository)
+    pids_before = stub_pids(stack.repository, "classifier")
     config_before = (stack.repository / "classifier" / "config.pbtxt").read_bytes()
     result = stack.cli("promote", "classifier", "2")
     assert result.returncode == 5, (result.stdout, result.stderr)
     assert reason in result.stderr and "not promoted" in result.stderr
     assert result.stderr.count("\n") == 1
     assert stack.served_by_triton() == 1
-    assert stub_pids(stack.repository) == pids_before
+    assert stub_pids(stack.repository, "classifier") == pids_before
     assert (stack.repository / "classifier" / "config.pbtxt").read_bytes() == config_before
     assert not (stack.repository / candidate_name("classifier")).exists()
     store = stack.store()

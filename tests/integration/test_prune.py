@@ -36,7 +36,7 @@ def test_prune_removes_old_versions_while_triton_serves_on(stack: Stack, package
     assert stack.store().resident() == (3, 4) and stack.served_by_triton() == 4
     assert stack.triton().wait_unloaded(MODEL, {1, 2}, 15)
     assert set(_index(stack)) == {1, 2, 3, 4}  # v1 and v2 were loaded once: Triton lists them unloaded
-    pids = stub_pids(stack.repository)
+    pids = stub_pids(stack.repository, MODEL)
 
     with Traffic(stack.server.url) as traffic:
         moment = time.monotonic()
@@ -52,7 +52,7 @@ def test_prune_removes_old_versions_while_triton_serves_on(stack: Stack, package
         evidence = stack.state / MODEL / PRUNED_DIR / str(version)
         removed = {f["path"] for f in json.loads((evidence / PRUNED_RECORD).read_text())["files"]}
         assert removed >= {"meta.yaml", "model.onnx", "model.py"}  # and what Triton wrote there (__pycache__)
-    assert stub_pids(stack.repository) == pids  # nothing was reloaded
+    assert stub_pids(stack.repository, MODEL) == pids  # nothing was reloaded
 
     # Triton's index remembers each version it unloaded ("UNAVAILABLE: unloaded") until it restarts, but the
     # folder is gone: a load naming v2 loads nothing of it, serving untouched, and after a restart the pruned
@@ -62,7 +62,7 @@ def test_prune_removes_old_versions_while_triton_serves_on(stack: Stack, package
         stack.triton().load(MODEL, to_json(naming))
     assert traffic.failures() == [] and traffic.versions_sent_after(0) == {4}
     assert _index(stack) == {1: "UNAVAILABLE", 2: "UNAVAILABLE", 3: "READY", 4: "READY"}
-    assert stub_pids(stack.repository) == pids
+    assert stub_pids(stack.repository, MODEL) == pids
     stack.restart()
     assert _index(stack) == {3: "READY", 4: "READY"}
 

@@ -1,6 +1,6 @@
 """The package's shape, kept true: imports run one way, no circles, a pure core, one error tree.
 
-    cli -> daemons -> usecases / build / sample -> delivery -> store, triton -> core -> errors, settings, faults
+    cli -> daemons, fleet -> usecases / build / sample -> delivery -> store, triton -> core -> errors, settings, faults
 
 A module may import its own folder's modules and any folder below it, never one above or beside
 it (store and triton do not know each other). ``README.md`` ("How it works") draws the same map.
@@ -26,7 +26,7 @@ LAYERS = {
     "store": 2, "triton": 2,
     "delivery": 3,
     "usecases": 4, "build": 4, "sample": 4,
-    "daemons": 5,
+    "daemons": 5, "fleet": 5,
     "cli": 6,
     "__main__": 7, "__init__": 7,
 }

@@ -1,0 +1,81 @@
+"""Gates: summed counters, minimum samples, inconclusive never passes, failures told early, the label that explains."""
+
+from __future__ import annotations
+
+import pytest
+
+from orchestrator.fleet.gates import FAILED, IN_PROGRESS, VERIFIED, Member, Usage, Verdict, assess, attribute, evaluate
+from orchestrator.fleet.plan import Gate
+
+ERRORS = Gate("errors", "error_rate", max=0.01, min_sample=100)
+VERIFIED_GATE = Gate("verified", "verified_ratio", min=0.9)
+
+
+def _m(name: str, outcome: str = VERIFIED, requests: int = 0, errors: int = 0, hw: str = "nx", **kw: object) -> Member:
+    return Member(name, {"hw": hw, "site": "a"}, outcome, Usage(requests=requests, errors=errors), **kw)  # type: ignore[arg-type]
+
+
+def test_ratios_come_from_summed_counters_not_a_mean_of_ratios() -> None:
+    # Mean of per-device rates would be 0.5; the fleet served 10,010 requests with 5 errors.
+    members = [_m("a", requests=10, errors=5), _m("b", requests=10_000, errors=0)]
+    result = evaluate(ERRORS, members, [], complete=True)
+    assert result.verdict is Verdict.PASS and result.value == pytest.approx(5 / 10_010) and result.sample == 10_010
+
+
+def test_below_the_minimum_sample_is_inconclusive_even_with_zero_errors() -> None:
+    result = evaluate(ERRORS, [_m("a", requests=99)], [], complete=True)
+    assert result.verdict is Verdict.INCONCLUSIVE and "below the minimum 100" in result.detail
+    no_traffic = evaluate(ERRORS, [_m("a")], [], complete=True)  # Flagger's trap: no traffic read as 0 errors
+    assert no_traffic.verdict is Verdict.INCONCLUSIVE
+
+
+def test_a_holding_gate_passes_only_once_the_wave_is_complete_but_fails_at_once() -> None:
+    assert evaluate(ERRORS, [_m("a", requests=500)], [], complete=False).verdict is Verdict.INCONCLUSIVE
+    assert evaluate(ERRORS, [_m("a", requests=500, errors=50)], [], complete=False).verdict is Verdict.FAIL
+
+
+def test_verified_ratio_fails_as_soon_as_it_is_out_of_reach() -> None:
+    going = [_m("a"), _m("b", IN_PROGRESS)] + [_m(f"c{i}", IN_PROGRESS) for i in range(8)]
+    assert evaluate(VERIFIED_GATE, going, [], complete=False).verdict is Verdict.INCONCLUSIVE
+    two_failed = [_m("x", FAILED), _m("y", FAILED), *going[:8]]
+    result = evaluate(VERIFIED_GATE, two_failed, [], complete=False)
+    assert result.verdict is Verdict.FAIL and "out of reach" in result.detail
+    assert evaluate(VERIFIED_GATE, [_m(str(i)) for i in range(9)] + [_m("f", FAILED)], [],
+                    complete=True).verdict is Verdict.PASS
+
+
+def test_golden_diff_is_a_mean_over_the_devices_that_report_it() -> None:
+    gate = Gate("quality", "golden_diff", min=-0.03, min_sample=2)
+    assert evaluate(gate, [_m("a", golden_diff=-0.01)], [], True).verdict is Verdict.INCONCLUSIVE
+    ok = evaluate(gate, [_m("a", golden_diff=-0.01), _m("b", golden_diff=0.0), _m("c")], [], True)
+    assert ok.verdict is Verdict.PASS and ok.sample == 2
+    assert evaluate(gate, [_m("a", golden_diff=-0.05), _m("b", golden_diff=-0.02)], [], True).verdict is Verdict.FAIL
+
+
+def test_the_control_group_comparison() -> None:
+    gate = Gate("vs-rest", "error_rate", compare="control", max_ratio=2.0, min_sample=1000)
+    updated = [_m("a", requests=1000, errors=3)]
+    control = [_m("c", IN_PROGRESS, requests=2000, errors=2)]
+    ok = evaluate(gate, updated, control, complete=True)
+    assert ok.verdict is Verdict.FAIL and ok.value == pytest.approx(3.0)
+    assert evaluate(gate, [_m("a", requests=1000, errors=1)], control, True).verdict is Verdict.PASS
+    thin = evaluate(gate, updated, [_m("c", IN_PROGRESS, requests=10)], True)
+    assert thin.verdict is Verdict.INCONCLUSIVE  # a control group without enough traffic decides nothing
+    # A control group without a single error: one error's worth is the floor, not a division by zero.
+    clean = evaluate(gate, [_m("a", requests=1000, errors=1)], [_m("c", IN_PROGRESS, requests=1000)], True)
+    assert clean.verdict is Verdict.PASS and clean.value == pytest.approx(1.0)
+
+
+def test_attribution_names_the_label_whose_devices_fail_while_the_rest_hold() -> None:
+    members = [_m(f"n{i}", FAILED, hw="nano") for i in range(4)] + [_m(f"x{i}") for i in range(26)]
+    gates = [VERIFIED_GATE]
+    assert assess(gates, members, [], complete=True).failed
+    found = attribute(gates, members, [], complete=True)
+    assert found is not None and found.selector == {"hw": "nano"}
+    assert (found.failed_in, found.devices_in, found.failed_out, found.devices_out) == (4, 4, 0, 26)
+    assert "hw=nano" in found.describe()
+
+
+def test_no_attribution_when_failures_are_everywhere() -> None:
+    members = [_m(f"n{i}", FAILED if i % 2 else VERIFIED, hw="nano" if i % 3 else "nx") for i in range(30)]
+    assert attribute([VERIFIED_GATE], members, [], complete=True) is None

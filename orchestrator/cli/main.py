@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING
 import click
 
 from orchestrator.cli.common import State, as_json_option, fail, orchestrator_of, run, version_of
+from orchestrator.cli.fleet import register as register_fleet_commands
 from orchestrator.cli.replay import register as register_replay_commands
 from orchestrator.cli.shadow import register as register_shadow_commands
 from orchestrator.cli.trust import register as register_trust_commands
@@ -317,6 +318,7 @@ register_trust_commands(app)
 register_shadow_commands(app)
 register_replay_commands(app)
 register_version_commands(app)  # prune
+register_fleet_commands(app)
 
 
 def entrypoint() -> None:

@@ -1,0 +1,190 @@
+"""A whole fleet's control side on one machine, for the demo, the benchmark and the tests.
+
+A real Mosquitto (our config, a free loopback port, per-device users), a release key and a
+controller key, a package server (HTTP on loopback, what a release bucket is in a real fleet), and
+the controller as a real ``orchestrate fleet serve`` process that can be SIGKILLed and started
+again. Devices come from ``simulate.py`` (agents on Triton twins) and real embedded Tritons.
+"""
+
+from __future__ import annotations
+
+import functools
+import gzip
+import hashlib
+import http.server
+import io
+import os
+import signal
+import subprocess
+import sys
+import tarfile
+import threading
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from orchestrator.delivery.signing import generate_keypair, load_private_key, load_trusted_keys
+from orchestrator.errors import FleetError
+from orchestrator.fleet.broker import BrokerFiles, MosquittoProcess, free_port
+from orchestrator.fleet.controller import Controller
+from orchestrator.fleet.documents import PackageRef
+from orchestrator.fleet.plan_file import sign_plan
+from orchestrator.fleet.status import RolloutStatus, rollout_status
+from orchestrator.fleet.store import FleetStore
+from orchestrator.fleet.transport import BrokerAddress
+from orchestrator.store.atomic import write_atomic
+
+
+def pack(folder: Path, archive: Path) -> str:
+    """``folder`` as a reproducible .tar.gz (sorted, no times or owners); returns its sha256."""
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as tar:
+        for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+            info = tarfile.TarInfo(str(path.relative_to(folder)))
+            data = path.read_bytes()
+            info.size, info.mode, info.mtime = len(data), 0o644, 0
+            tar.addfile(info, io.BytesIO(data))
+    compressed = gzip.compress(buffer.getvalue(), mtime=0)
+    write_atomic(archive, compressed)
+    return hashlib.sha256(compressed).hexdigest()
+
+
+class _QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+class PackageServer:
+    """Serves a folder over HTTP on a loopback port, in a daemon thread."""
+
+    def __init__(self, folder: Path) -> None:
+        folder.mkdir(parents=True, exist_ok=True)
+        self.folder = folder
+        handler = functools.partial(_QuietHandler, directory=str(folder))
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self.thread = threading.Thread(target=self.server.serve_forever, name="package-server", daemon=True)
+        self.thread.start()
+
+    def url(self, name: str) -> str:
+        return f"http://127.0.0.1:{self.server.server_address[1]}/{name}"
+
+    def publish(self, package: Path, name: str) -> PackageRef:
+        """A package folder packed into the served folder: its URL and sha256."""
+        sha = pack(package, self.folder / name)
+        return PackageRef(self.url(name), sha)
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+class FleetLab:
+    def __init__(self, root: Path, gate_interval_s: float = 0.5, mosquitto: str | None = None) -> None:
+        self.root = root.resolve()
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.gate_interval_s = gate_interval_s
+        keys = self.root / "keys"
+        (keys / "release_keys").mkdir(parents=True, exist_ok=True)
+        self.release_key, self.controller_key = keys / "release.key", keys / "controller.key"
+        self.controller_keys = keys / "controller_keys"  # what devices trust
+        self.controller_keys.mkdir(exist_ok=True)
+        if not self.release_key.exists():
+            generate_keypair(self.release_key, keys / "release_keys" / "release.pub")
+            generate_keypair(self.controller_key, self.controller_keys / "controller.pub")
+        self.broker_files = BrokerFiles(self.root / "broker", port=free_port())
+        self.broker_files.write()
+        password = self.broker_files.add_user(self.broker_files.controller_user)
+        write_atomic(keys / "controller.mqtt", password + "\n")
+        self.broker = MosquittoProcess(self.broker_files, mosquitto).start()
+        self.packages = PackageServer(self.root / "packages")
+        self.config = self.root / "controller.yaml"
+        write_atomic(self.config, yaml.safe_dump({
+            "store": str(self.root / "fleet.db"),
+            "broker": {"host": self.broker_files.host, "port": self.broker_files.port,
+                       "username": self.broker_files.controller_user, "password_file": str(keys / "controller.mqtt")},
+            "key": str(self.controller_key), "release_keys": str(keys / "release_keys"),
+            "broker_dir": str(self.broker_files.folder), "gate_interval_s": gate_interval_s,
+            "metrics": {"address": "127.0.0.1", "port": free_port()}}))
+        self.store = FleetStore(self.root / "fleet.db")
+        self.controller = Controller(self.store, load_private_key(self.controller_key),
+                                     load_trusted_keys(keys / "release_keys"))
+        self.process: subprocess.Popen[bytes] | None = None
+        self.controller_log = self.root / "controller.log"
+
+    @property
+    def metrics_url(self) -> str:
+        metrics = yaml.safe_load(self.config.read_text())["metrics"]
+        return f"http://{metrics['address']}:{metrics['port']}/metrics"
+
+    def address(self, user: str, password: str) -> BrokerAddress:
+        return BrokerAddress(self.broker_files.host, self.broker_files.port, user, password)
+
+    # --- devices ------------------------------------------------------------------------------
+    def enrol(self, devices: Mapping[str, Mapping[str, str]]) -> dict[str, BrokerAddress]:
+        """Devices with their labels in the controller's store, and their broker users (one reload)."""
+        self.store.enrol(devices)
+        passwords = self.broker_files.add_users(devices)
+        self.broker.reload()
+        return {d: self.address(d, p) for d, p in passwords.items()}
+
+    # --- the controller process ---------------------------------------------------------------
+    def start_controller(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            return
+        with self.controller_log.open("ab") as log:
+            self.process = subprocess.Popen([sys.executable, "-m", "orchestrator", "fleet", "serve", "--config",
+                                             str(self.config)], stdout=log, stderr=log, env=os.environ.copy())
+
+    def kill_controller(self) -> None:
+        """SIGKILL: no cleanup, whatever step it was in."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGKILL)
+            self.process.wait()
+
+    def stop_controller(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+    def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "orchestrator", "fleet", *args, "--config", str(self.config)],
+                              capture_output=True, text=True, check=False)
+
+    # --- releases -----------------------------------------------------------------------------
+    def plan(self, raw: Mapping[str, Any], name: str | None = None) -> Path:
+        path = self.root / "plans" / f"{name or raw['rollout']}.yaml"
+        path.parent.mkdir(exist_ok=True)
+        write_atomic(path, yaml.safe_dump(dict(raw), sort_keys=False))
+        sign_plan(path, self.release_key)
+        return path
+
+    def status(self, rollout: str) -> RolloutStatus:
+        return rollout_status(self.store, rollout)
+
+    def wait_for(self, rollout: str, condition: Any, timeout_s: float, poll_s: float = 0.2) -> RolloutStatus:
+        """Polls the store until ``condition(status)``; FleetError naming the last status at the deadline."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            status = self.status(rollout)
+            if condition(status):
+                return status
+            if time.monotonic() > deadline:
+                raise FleetError(f"rollout {rollout} did not get there in {timeout_s:g} s: "
+                                 f"{status.rollout.phase.value}, {status.states}; controller log "
+                                 f"{self.controller_log}")
+            if self.process is not None and self.process.poll() is not None:
+                raise FleetError(f"the controller exited ({self.process.returncode}); log {self.controller_log}")
+            time.sleep(poll_s)
+
+    def close(self) -> None:
+        self.stop_controller()
+        self.packages.close()
+        self.broker.stop()
+        self.store.close()

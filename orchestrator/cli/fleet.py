@@ -148,6 +148,41 @@ def _write_credentials(config: ControllerConfig, devices: tuple[str, ...], folde
     run(write)
 
 
+@fleet_app.command("broker-config", help="Write a Mosquitto configuration for the fleet: listener, the ACL that "
+                                         "keeps each device to its own topics, and the controller's user.")
+@click.argument("folder", type=PATH)
+@click.option("--port", type=int, default=1883, help="Plain MQTT listener (loopback or a trusted network only)")
+@click.option("--host", default="127.0.0.1", help="Address the plain listener binds")
+@click.option("--tls-ca", type=PATH, default=None, help="CA that signs the devices' client certificates")
+@click.option("--tls-cert", type=PATH, default=None, help="The broker's certificate")
+@click.option("--tls-key", type=PATH, default=None, help="The broker's private key")
+@click.option("--tls-port", type=int, default=8883, help="TLS listener (client certificates; CN = device id)")
+@click.option("--run-as", default=None, help="User Mosquitto drops to [default: whoever runs it]")
+@click.option("--log-stderr", is_flag=True, help="Log to stderr (a container) instead of a file in FOLDER")
+def broker_config(folder: Path, port: int, host: str, tls_ca: Path | None, tls_cert: Path | None,
+                  tls_key: Path | None, tls_port: int, run_as: str | None, log_stderr: bool) -> None:
+    def write() -> str:
+        from orchestrator.fleet.broker import BrokerFiles  # noqa: PLC0415
+        from orchestrator.fleet.transport import TlsFiles  # noqa: PLC0415
+        from orchestrator.store.atomic import write_atomic  # noqa: PLC0415
+
+        given = [tls_ca, tls_cert, tls_key]
+        if any(given) and not all(given):
+            raise UsageError("TLS needs --tls-ca, --tls-cert and --tls-key together")
+        tls = TlsFiles(tls_ca.resolve(), tls_cert.resolve(), tls_key.resolve()) if all(given) else None  # type: ignore[union-attr]
+        files = BrokerFiles(folder, port=port, host=host, tls=tls, tls_port=tls_port if tls else None,
+                            run_as=run_as, log_file=not log_stderr)
+        files.write()
+        password = files.add_controller()
+        secret = folder / "controller.pass"
+        write_atomic(secret, password + "\n")
+        secret.chmod(0o600)
+        return str(secret)
+    secret = run(write)
+    click.echo(f"wrote {folder}/mosquitto.conf, acl, passwords; the controller's password is in {secret} "
+               f"(broker.password_file in the controller's configuration)")
+
+
 @fleet_app.command("sign-plan", help="Sign a rollout plan with a release key (writes PLAN.sig).")
 @click.argument("plan", type=PATH)
 @click.option("--key", type=PATH, required=True, help="The release key (orchestrate keygen): not the package key")

@@ -94,8 +94,13 @@ class BrokerFiles:
 
     def __init__(self, folder: Path, port: int, host: str = "127.0.0.1", controller_user: str = CONTROLLER_USER,
                  tls: TlsFiles | None = None, tls_port: int | None = None, persistence: bool = False,
-                 max_inflight_messages: int = 100, max_queued_messages: int = 100_000) -> None:
+                 max_inflight_messages: int = 100, max_queued_messages: int = 100_000, run_as: str | None = None,
+                 log_file: bool = True) -> None:
         self.folder = folder.resolve()
+        # The user Mosquitto drops to once it has bound its ports; by default whoever runs it (tests run as root
+        # here, and Mosquitto's own 'mosquitto' user could not read these 0600 files).
+        self.run_as = run_as or pwd.getpwuid(os.geteuid()).pw_name
+        self.log_file = log_file  # False: to stderr (a container's log)
         self.host = host
         self.port = port
         self.controller_user = topics.check_device_id(controller_user)
@@ -141,12 +146,12 @@ class BrokerFiles:
             f"password_file {_plain_path(self.passwords)}",
             f"acl_file {_plain_path(self.acl)}",
             # Run as root (CI), Mosquitto would switch to the 'mosquitto' user, who cannot read this folder.
-            f"user {pwd.getpwuid(os.geteuid()).pw_name}",
+            f"user {self.run_as}",
             f"persistence {'true' if self.persistence else 'false'}",
             f"persistence_location {_plain_path(self.folder)}/",
             f"max_inflight_messages {self.max_inflight_messages}",
             f"max_queued_messages {self.max_queued_messages}",
-            f"log_dest file {_plain_path(self.log)}",
+            f"log_dest file {_plain_path(self.log)}" if self.log_file else "log_dest stderr",
             "log_type error",
             "log_type warning",
             "log_type notice",

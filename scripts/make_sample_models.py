@@ -54,6 +54,12 @@ promotion:
   map_metric: map50_95
   golden: golden
   batch_size: 8
+# Drift on what clients get through the ensemble (detections per frame and class shares against the
+# last verified version's, alerting after 2 minutes outside mean +/- 3 sigma): off until tracing is
+# budgeted (core/policy.py says why), e.g.
+#   watch:
+#     rules:
+#       drift: {statistic: detections, samples_per_s: 2}
 """
 
 

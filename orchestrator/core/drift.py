@@ -8,6 +8,8 @@ statistic, a vector:
     detection_count  the mean number of output elements above ``threshold`` per row
                      (scores of a detector: detections per frame)
     mean             the mean output value per row
+    detections       a detector's decoded outputs, a row per frame: detections per frame and
+                     per class (``detection_drift.py`` makes the rows and judges the windows)
 
 A version's baseline is the mean and standard deviation of that vector over its first
 ``baseline_windows`` healthy windows (Welford), then frozen. A window breaches when any
@@ -23,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from orchestrator.core.policy import STATISTICS
+from orchestrator.core.policy import DETECTIONS, STATISTICS
 
 
 def row_features(statistic: str, output: np.ndarray, row_size: int, threshold: float) -> np.ndarray:
@@ -37,11 +39,15 @@ def row_features(statistic: str, output: np.ndarray, row_size: int, threshold: f
         return (rows > threshold).sum(axis=1).astype(np.float64)
     if statistic == "mean":
         return rows.mean(axis=1)
+    if statistic == DETECTIONS:
+        raise ValueError("detections are rows of decoded frames (detection_drift.frame_rows), not of one output")
     raise ValueError(f"unknown drift statistic {statistic!r} (one of {', '.join(STATISTICS)})")
 
 
 def summarize(statistic: str, features: np.ndarray, row_size: int) -> np.ndarray:
-    """The statistic of one window of row features."""
+    """The statistic of one window of row features (detections: rows of several values, averaged each)."""
+    if statistic == DETECTIONS:
+        return features.mean(axis=0)
     if statistic == "class_histogram":
         counts = np.bincount(features.astype(np.int64), minlength=row_size)[:row_size]
         return counts / max(1, len(features))
@@ -49,18 +55,19 @@ def summarize(statistic: str, features: np.ndarray, row_size: int) -> np.ndarray
 
 
 class WindowAccumulator:
-    """Row features in arrival order, cut into tumbling windows of ``size`` rows."""
+    """Row features in arrival order (a number per row, or a vector per row), cut into tumbling windows of
+    ``size`` rows."""
 
     def __init__(self, statistic: str, size: int, row_size: int) -> None:
         self.statistic, self.size, self.row_size = statistic, size, row_size
-        self._rows: list[float] = []
+        self._rows: list[np.ndarray] = []
 
     @property
     def pending(self) -> int:
         return len(self._rows)
 
     def add(self, features: np.ndarray) -> None:
-        self._rows.extend(float(v) for v in features)
+        self._rows.extend(np.asarray(features, dtype=np.float64))
 
     def pop(self) -> np.ndarray | None:
         """The statistic of the oldest full window, or None while it is filling."""
@@ -163,3 +170,14 @@ class DriftWindow:
     reference: int | None = None  # the version the baseline belongs to
     own: bool = False  # the served version's own baseline: drift of the inputs, not of a version
     why: str = ""
+    model: str = ""  # whose outputs, for the finding's words: the model, the version that answered, the route
+    served: int | None = None
+    route: str = ""  # the ensemble clients called ("" when they call the model itself)
+
+    @property
+    def source(self) -> str:
+        """``detector v2 through detection``; "" when the window does not say."""
+        if not self.model:
+            return ""
+        who = f"{self.model} v{self.served}" if self.served is not None else self.model
+        return f"{who} through {self.route}" if self.route else who

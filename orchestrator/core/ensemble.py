@@ -32,6 +32,7 @@ class Ensemble:
     name: str
     steps: tuple[Step, ...]
     contract: Contract
+    max_batch_size: int = 0  # 0: the ensemble's tensors have no batch axis
 
     @property
     def output_names(self) -> list[str]:

@@ -55,7 +55,8 @@ field optional; the defaults are what an operator gets with no file.
         health:        {severity: rollback, for_checks: 3}
         resources:     {severity: alert, for_checks: 5, max_cpu_utilization: 0.98, max_memory_bytes: 0}
         drift:         {severity: alert, for_checks: 3, statistic: class_histogram, output: "", threshold: 0.5,
-                        window: 50, sigmas: 3.0, baseline_windows: 20, samples_per_s: 0}
+                        window: 50, sigmas: 3.0, baseline_windows: 20, samples_per_s: 0,
+                        for_s: null, classes: 0, max_class_shift: 0.2}   # the last three: see "detections"
 
     retention:                # old version folders pruned by the watcher (core/retention.py); off by default
       enabled: false            # deleting files is opted into: `orchestrate prune` works either way
@@ -105,6 +106,25 @@ once while tracing production at 20 samples/s through a version switch (1 crash 
 switches measured with tracing on), and a crashed server is worse than a missed drift.
 Re-measure on your Triton build before turning it on.
 
+A detector's drift is ``statistic: detections`` (``core/detection_drift.py``): its decoded outputs
+(BOXES, SCORES, CLASSES, COUNT: through its ensemble, the route clients take, whose ``detector``
+step's entry in each trace names the version that answered) give per window of ``window`` frames
+the detections per frame (boxes scoring above ``threshold``) and the class shares of those boxes,
+over classes ``0..classes-1`` plus one share for any other (``classes: 0``: as many as the golden
+set's truth.npy names). A window breaches when its detections per frame are outside the baseline's
+mean +/- ``sigmas`` x sigma (sigma: the spread of the baseline windows' means, never below the
+Poisson standard error of a window's mean, sqrt(mean / window)), or when its class shares are more
+than ``max_class_shift`` from the baseline's in total variation distance (half the sum of the
+absolute share differences; a window without boxes has no shares to judge). A breach is an anomaly
+once it held ``for_checks`` windows and ``for_s`` seconds: "detections per frame outside mean +/-
+3 sigma for 2 minutes" is the default (``for_s: null`` is 120 s for detections, 0 for the other
+statistics, whose windows alone debounce). Simulated with the sample detector's mix on its golden
+set (1.56 boxes per frame above 0.5, classes 0.30/0.20/0.18/0.33, Poisson counts): a window of 50
+frames is more than 0.2 from the true shares 0.14% of the time, one of 20 frames 9%, one of 10
+frames 34%: raise ``max_class_shift`` for short windows. Its classes swapped pairwise (the
+``confused`` fault) move those shares by 0.25; no detections at all (``empty``) is 1.56 / 0.177 =
+8.8 sigma at the floor of a 50-frame window.
+
 Replay keeps real client inputs on disk, a size-bounded ring (``store/replay_ring.py``), so
 that at promote time the candidate and the served version both answer them and the gate
 compares the two (``core/replay_gate.py``): a candidate faces real inputs even when traffic is
@@ -135,13 +155,17 @@ from dataclasses import dataclass, field, fields
 from typing import Any, TypeVar
 
 # The drift statistics (core/drift.py computes them; numpy is imported only there, not for reading a policy).
-STATISTICS = ("class_histogram", "detection_count", "mean")
+STATISTICS = ("class_histogram", "detection_count", "mean", "detections")
+DETECTIONS = "detections"  # a detector's decoded outputs: detections per frame and class shares
+DETECTIONS_SUSTAIN_S = 120.0  # "outside mean +/- 3 sigma for 2 minutes"
 MAP_METRICS = ("map50_95", "map50")
 
 
-def baseline_key(statistic: str, output: str, window: int, threshold: float) -> str:
+def baseline_key(statistic: str, output: str, window: int, threshold: float, classes: int = 0) -> str:
     """What a baseline was measured with: one measured otherwise cannot be compared."""
-    suffix = f":{threshold:g}" if statistic == "detection_count" else ""
+    suffix = f":{threshold:g}" if statistic in ("detection_count", DETECTIONS) else ""
+    if statistic == DETECTIONS:
+        suffix += f":{classes}"
     return f"{statistic}:{output}:{window}{suffix}"
 
 
@@ -248,6 +272,11 @@ class Rule:
         if self.for_checks < 1:
             raise ValueError("for_checks must be >= 1")
 
+    @property
+    def sustain_s(self) -> float:
+        """How long a breach must also have lasted to be an anomaly (0: ``for_checks`` alone)."""
+        return 0.0
+
 
 @dataclass(frozen=True)
 class OutputSanity(Rule):
@@ -308,13 +337,16 @@ class Resources(Rule):
 class Drift(Rule):
     severity: Severity = Severity.ALERT
     for_checks: int = 3  # consecutive windows: a sustained shift, not one odd window
-    statistic: str = "class_histogram"  # or detection_count, mean
-    output: str = ""  # output tensor; "" is the model's first
-    threshold: float = 0.5  # detection_count: an element above it is a detection
-    window: int = 50  # production outputs per window
+    statistic: str = "class_histogram"  # or detection_count, mean, detections
+    output: str = ""  # output tensor; "" is the model's first (what clients get: the route's, behind an ensemble)
+    threshold: float = 0.5  # detection_count: an element above it is a detection; detections: a box's score
+    window: int = 50  # production outputs per window (detections: frames)
     sigmas: float = 3.0
     baseline_windows: int = 20  # healthy windows recorded before a version's baseline is used
     samples_per_s: float = 0.0  # tracing budget; 0 (the default) samples nothing: see above
+    for_s: float | None = None  # a breach must also last this long; None: DETECTIONS_SUSTAIN_S for detections, else 0
+    classes: int = 0  # detections: classes with a share of their own; 0: as many as the golden set's truth names
+    max_class_shift: float = 0.2  # detections: total variation distance of the class shares from the baseline's
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -322,6 +354,18 @@ class Drift(Rule):
             raise ValueError(f"drift statistic must be one of {', '.join(STATISTICS)}")
         if self.window < 2 or self.baseline_windows < 2 or self.sigmas <= 0 or self.samples_per_s < 0:
             raise ValueError("drift needs window >= 2, baseline_windows >= 2, sigmas > 0, samples_per_s >= 0")
+        if self.for_s is not None and not (self.for_s >= 0 and math.isfinite(self.for_s)):
+            raise ValueError("for_s must be a number of seconds >= 0")
+        if self.classes < 0:
+            raise ValueError("classes must be an integer >= 0")
+        if not 0 < self.max_class_shift <= 1:
+            raise ValueError("max_class_shift must be within (0, 1]")
+
+    @property
+    def sustain_s(self) -> float:
+        if self.for_s is not None:
+            return self.for_s
+        return DETECTIONS_SUSTAIN_S if self.statistic == DETECTIONS else 0.0
 
     @property
     def sampling(self) -> bool:
@@ -332,7 +376,7 @@ class Drift(Rule):
         return self.output or outputs[0]
 
     def baseline_key(self, outputs: list[str]) -> str:
-        return baseline_key(self.statistic, self.output_of(outputs), self.window, self.threshold)
+        return baseline_key(self.statistic, self.output_of(outputs), self.window, self.threshold, self.classes)
 
 
 RULE_TYPES: dict[str, type[Rule]] = {

@@ -2,8 +2,9 @@
 
 A rule breaches, holds, or is inconclusive (no data: never a pass, never a breach). A
 breach becomes an anomaly only after it held for ``for_checks`` consecutive checks
-(debounce), and rules that judge speed or load wait out a grace period after every switch
-(cold start is not an anomaly). An anomaly is a value; ``core/watch_decision.py`` decides
+(debounce) and, for a rule with a duration (``Rule.sustain_s``: drift on detections), for that
+long since its first breach; rules that judge speed or load wait out a grace period after every
+switch (cold start is not an anomaly). An anomaly is a value; ``core/watch_decision.py`` decides
 what to do about it. The rules and their defaults are in ``core/policy.py``.
 """
 
@@ -16,8 +17,10 @@ import numpy as np
 
 from orchestrator.core.checks import sanity
 from orchestrator.core.detection import Boxes, agreement
+from orchestrator.core.detection_drift import judge
 from orchestrator.core.drift import DriftWindow, worst_deviation
 from orchestrator.core.policy import (
+    DETECTIONS,
     Divergence,
     Drift,
     ErrorRate,
@@ -220,6 +223,8 @@ def _drift(name: str, rule: Drift, obs: Observation) -> Finding:
         return _inconclusive(name, obs.drift_pending or "no window of production outputs closed")
     if window.baseline is None:
         return _inconclusive(name, window.why or "no baseline yet")
+    if window.statistic == DETECTIONS:
+        return _detection_drift(name, rule, window)
     deviation = worst_deviation(window.statistic, window.value, window.baseline, rule.window)
     values = {"z": deviation.z, "value": deviation.value, "baseline_mean": deviation.mean,
               "baseline_sigma": deviation.sigma, "samples": float(window.samples)}
@@ -231,6 +236,30 @@ def _drift(name: str, rule: Drift, obs: Observation) -> Finding:
     return Finding(name, Outcome.BREACH, f"{what} {deviation.value:.3g} over {window.samples} production outputs, "
                    f"{deviation.z:.1f} sigma from {whose} baseline {deviation.mean:.3g} +/- {deviation.sigma:.2g} "
                    f"(max {rule.sigmas:g})" + (": the inputs drifted" if window.own else ""),
+                   values, alert_only=window.own)
+
+
+def _detection_drift(name: str, rule: Drift, window: DriftWindow) -> Finding:
+    """A window of a detector's frames: detections per frame within mean +/- sigmas x sigma, class shares within
+    ``max_class_shift`` (total variation) of the baseline's."""
+    assert window.baseline is not None
+    found = judge(window.value, window.baseline, rule.window)
+    values = {"z": found.z, "value": found.per_frame, "baseline_mean": found.mean, "baseline_sigma": found.sigma,
+              "samples": float(window.samples)}
+    if found.shift is not None:
+        values["class_shift"] = found.shift
+    whose = "its own" if window.own else f"v{window.reference}'s"
+    problems = []
+    if found.z > rule.sigmas:
+        problems.append(f"{found.per_frame:.2f} detections per frame over {window.samples} frames, {found.z:.1f} "
+                        f"sigma from {whose} baseline {found.mean:.2f} +/- {found.sigma:.2g} (max {rule.sigmas:g})")
+    if found.shift is not None and found.shift > rule.max_class_shift:
+        problems.append(f"class shares of {found.boxes:.0f} boxes moved {found.shift:.2f} (total variation) from "
+                        f"{whose} baseline (max {rule.max_class_shift:g})")
+    if not problems:
+        return Finding(name, Outcome.OK, "", values, alert_only=window.own)
+    prefix = f"{window.source}: " if window.source else ""
+    return Finding(name, Outcome.BREACH, prefix + "; ".join(problems) + (": the inputs drifted" if window.own else ""),
                    values, alert_only=window.own)
 
 
@@ -285,11 +314,12 @@ def step(streaks: dict[str, Streak], findings: list[Finding], policy: WatchPolic
         if finding.outcome is Outcome.OK:
             updated[finding.rule] = Streak()
             continue
-        streak = replace(streak, count=streak.count + 1,
-                         first_breach=streak.first_breach if streak.first_breach is not None else now)
-        if streak.count >= rule.for_checks and not streak.fired:
+        first = streak.first_breach if streak.first_breach is not None else now
+        streak = replace(streak, count=streak.count + 1, first_breach=first)
+        sustained = rule.sustain_s <= 0 or now - first >= rule.sustain_s
+        if streak.count >= rule.for_checks and sustained and not streak.fired:
             severity = Severity.ALERT if finding.alert_only else rule.severity
-            anomalies.append(Anomaly(finding.rule, severity, finding, streak.first_breach or now, now))
+            anomalies.append(Anomaly(finding.rule, severity, finding, first, now))
             streak = replace(streak, fired=True)
         updated[finding.rule] = streak
     return updated, anomalies

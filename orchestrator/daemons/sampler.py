@@ -14,7 +14,11 @@ and deletes its model's files, and keeps the cost bounded three ways:
   that dies stops costing production within a minute;
 - while a shadow run is active it owns the model's tracing and its trace files: the sampler
   stands aside (drift is inconclusive meanwhile) and, should its own arm have landed after
-  the shadow worker's, puts the shadow's settings back.
+  the shadow worker's, puts the shadow's settings back (on what the shadow traces: the route).
+
+A model clients reach through an ensemble (``ModelSnapshot.route``) is sampled there, as shadow
+traces it: the ensemble is ``traced``, its files are read nested (its steps' entries first) and
+each sample's ``steps`` names the version of every step that answered.
 
 With replay on (``store/replay.py``'s ``tracing_ring``) the inputs of the sampled requests are
 parsed too and offered to the model's replay ring (which keeps 1 in its ``every_n``): replay
@@ -69,8 +73,10 @@ def needs_rearm(armed: int | None, wanted: int) -> bool:
 
 class ProductionSampler:
     def __init__(self, triton: Triton, store: ModelStore, samples_per_s: float, trace_dir: Path | None = None,
-                 clock: Callable[[], float] = time.monotonic, ring: RingWriter | None = None) -> None:
+                 clock: Callable[[], float] = time.monotonic, ring: RingWriter | None = None,
+                 traced: str | None = None) -> None:
         self.triton, self.store, self.samples_per_s = triton, store, samples_per_s
+        self.traced = traced or store.name  # what clients call: the model, or the ensemble it serves through
         self.ring = ring  # replay's recorder of the sampled requests' inputs; None: outputs only
         self.ring_errors = 0
         self.trace_dir = trace_dir
@@ -83,7 +89,7 @@ class ProductionSampler:
         self.standing_aside = False
 
     def poll(self, requests_per_s: float | None) -> list[TraceSample]:
-        """The model's requests traced since the last poll (outputs; inputs too with a ring); keeps tracing armed."""
+        """The traced entry's requests since the last poll (outputs; inputs too with a ring); keeps tracing armed."""
         said = self.reason
         samples = self._poll(requests_per_s)
         if self.ring is not None:
@@ -125,10 +131,10 @@ class ProductionSampler:
         if self.tail is None or self.armed_rate is None or self.standing_aside:
             return
         try:
-            self.triton.update_trace_settings(self.store.name, TRACING_OFF)
+            self.triton.update_trace_settings(self.traced, TRACING_OFF)
         except OrchestratorError as exc:
             log.warning("%s: could not switch tracing off: %s (the lease ends it within %.0f s)",
-                        self.store.name, exc, LEASE_S)
+                        self.traced, exc, LEASE_S)
             return
         self.armed_rate = None
         self.tail.remove_all()
@@ -139,8 +145,8 @@ class ProductionSampler:
             self.standing_aside = False
             return False
         if shadow.phase == ShadowPhase.RUNNING and not self.standing_aside:
-            try:  # our lease may have landed after the worker's settings a moment ago
-                self.triton.update_trace_settings(self.store.name, shadow_tracing(shadow.config.sample_rate))
+            try:  # our lease may have landed after the worker's settings a moment ago: the entry it traces
+                self.triton.update_trace_settings(shadow.config.traced, shadow_tracing(shadow.config.sample_rate))
             except OrchestratorError as exc:
                 log.warning("%s: could not hand tracing back to the shadow run: %s", self.store.name, exc)
                 return True  # try again next poll
@@ -158,11 +164,12 @@ class ProductionSampler:
             return False
         self.located_at = now
         try:
-            folder, prefix = trace_location(self.triton, self.store.name, self.trace_dir, "drift sampling")
+            folder, prefix = trace_location(self.triton, self.traced, self.trace_dir, "drift sampling")
         except OrchestratorError as exc:
             self.reason = str(exc)
             return False
-        self.tail = TraceTail(folder, prefix, self.store.name, inputs=self.ring is not None)
+        self.tail = TraceTail(folder, prefix, self.traced, inputs=self.ring is not None,
+                              nested=self.traced != self.store.name)
         return True
 
     def _arm(self, requests_per_s: float | None) -> None:
@@ -172,6 +179,6 @@ class ProductionSampler:
         now = self.clock()
         if not needs_rearm(self.armed_rate, wanted) and now - self.armed_at < REARM_S:
             return
-        self.triton.update_trace_settings(self.store.name, tracing_settings(wanted, lease_count(self.samples_per_s)))
+        self.triton.update_trace_settings(self.traced, tracing_settings(wanted, lease_count(self.samples_per_s)))
         self.armed_rate, self.armed_at = wanted, now
 

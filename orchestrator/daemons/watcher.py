@@ -39,7 +39,6 @@ from orchestrator.errors import (
 )
 from orchestrator.store.baselines import read_latency_baselines, write_latency_baselines
 from orchestrator.store.golden import load_golden
-from orchestrator.store.modelconfig import contract
 from orchestrator.store.repository import ModelStore
 from orchestrator.store.snapshot import ModelSnapshot
 from orchestrator.triton import metrics as triton_metrics
@@ -78,9 +77,9 @@ class ModelWatcher:
         if probe_path is None and self.probe is not None and self.probe.route is not None:
             probe_path = self.probe.route.models  # through an ensemble a probe costs every step it runs
         self.schedule = ProbeSchedule(store.name, policy, metrics, probe_path)
-        drift = drift_rule(policy.rules, store, contract(snap.config))
-        self.drift = DriftWatch(store, *drift, snap.outputs, snap.config.max_batch_size > 0, self.triton, trace_dir,
-                                clock, metrics.production_samples.labels(store.name).inc, WATCH_ACTOR) \
+        drift = drift_rule(policy.rules, store, snap)  # on the route clients take, as the probes are
+        self.drift = DriftWatch(store, drift, self.triton, trace_dir, clock,
+                                metrics.production_samples.labels(store.name).inc, WATCH_ACTOR) \
             if drift is not None else None
         self.served: int | None = None
         self.served_verified = False  # the served version's status, read at each switch

@@ -9,14 +9,14 @@ A lost or damaged file is recorded again; it never stops the watcher.
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from orchestrator.core.policy import Drift
-from orchestrator.errors import RepositoryCorrupt
+from orchestrator.core.policy import DETECTIONS, Drift
+from orchestrator.errors import PolicyViolation, RepositoryCorrupt
 from orchestrator.store.atomic import write_atomic
-from orchestrator.store.policyfile import read_policies
-from orchestrator.store.repository import ModelStore
+from orchestrator.store.snapshot import ModelSnapshot
 
 if TYPE_CHECKING:  # core.drift computes with numpy: `status` reads only counts and keys
     from orchestrator.core.drift import Baseline
@@ -62,18 +62,32 @@ def _raw_drift_baselines(state_folder: Path) -> dict[str, Any]:
     return {str(k): v for k, v in raw.items()} if isinstance(raw, dict) else {}
 
 
-def drift_progress(store: ModelStore) -> dict[int, str]:
+def drift_classes(rule: Drift, snap: ModelSnapshot) -> int:
+    """The classes a detections rule gives a share each: its own setting, else as many as the golden set's truth
+    names (0 when neither says)."""
+    if rule.classes:
+        return rule.classes
+    from orchestrator.store.golden import truth_classes  # noqa: PLC0415 - numpy: `status` starts without it
+
+    return truth_classes(snap.state / snap.policies.promotion.golden) or 0
+
+
+def drift_progress(snap: ModelSnapshot) -> dict[int, str]:
     """Version -> "recorded/needed" windows of its drift baseline under the current policy ({} when drift is off)."""
     try:
-        rule = read_policies(store.state).watch.rules.get("drift")
-        outputs = [t.name for t in store.config().output]
-    except RepositoryCorrupt:
+        rule = snap.policies.watch.rules.get("drift")
+        if not isinstance(rule, Drift) or not rule.sampling:
+            return {}
+        outputs = snap.client_outputs  # what the watcher samples: the route's, behind an ensemble
+        if rule.statistic == DETECTIONS:
+            rule = replace(rule, classes=drift_classes(rule, snap))
+    except (RepositoryCorrupt, PolicyViolation):
         return {}
-    if not isinstance(rule, Drift) or not rule.sampling or not outputs:
+    if not outputs:
         return {}
     key = rule.baseline_key(outputs)
     progress = {}
-    for version, raw in _raw_drift_baselines(store.state).items():
+    for version, raw in _raw_drift_baselines(snap.state).items():
         if version.isdigit() and isinstance(raw, dict) and raw.get("key") == key:
             windows = raw.get("windows")
             if isinstance(windows, int):

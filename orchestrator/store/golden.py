@@ -42,3 +42,21 @@ def load_golden(folder: Path, contract: Contract) -> GoldenSet | None:
         except ValueError as exc:
             raise RepositoryCorrupt(f"golden set in {folder}: {TRUTH_FILE}: {exc}") from exc
     return GoldenSet(inputs, labels, truths)
+
+
+def truth_classes(folder: Path) -> int | None:
+    """How many classes a detector's golden truth names (its highest class + 1); None without truth.npy. Reads
+    that file alone (the watcher and ``status`` size a detector's class shares with it)."""
+    path = folder / TRUTH_FILE
+    if not path.exists():
+        return None
+    try:
+        table = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as exc:
+        raise RepositoryCorrupt(f"golden set in {folder}: {TRUTH_FILE} is unreadable: {exc}") from exc
+    if table.size == 0:
+        return None  # frames without objects name no class
+    if table.ndim != 2 or table.shape[1] != 6 or not np.isfinite(table[:, 1]).all():
+        raise RepositoryCorrupt(f"golden set in {folder}: {TRUTH_FILE} is not rows of (frame, class, x1, y1, x2, y2) "
+                                f"with a class each")
+    return int(table[:, 1].max()) + 1

@@ -244,7 +244,7 @@ def ensemble_of(config: ModelConfig) -> Ensemble | None:
     steps = tuple(Step(s.model_name, int(s.model_version), tuple(sorted(s.input_map.items())),
                        tuple(sorted(s.output_map.items())))
                   for s in config.ensemble_scheduling.step)
-    return Ensemble(config.name, steps, contract(config))
+    return Ensemble(config.name, steps, contract(config), config.max_batch_size)
 
 
 def ensemble_candidate(text: str, model: str, entry: str, name: str) -> tuple[str, ModelConfig]:
@@ -270,5 +270,5 @@ def read_ensembles(root: Path) -> list[Ensemble]:
         except ConfigError:
             continue
         if ensemble is not None:
-            found.append(Ensemble(folder.name, ensemble.steps, ensemble.contract))
+            found.append(Ensemble(folder.name, ensemble.steps, ensemble.contract, ensemble.max_batch_size))
     return found

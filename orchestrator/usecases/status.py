@@ -110,7 +110,7 @@ def model_status(ctx: Context, store: ModelStore) -> ModelStatus:
     except TritonError as exc:  # unreachable, or a locked API refusing us: disk still answers
         states, reachable, triton_error, triton_exit_code = {}, False, str(exc), exc.exit_code
     rows = []
-    drift = drift_progress(store)
+    drift = drift_progress(snap)
     try:
         labels, labels_error = read_labels(store.state), ""
     except RepositoryCorrupt as exc:

@@ -6,14 +6,25 @@ Clients call the ensemble ``detection``; the versions are ``detector``'s. A cand
 
 from __future__ import annotations
 
+import shutil
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
 
-from orchestrator.sample.detector import MODEL, DetectorVariant, write_detector_package, write_faulty_detector_package
+from orchestrator.core.journal import Record
+from orchestrator.sample.detector import (
+    ENSEMBLE,
+    MODEL,
+    DetectorVariant,
+    write_detector_package,
+    write_faulty_detector_package,
+)
 from orchestrator.store.metafile import VersionStatus
+from orchestrator.store.repository import ModelStore
+from orchestrator.triton.protocol import TritonState
 
 from .conftest import Stack
 from .detectorkit import DetectionTraffic, start_detector_stack, watching_detector
@@ -106,6 +117,82 @@ def test_a_command_naming_the_ensemble_says_whose_versions_it_serves(shared: Sta
     assert "'detection' is an ensemble: its versions are those of detector" in result.stderr
 
 
+def _route_ready(stack: Stack) -> bool:
+    triton = stack.triton()
+    try:
+        return any(e.state is TritonState.READY for e in triton.states(ENSEMBLE).values())
+    finally:
+        triton.close()
+
+
+def test_status_flags_the_ensemble_when_triton_does_not_hold_it_and_reconcile_loads_it(shared: Stack):
+    triton = shared.triton()
+    try:
+        triton.unload(ENSEMBLE)  # a Triton restarted with the model alone: clients' route is gone
+        assert wait_for(lambda: not _route_ready(shared), 20)
+        status = shared.cli("status", MODEL)
+        assert status.returncode == 14, status.stderr
+        assert ("detection, the ensemble clients call, is UNAVAILABLE in Triton: clients fail until it is loaded "
+                "(`orchestrate reconcile detector`)") in status.stderr
+        assert "clients call detection (ensemble: detector_pre -> detector -> detector_nms), UNAVAILABLE" \
+            in status.stdout
+        reconciled = shared.cli("reconcile", MODEL)
+        assert reconciled.returncode == 0, reconciled.stderr
+        assert "loaded detection, the ensemble clients call to reach detector" in reconciled.stdout
+        assert _route_ready(shared)
+        assert shared.cli("status", MODEL).returncode == 0
+        assert shared.cli("reconcile", MODEL).stdout.count("loaded detection") == 0  # READY: left alone
+    finally:
+        if not _route_ready(shared):
+            triton.load(ENSEMBLE)
+        triton.close()
+
+
+def _refused_in_one_line(stack: Stack, store: ModelStore, version: int, code: int, *says: str) -> None:
+    """``promote`` refused before touching anything: one line, its exit code, v1 serving, nothing journaled."""
+    records = len(store.journal.read().records)
+    result = stack.cli("promote", MODEL, str(version))
+    assert result.returncode == code, result.stderr
+    [line] = result.stderr.strip().splitlines()
+    assert line.startswith("error: ") and all(text in line for text in says), line
+    assert len(store.journal.read().records) == records
+    assert store.served() == 1 and store.status(version) is VersionStatus.UNVERIFIED
+    assert not list(stack.repository.glob("*__candidate"))
+    triton = stack.triton()
+    try:
+        assert {v: e.state for v, e in triton.states(MODEL).items() if e.state is TritonState.READY} == \
+            {1: TritonState.READY}
+    finally:
+        triton.close()
+    assert _route_ready(stack)
+
+
+def test_an_ambiguous_route_or_a_broken_truth_file_refuses_promote_in_one_line(shared: Stack, tmp_path: Path,
+                                                                             build_key):
+    # v1's network under another number (the fault never comes): a version promote would verify.
+    same = build_key.sign(write_faulty_detector_package(tmp_path / "same", "empty", after_requests=10**9))
+    version = file_package(shared, same)
+    store = shared.orchestrator().repository.model(MODEL)
+    second = shared.repository / "detection_hd"
+    shutil.copytree(shared.repository / ENSEMBLE, second)
+    config = second / "config.pbtxt"
+    config.write_text(config.read_text().replace('name: "detection"', 'name: "detection_hd"'))
+    try:
+        _refused_in_one_line(shared, store, version, 4, "detector serves through several ensembles "
+                             "(detection, detection_hd)", "`route:` under promotion in its policy.yaml")
+    finally:
+        shutil.rmtree(second)
+    truth = shared.state / MODEL / "golden" / "truth.npy"
+    kept = truth.read_bytes()
+    try:
+        truth.write_bytes(kept[: len(kept) // 2])  # cut short on disk
+        _refused_in_one_line(shared, store, version, 6, "golden set in", "is unreadable")
+        np.save(truth, np.array([[999, 1, 0, 0, 8, 8]], np.float32))  # a frame the golden set does not have
+        _refused_in_one_line(shared, store, version, 6, "truth.npy: truth row 0 has frame index 999, outside 0..")
+    finally:
+        truth.write_bytes(kept)
+
+
 @pytest.fixture(scope="module")
 def watched(tmp_path_factory: pytest.TempPathFactory, build_key) -> Iterator[Stack]:  # type: ignore[no-untyped-def]
     """One server for the watcher's rollbacks: each ends with v1 serving again and the bad version quarantined."""
@@ -140,6 +227,52 @@ def test_a_detector_that_turns_bad_behind_the_ensemble_is_rolled_back(watched: S
     assert record.details["evidence"]["rule"] in rules, record.details["evidence"]
     assert store.served() == 1 and store.status(version) is VersionStatus.QUARANTINED
     assert daemon.watchers[MODEL].probe is not None and daemon.watchers[MODEL].probe.target == "detection"
+
+
+# Drift on detections: short windows, and "for 2 minutes" cut to half a second. 16 frames a window keep "none
+# at all" beyond 3 sigma of the floor (sqrt(16 x mean) > 3) for any baseline above 0.6 detections per frame;
+# the class shares of so few boxes vary too much for the default shift. The probes would catch this version
+# too and roll it back (above), so they are off: drift on what clients got is judged alone.
+DRIFT_WATCH = {**WATCH, "probe_budget": 0.0, "bake_budget": 0.0,
+               "rules": {**WATCH["rules"], "latency": {"min_requests": 10, "severity": "alert"},
+                         "drift": {"statistic": "detections", "window": 16, "baseline_windows": 2, "for_checks": 2,
+                                   "for_s": 0.5, "samples_per_s": 40, "max_class_shift": 0.6}}}
+
+
+def _journaled(store: ModelStore, action: str, **fields: object) -> list[Record]:
+    return [r for r in store.journal.read().records if r.action == action
+            and all(getattr(r, name) == value for name, value in fields.items())]
+
+
+def test_a_detector_that_stops_detecting_behind_the_ensemble_raises_drift_naming_its_version(
+        watched: Stack, tmp_path: Path, build_key):
+    version = file_package(watched, build_key.sign(write_faulty_detector_package(tmp_path / "empty", "empty",
+                                                                                 after_requests=30)))
+    store = watched.orchestrator().repository.model(MODEL)
+    assert store.served() == 1
+    try:
+        with watching_detector(watched, DRIFT_WATCH) as daemon, DetectionTraffic(watched.server.url):
+            assert wait_for(lambda: _journaled(store, "baseline", to_version=1), 30), "no drift baseline for v1"
+            watched.orchestrator().promote(MODEL, version)
+            drifted = lambda: [r for r in _journaled(store, "anomaly", from_version=version)  # noqa: E731
+                               if r.details["evidence"]["rule"] == "drift"]
+            assert wait_for(drifted, 30), "no drift anomaly"
+        alert = drifted()[0]
+        evidence = alert.details["evidence"]
+        assert alert.result == "alert" and alert.details["severity"] == "alert"  # drift alerts by default
+        assert evidence["detail"].startswith(f"detector v{version} through detection: 0.00 detections per frame "
+                                             f"over 16 frames"), evidence["detail"]
+        assert "from v1's baseline" in evidence["detail"] and evidence["values"]["z"] > 3
+        assert evidence["values"]["baseline_mean"] > 0.5
+        assert store.served() == version and _journaled(store, "rollback", from_version=version) == []
+        assert daemon.watchers[MODEL].drift is not None and daemon.watchers[MODEL].drift.sampler.traced == ENSEMBLE
+        triton = watched.triton()
+        assert triton.trace_settings(ENSEMBLE)["trace_level"] == ["OFF"]  # handed back when the watcher stopped
+        triton.close()
+    finally:
+        if store.served() != 1:
+            watched.orchestrator().rollback(MODEL, to=1, reason="test over")
+    assert store.served() == 1
 
 
 def test_a_healthy_detector_under_load_through_its_cold_start_is_never_rolled_back(fresh: Stack, tmp_path: Path,

@@ -55,8 +55,23 @@ def test_the_script_names_the_variants_of_the_model_asked_for(tmp_path):
     assert "shifted" in result.stderr and not (tmp_path / "p").exists()
 
 
+def _same_network(committed: bytes, built: bytes) -> None:
+    """The same graph and, weight by weight, the same numbers up to the last bits: the ridge fit's float
+    sums round differently on another CPU's BLAS kernels (AVX2 against AVX-512), so bytes can differ."""
+    ours, theirs = onnx.load_from_string(committed), onnx.load_from_string(built)
+    assert [(n.op_type, list(n.input), list(n.output)) for n in ours.graph.node] == \
+        [(n.op_type, list(n.input), list(n.output)) for n in theirs.graph.node]
+    mine = {t.name: onnx.numpy_helper.to_array(t) for t in ours.graph.initializer}
+    built_weights = {t.name: onnx.numpy_helper.to_array(t) for t in theirs.graph.initializer}
+    assert set(mine) == set(built_weights)
+    for name, weights in mine.items():
+        assert weights.shape == built_weights[name].shape, name
+        scale = float(np.abs(weights).max()) or 1.0  # a thousandth of its range: another fit is far further
+        np.testing.assert_allclose(weights, built_weights[name], rtol=0, atol=1e-3 * scale, err_msg=name)
+
+
 def test_the_committed_sample_detector_is_what_the_generator_builds(tmp_path):
-    assert (REPOSITORY / "detector" / "1" / "model.onnx").read_bytes() == build_onnx(DetectorVariant.BASELINE)
+    _same_network((REPOSITORY / "detector" / "1" / "model.onnx").read_bytes(), build_onnx(DetectorVariant.BASELINE))
     assert (REPOSITORY / "detector" / "config.pbtxt").read_text() == detector.CONFIG
     detector.write_steps(tmp_path)
     for path in sorted(tmp_path.rglob("*")):
@@ -64,7 +79,10 @@ def test_the_committed_sample_detector_is_what_the_generator_builds(tmp_path):
             assert path.read_bytes() == (REPOSITORY / path.relative_to(tmp_path)).read_bytes(), path
     meta = read_meta(REPOSITORY / "detector" / "1" / META_FILE)
     assert meta.version == 1 and meta.verification.verified_by == "seed"
-    assert meta.verification.golden == detector.golden_metrics(DetectorVariant.BASELINE)
+    expected = detector.golden_metrics(DetectorVariant.BASELINE)
+    assert set(meta.verification.golden) == set(expected)
+    for name, value in expected.items():
+        assert meta.verification.golden[name] == pytest.approx(value, abs=2e-3), name
 
 
 @pytest.mark.parametrize("variant", [DetectorVariant.BETTER, DetectorVariant.SLOW, DetectorVariant.FAILING])

@@ -30,16 +30,17 @@ CLIENT_ID = "orchestrator-controller"
 
 class ControllerService:
     def __init__(self, controller: Controller, address: BrokerAddress, gate_interval_s: float = 1.0,
-                 on_tick: Callable[[Controller], None] | None = None) -> None:
+                 on_tick: Callable[[Controller, ControllerService], None] | None = None) -> None:
         self.controller = controller
         self.gate_interval_s = gate_interval_s
-        self.on_tick = on_tick  # the metrics exporter's refresh
+        self.on_tick = on_tick  # the metrics exporter's refresh: (controller, this service)
         self.queue: asyncio.Queue[tuple[str, bytes]] = asyncio.Queue()
         self.link = Link(address, CLIENT_ID, topics.CONTROLLER_FILTERS, on_connect=self._republish,
                          clean_start=False, keepalive_s=15)
         self.store_thread = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="fleet-store")
         self.messages = 0
         self.ticks = 0
+        self.tick_s = 0.0  # how long the last step took (the metrics' step_seconds)
         self.background: set[asyncio.Future[None]] = set()
 
     async def _store(self, fn: Callable[..., T], *args: object) -> T:
@@ -94,8 +95,9 @@ class ControllerService:
             try:
                 outgoing = await self._store(self.controller.tick)
                 self.ticks += 1
+                self.tick_s = time.monotonic() - started
                 if self.on_tick is not None:
-                    await self._store(self.on_tick, self.controller)
+                    await self._store(self.on_tick, self.controller, self)
                 if self.link.connected:
                     await self._publish(outgoing)
             except FleetError as exc:  # the store busy past its timeout: the next tick tries again

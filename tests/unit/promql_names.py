@@ -19,6 +19,7 @@ from prometheus_client import CollectorRegistry
 
 from orchestrator.daemons.exporter import WatchMetrics
 from orchestrator.daemons.shadow_metrics import ShadowMetrics
+from orchestrator.fleet.metrics import ControllerMetrics
 
 ROOT = Path(__file__).resolve().parents[2]
 DASHBOARD = ROOT / "docker" / "grafana" / "dashboards" / "triton-orchestrator.json"
@@ -38,14 +39,16 @@ def _series_names(register: Callable[[CollectorRegistry], object]) -> set[str]:
     return names
 
 
-# The watcher's series (`orchestrate watch --metrics-port`) and a shadow run's (its own port).
+# The watcher's series (`orchestrate watch --metrics-port`), a shadow run's (its own port) and the fleet
+# controller's (`orchestrate fleet serve`, its configuration's metrics port).
 WATCH_METRICS = _series_names(WatchMetrics)
 SHADOW_METRICS = _series_names(ShadowMetrics)
+FLEET_METRICS = _series_names(ControllerMetrics)
 
 
 def exported_metric_names() -> set[str]:
     """Every series name the orchestrator's exporters can emit (the real ones, not a list kept by hand)."""
-    return WATCH_METRICS | SHADOW_METRICS
+    return WATCH_METRICS | SHADOW_METRICS | FLEET_METRICS
 
 
 # The orchestrator's metrics (the interface of `orchestrate watch`), Prometheus' own `up`,

@@ -3,9 +3,9 @@ a Grafana the operator already runs, over one device or many.
 
 No Grafana runs here, so the file is checked statically against what Grafana does with it, and against the
 real exporter: every query parses as PromQL once Grafana's variables are in, selects series the exporters
-emit (a real ``WatchMetrics`` registry, through ``generate_latest``) and filters on the dashboard's
-variables; no panel names a data source uid. ``problems`` is the whole check; the last tests show that it
-catches a broken dashboard.
+emit (real ``WatchMetrics``, ``ShadowMetrics`` and ``ControllerMetrics`` registries, through
+``generate_latest``) and filters on the dashboard's variables; no panel names a data source uid.
+``problems`` is the whole check; the last tests show that it catches a broken dashboard.
 
 What Grafana does with the file, and why it is written as it is:
 - Provisioning (docker/grafana/provisioning/dashboards) stores the JSON as it is: an import placeholder
@@ -26,6 +26,7 @@ import json
 import re
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from typing import Any
 
 import promql_parser
@@ -39,8 +40,14 @@ from orchestrator.core.policy import WatchPolicy
 from orchestrator.core.shadow_stats import ShadowReport, TensorSummary
 from orchestrator.daemons.exporter import WatchMetrics
 from orchestrator.daemons.shadow_metrics import ShadowMetrics
+from orchestrator.fleet.gates import Assessment, GateResult, Verdict
+from orchestrator.fleet.metrics import ControllerMetrics, FleetReading, RolloutRow
+from orchestrator.fleet.rollout import start
+from orchestrator.fleet.store import DeviceRecord
 
+from .fleet.planning import fleet, plan
 from .promql_names import (
+    FLEET_METRICS,
     KNOWN_METRICS,
     ROOT,
     SHADOW_METRICS,
@@ -103,6 +110,24 @@ def shadow_exposition() -> str:
     return generate_latest(registry).decode()
 
 
+def fleet_exposition() -> str:
+    """What ``orchestrate fleet serve`` serves after a step: a rollout with its gates assessed, devices, a block."""
+    registry = CollectorRegistry()
+    metrics = ControllerMetrics(registry)
+    views = fleet(20)
+    rollout = start(plan(), views, 0.0)
+    rollout = replace(rollout, assessment=Assessment((
+        GateResult("verified", Verdict.INCONCLUSIVE, 0.5, 2, "wave still going"),
+        GateResult("errors", Verdict.FAIL, 0.05, 1000, "50 errors in 1000 requests"))))
+    devices = [DeviceRecord(d, dict(v.labels), True, None, 5.0, 5.0, 0) for d, v in views.items()]
+    metrics.show(FleetReading(10.0, devices, [RolloutRow(rollout.id, rollout.plan.model, rollout.phase, 9.0)],
+                              [rollout], blocks=1, updated_at={rollout.id: 9.0}))
+    metrics.messages.inc(40)
+    metrics.steps.inc()
+    metrics.step_seconds.observe(0.02)
+    return generate_latest(registry).decode()
+
+
 def exposed_labels(text: str) -> dict[str, set[str]]:
     """Each sample name of an exposition and the labels it carries, once Prometheus has scraped it."""
     labels: dict[str, set[str]] = {}
@@ -114,7 +139,8 @@ def exposed_labels(text: str) -> dict[str, set[str]]:
 
 @pytest.fixture(scope="module")
 def series_labels() -> dict[str, set[str]]:
-    return {**exposed_labels(watcher_exposition()), **exposed_labels(shadow_exposition())}
+    return {**exposed_labels(watcher_exposition()), **exposed_labels(shadow_exposition()),
+            **exposed_labels(fleet_exposition())}
 
 
 @pytest.fixture(scope="module")
@@ -191,11 +217,14 @@ def required_filters(name: str, labels: dict[str, set[str]]) -> dict[str, str | 
 
     The watcher's series: on the orchestrator and the model (a series without a model label must not
     filter on model: the filter would empty it). Triton's: on the Triton instance, its own scrape
-    target, and the model. A shadow run's: on the model only (its own scrape target too)."""
+    target, and the model. A shadow run's: on the model only (its own scrape target too). The fleet
+    controller's: on the controller, its own scrape target, and the rollout where the series has one."""
     if name in WATCH_METRICS:
         return {"instance": "instance", "model": "model" if "model" in labels.get(name, set()) else None}
     if name in SHADOW_METRICS:
         return {"model": "model"}
+    if name in FLEET_METRICS:
+        return {"instance": "controller", "rollout": "rollout" if "rollout" in labels.get(name, set()) else None}
     if name.startswith("nv_"):
         return {"instance": "triton", "model": "model"}
     return {}
@@ -262,6 +291,8 @@ def result_labels(node: Any, labels: dict[str, set[str]]) -> set[str] | None:
         return None if inner is None else inner - set(node.modifier.labels)
     if isinstance(node, promql_parser.BinaryExpr):
         lhs, rhs = result_labels(node.lhs, labels), result_labels(node.rhs, labels)
+        if str(node.op) in ("and", "unless"):
+            return lhs  # a set operation keeps the left side's series as they are; on() only matches
         if _is_scalar(node.rhs):
             return lhs
         if _is_scalar(node.lhs):
@@ -314,8 +345,8 @@ def test_every_query_parses_and_selects_only_known_metrics(dashboard: dict[str, 
 def test_no_data_source_is_fixed(dashboard: dict[str, Any]) -> None:
     assert datasource_problems(dashboard) == []
     refs = [value for _, key, value in _walk(dashboard) if key == "datasource"]
-    # every panel, every target, every annotation and every query variable
-    panels = dashboard["panels"]
+    # every panel but a row, every target, every annotation and every query variable
+    panels = [p for p in dashboard["panels"] if p["type"] != "row"]
     assert len(refs) == len(panels) + sum(len(p["targets"]) for p in panels) + len(
         dashboard["annotations"]["list"]) + sum(v["type"] == "query" for v in _variables(dashboard))
 
@@ -354,10 +385,13 @@ def test_imported_it_starts_on_the_data_source_picked_and_provisioned_on_the_sta
 
 def test_variables_pick_devices_and_models(dashboard: dict[str, Any]) -> None:
     variables = {v["name"]: v for v in _variables(dashboard)}
-    assert list(variables) == ["datasource", "instance", "model", "triton"]  # each after those it uses
-    expected = {"instance": ("orchestrator_served_version", "instance", set()),
-                "model": ("orchestrator_served_version", "model", {"instance"}),
-                "triton": ("nv_inference_count", "instance", {"model"})}
+    # each after those it uses
+    assert list(variables) == ["datasource", "instance", "model", "triton", "controller", "rollout"]
+    expected = {"instance": ("orchestrator_served_version", "instance", {}),  # label filtered -> variable
+                "model": ("orchestrator_served_version", "model", {"instance": "instance"}),
+                "triton": ("nv_inference_count", "instance", {"model": "model"}),
+                "controller": ("orchestrator_fleet_devices", "instance", {}),
+                "rollout": ("orchestrator_fleet_rollout_phase", "rollout", {"instance": "controller"})}
     queries = {q.where.removeprefix("variable "): q for q in dashboard_queries(dashboard)}
     for name, (metric, label, uses) in expected.items():
         variable = variables[name]
@@ -367,7 +401,7 @@ def test_variables_pick_devices_and_models(dashboard: dict[str, Any]) -> None:
         (selector,) = selectors(promql(queries[name], dashboard))
         assert (selector.name, queries[name].labels_shown) == (metric, (label,)), name
         filters = {m.name: m.value for m in selector.matchers.matchers}
-        assert filters == {used: variable_value(used) for used in uses}, name
+        assert filters == {label: variable_value(used) for label, used in uses.items()}, name
 
 
 def test_every_selector_filters_on_its_devices_and_models(dashboard: dict[str, Any],
@@ -417,6 +451,16 @@ PANELS = {  # title -> (type, a metric it must select)
     "Detection latency (p50, p95 over the time range)": ("bargauge", "orchestrator_detection_latency_seconds_bucket"),
     "Switch duration (p50, p95 over the time range)": ("bargauge", "orchestrator_switch_duration_seconds_bucket"),
     "Promotions by outcome (time range)": ("bargauge", "orchestrator_promotions_total"),
+    "Rollout phase": ("stat", "orchestrator_fleet_rollout_phase"),
+    "Wave": ("stat", "orchestrator_fleet_rollout_waves"),
+    "Devices online": ("stat", "orchestrator_fleet_devices"),
+    "Left on the version": ("stat", "orchestrator_fleet_left_on_version"),
+    "Blocks in force": ("stat", "orchestrator_fleet_blocks"),
+    "Devices per state": ("timeseries", "orchestrator_fleet_rollout_devices"),
+    "Gate values and their bounds": ("timeseries", "orchestrator_fleet_gate_value"),
+    "Gate verdicts": ("stat", "orchestrator_fleet_gate_verdict"),
+    "Device report age": ("timeseries", "orchestrator_fleet_device_last_report_age_seconds"),
+    "Controller: step time (p95) and messages": ("timeseries", "orchestrator_fleet_step_seconds_bucket"),
 }
 
 
@@ -448,6 +492,23 @@ def test_the_panels_show_versions_rollbacks_rules_latencies_errors_and_traffic(d
     assert "outcome" in _shown(dashboard, "Promotions by outcome (time range)")
 
 
+def test_the_fleet_row_holds_the_fleet_controllers_panels_and_only_them(dashboard: dict[str, Any]) -> None:
+    (row,) = [p for p in dashboard["panels"] if p["type"] == "row"]
+    assert row["title"] == "Fleet rollouts" and row["collapsed"] is False
+    variables = dashboard_variables(dashboard)
+    for panel in dashboard["panels"]:
+        if panel is row:
+            continue
+        used = {n for t in panel["targets"] for n in metric_names(grafana_promql(t["expr"], variables))}
+        below = panel["gridPos"]["y"] > row["gridPos"]["y"]
+        assert (used <= FLEET_METRICS) == below, panel["title"]
+    assert {"rollout", "phase"} <= _shown(dashboard, "Rollout phase")
+    assert {"rollout", "state"} <= _shown(dashboard, "Devices per state")
+    assert {"rollout", "gate", "bound"} <= _shown(dashboard, "Gate values and their bounds")
+    steps = _panel(dashboard, "Left on the version")["fieldConfig"]["defaults"]["thresholds"]["steps"]
+    assert {"color": "red", "value": 1} in steps
+
+
 def test_panels_have_their_own_ids_and_places(dashboard: dict[str, Any]) -> None:
     panels = dashboard["panels"]
     assert len({p["id"] for p in panels}) == len(panels)
@@ -463,14 +524,16 @@ def test_panels_have_their_own_ids_and_places(dashboard: dict[str, Any]) -> None
 
 def test_the_real_exposition_has_every_series_and_label_the_dashboard_uses(dashboard: dict[str, Any]) -> None:
     watcher, shadow = exposed_labels(watcher_exposition()), exposed_labels(shadow_exposition())
+    controller = exposed_labels(fleet_exposition())
     assert WATCH_METRICS <= set(watcher) and SHADOW_METRICS <= set(shadow)  # the exercise wrote every series
+    assert FLEET_METRICS <= set(controller)
     used = {n for n in dashboard_metric_names(dashboard) if n.startswith("orchestrator_")}
-    assert used - WATCH_METRICS - SHADOW_METRICS == set()
+    assert used - WATCH_METRICS - SHADOW_METRICS - FLEET_METRICS == set()
     assert {n for n in used if n in WATCH_METRICS} <= set(watcher)
     assert {n for n in used if n in SHADOW_METRICS} <= set(shadow)
     # every label a query names on an orchestrator series is one the series carries
     variables = dashboard_variables(dashboard)
-    labels = {**watcher, **shadow}
+    labels = {**watcher, **shadow, **controller}
     for query in dashboard_queries(dashboard):
         for selector in selectors(grafana_promql(query.expr, variables)):
             if selector.name in labels:
@@ -517,6 +580,16 @@ BROKEN: dict[str, tuple[Callable[[dict[str, Any]], None], str]] = {
     "syntax-error": (lambda d: _replace_in(_target(d, "Rollbacks (24 h)"), "[24h]", ""), "expected type matrix"),
     "legend-label-the-sum-drops": (lambda d: _target(d, "Rollbacks (24 h)").update(
         legendFormat="{{model}} {{trigger}}"), "['trigger']"),
+    "fleet-on-the-watchers-instance": (lambda d: _replace_in(_target(d, "Devices per state"), "$controller",
+                                                             "$instance"), 'not filtered instance=~"$controller"'),
+    "fleet-without-the-rollout-filter": (lambda d: _replace_in(_target(d, "Left on the version"),
+                                                               ',rollout=~"$rollout"', ""),
+                                         'not filtered rollout=~"$rollout"'),
+    "rollout-filter-on-a-fleet-series-without-rollout": (lambda d: _replace_in(
+        _target(d, "Devices online"), '"$controller"', '"$controller",rollout=~"$rollout"'), "no rollout label"),
+    "misspelt-fleet-metric": (lambda d: _replace_in(_target(d, "Gate values and their bounds"),
+                                                    "orchestrator_fleet_gate_value", "orchestrator_fleet_gate_values"),
+                              "unknown metrics"),
 }
 
 

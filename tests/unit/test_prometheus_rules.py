@@ -56,17 +56,66 @@ def test_every_alert_passes_its_unit_tests(promtool: str) -> None:
     assert "SUCCESS" in result.stdout
 
 
-def test_the_unit_tests_can_fail(promtool: str, tmp_path: Path) -> None:
-    """Without the "appeared already at 1" branch the rollback alert misses that case: the tests see it."""
-    rules = RULES.read_text().replace(
-        "            or (orchestrator_rollbacks_total unless orchestrator_rollbacks_total offset 15m) > 0\n", "")
+def _test_with(promtool: str, tmp_path: Path, old: str, new: str) -> str:
+    """promtool's unit tests against the rules with ``old`` replaced by ``new``: what it prints (they must fail)."""
+    rules = RULES.read_text().replace(old, new)
     assert rules != RULES.read_text()
     (tmp_path / "docker" / "prometheus").mkdir(parents=True)
     (tmp_path / "docker" / "prometheus" / "alerts.yml").write_text(rules)
     (tmp_path / "tests" / "prometheus").mkdir(parents=True)
     shutil.copy(RULE_TESTS, tmp_path / "tests" / "prometheus" / "alerts.test.yml")
     result = _run(promtool, "test", "rules", str(tmp_path / "tests" / "prometheus" / "alerts.test.yml"))
-    assert result.returncode != 0 and "absent, then 1" in result.stdout + result.stderr
+    assert result.returncode != 0, result.stdout
+    return result.stdout + result.stderr
+
+
+def test_the_unit_tests_can_fail(promtool: str, tmp_path: Path) -> None:
+    """Without the "appeared already at 1" branch the rollback alert misses that case: the tests see it."""
+    output = _test_with(promtool, tmp_path, "            or (orchestrator_rollbacks_total unless "
+                                            "orchestrator_rollbacks_total offset 15m) > 0\n", "")
+    assert "absent, then 1" in output
+
+
+FLEET_MUTATIONS = {  # what the fleet alerts' tests catch: (old, new, words of the test that fails)
+    "halted-without-its-date": (
+        "          and on(instance, rollout) (time() - orchestrator_fleet_rollout_last_step_timestamp_seconds)"
+        " < 3600\n", "", "an old halt newly scraped does not"),
+    "gate-failing-on-finished-rollouts": (
+        '          unless on(instance, rollout) orchestrator_fleet_rollout_phase{phase=~"succeeded|halted|aborted"} '
+        "== 1\n", "", "not on a finished one"),
+    "silent-by-presence-only": (
+        "          or on(instance, job)\n"
+        "          (max without (quantile) (orchestrator_fleet_device_last_report_age_seconds"
+        '{quantile="0.9"}) > 900)\n',
+        "", "by presence or by report age"),
+    "left-on-version-at-once": ("        expr: orchestrator_fleet_left_on_version > 0\n        for: 10m\n",
+                                "        expr: orchestrator_fleet_left_on_version > 0\n",
+                                "reverts that finish in time do not"),
+}
+
+
+@pytest.mark.parametrize("name", FLEET_MUTATIONS)
+def test_the_fleet_alerts_unit_tests_can_fail(promtool: str, tmp_path: Path, name: str) -> None:
+    old, new, words = FLEET_MUTATIONS[name]
+    assert words in _test_with(promtool, tmp_path, old, new)
+
+
+def test_the_fleet_controller_is_scraped_by_its_service_name_and_its_alerts_read_that_job() -> None:
+    """A device's own stack runs no controller: a name that does not resolve is no target, so no
+    FleetControllerDown there; where the compose network has a fleet-controller it is scraped."""
+    config = yaml.safe_load(CONFIG.read_text())
+    (job,) = [j for j in config["scrape_configs"] if j["job_name"] == "orchestrator-fleet"]
+    assert job["dns_sd_configs"] == [{"names": ["fleet-controller"], "type": "A", "port": 9400}]
+    fleet = [rule for group in yaml.safe_load(RULES.read_text())["groups"] if group["name"] == "fleet-controller"
+             for rule in group["rules"]]
+    assert {rule["alert"] for rule in fleet} == {
+        "FleetRolloutHalted", "FleetRolloutBlockProposed", "FleetRolloutPaused", "FleetDevicesLeftOnBadVersion",
+        "FleetGateFailing", "FleetDevicesSilent", "FleetControllerDown"}
+    (down,) = [rule for rule in fleet if rule["alert"] == "FleetControllerDown"]
+    assert down["expr"] == 'up{job="orchestrator-fleet"} == 0'
+    for rule in fleet:
+        # each tells the operator what to run
+        assert "`orchestrate fleet" in rule["annotations"]["description"], rule["alert"]
 
 
 def test_every_alert_has_a_unit_test_where_it_fires() -> None:

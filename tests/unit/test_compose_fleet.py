@@ -41,7 +41,7 @@ def test_the_env_example_sets_every_required_variable() -> None:
 def test_the_controller_runs_fleet_serve_and_the_broker_reads_what_broker_config_writes(raw: dict[str, Any],
                                                                                           tmp_path: Path) -> None:
     services = interpolate(raw, _env())["services"]
-    command = services["controller"]["command"]
+    command = services["fleet-controller"]["command"]
     assert command[:2] == ["fleet", "serve"] and "--config" in command
     assert CliRunner().invoke(app, [*command, "--help"]).exit_code == 0
     broker = services["mosquitto"]
@@ -59,3 +59,15 @@ def test_the_controller_runs_fleet_serve_and_the_broker_reads_what_broker_config
 def test_broker_config_refuses_half_a_tls_setup(tmp_path: Path) -> None:
     result = CliRunner().invoke(app, ["fleet", "broker-config", str(tmp_path), "--tls-ca", "ca.pem"])
     assert result.exit_code == 2 and "TLS needs --tls-ca, --tls-cert and --tls-key together" in result.output
+
+
+def test_prometheus_scrapes_the_controller_where_compose_publishes_it(raw: dict[str, Any]) -> None:
+    services = interpolate(raw, _env())["services"]
+    scrape = yaml.safe_load((DOCKER / "prometheus" / "fleet.yml").read_text())
+    (job,) = scrape["scrape_configs"]
+    (target,) = job["static_configs"][0]["targets"]
+    host, port = target.split(":")
+    assert host in services and job["job_name"] == "orchestrator-fleet"
+    assert any(str(p).endswith(f":{port}:{port}") for p in services[host]["ports"])
+    mounts = {v.split(":")[0] for v in services["prometheus"]["volumes"] if isinstance(v, str)}
+    assert "./prometheus/fleet.yml" in mounts and "./prometheus/alerts.yml" in mounts

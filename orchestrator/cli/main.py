@@ -248,9 +248,11 @@ def _default_metrics_url(triton_url: str) -> str:
 @click.option("--inbox", type=PATH, help="Folder to file signed .tar.gz packages from")
 @click.option("--trace-dir", type=PATH, help="Where Triton's trace files appear on this machine, for drift "
               "[default: the server's trace file folder]")
+@click.option("--fleet", "fleet", type=PATH, metavar="CONF",
+              help="Also run the fleet agent configured in CONF (YAML: device, broker, controller_keys, labels)")
 @click.pass_context
 def watch(ctx: click.Context, models: tuple[str, ...], metrics_port: int, metrics_address: str,
-          triton_metrics_url: str | None, inbox: Path | None, trace_dir: Path | None) -> None:
+          triton_metrics_url: str | None, inbox: Path | None, trace_dir: Path | None, fleet: Path | None) -> None:
     """Watch the served versions (all models by default) and roll back to the last verified one on anomalies
     (until SIGTERM).
 
@@ -258,13 +260,29 @@ def watch(ctx: click.Context, models: tuple[str, ...], metrics_port: int, metric
     takes `orchestrate rollback` on <state>/orchestrate.sock, and files packages dropped in --inbox.
 
     \b
+    With --fleet CONF the device's fleet agent runs beside the watcher (its own thread): it applies the
+    controller's signed desired state through the same import, promote and rollback, and reports over MQTT.
+
+    \b
     Example:
       orchestrate watch --metrics-port 9400 --inbox /srv/orch/inbox
+      orchestrate watch --fleet /etc/orchestrator/fleet.yaml
     """
     from orchestrator.daemons.watch import Watch, serve_metrics  # noqa: PLC0415
 
+    agent: Callable[[threading.Event], None] | None = None
+
     def start() -> Watch:
+        nonlocal agent
+        if fleet is not None:  # checked before anything starts: a bad file is one line and exit 2
+            from orchestrator.fleet.agent_config import load_config  # noqa: PLC0415
+            from orchestrator.fleet.agent_runner import build_agent, serve  # noqa: PLC0415
+
+            conf = load_config(fleet)
         orch = orchestrator_of(ctx)
+        if fleet is not None:
+            device = build_agent(orch.settings, conf.options, conf.controller_keys)
+            agent = lambda stop: serve(device, conf.address, stop)  # noqa: E731
         url = triton_metrics_url or os.environ.get("ORCH_TRITON_METRICS_URL") or \
             _default_metrics_url(orch.settings.triton_url)
         daemon = Watch(orch.settings, list(models) or None, url, inbox=inbox, trace_dir=trace_dir)
@@ -277,7 +295,15 @@ def watch(ctx: click.Context, models: tuple[str, ...], metrics_port: int, metric
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     click.echo(f"watching; metrics on {metrics_address}:{metrics_port}/metrics, labels on "
                f"{metrics_address}:{metrics_port}/api/v1/models/MODEL/labels", err=True)
-    run(lambda: daemon.run(stop))
+    fleet_thread = threading.Thread(target=agent, args=(stop,), name="fleet-agent", daemon=True) if agent else None
+    if fleet_thread is not None:
+        fleet_thread.start()
+    try:
+        run(lambda: daemon.run(stop))
+    finally:
+        stop.set()
+        if fleet_thread is not None:
+            fleet_thread.join(timeout=10.0)
 
 
 @app.command("local-triton")

@@ -28,6 +28,7 @@ class Action(str, enum.Enum):
     RESUME = "resume"  # ... and resumed
     LABEL = "label"  # a version label moved or removed
     REPLAY = "replay"  # recording of production inputs for replay set up, stopped or cleared
+    FLEET = "fleet"  # the fleet agent: a desired document accepted, applied or refused, a block applied
 
     @property
     def switches(self) -> bool:

@@ -275,6 +275,10 @@ class TritonControl:
         """
         return self._json_object("POST", self._trace_path(model), "trace settings update", settings)
 
+    def server_metadata(self) -> dict[str, object]:
+        """``GET /v2``: the server's name, version and extensions (a device's facts for the fleet)."""
+        return self._json_object("GET", "/v2", "server metadata")
+
     def inference_stats(self, model: str) -> tuple[int, int]:
         """Successful requests of ``model`` (all versions) and their total time inside Triton in ns."""
         what = f"statistics of {model}"
@@ -288,7 +292,7 @@ class TritonControl:
         return count, total_ns
 
     def execution_stats(self, model: str) -> dict[int, ExecutionStats]:
-        """Each loaded version's executions, samples, compute time and successful requests, from one GET."""
+        """Each loaded version's executions, samples, compute time, successful and failed requests, from one GET."""
         what = f"statistics of {model}"
         raw: Any = self._json_object("GET", f"{_model(model)}/stats", what)
         found: dict[int, ExecutionStats] = {}
@@ -301,7 +305,9 @@ class TritonControl:
                     compute_ns=sum(int(stats.get(part, {}).get("ns", 0))
                                    for part in ("compute_input", "compute_infer", "compute_output")),
                     success_count=int(stats.get("success", {}).get("count", 0)),
-                    success_ns=int(stats.get("success", {}).get("ns", 0)))
+                    success_ns=int(stats.get("success", {}).get("ns", 0)),
+                    fail_count=int(stats.get("fail", {}).get("count", 0)),
+                    fail_ns=int(stats.get("fail", {}).get("ns", 0)))
         return found
 
 

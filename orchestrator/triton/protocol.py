@@ -53,7 +53,9 @@ class ExecutionStats:
 
     An execution is one run of the model (a batch); ``compute_ns`` is the time those runs spent
     in the backend (Triton's compute_input + compute_infer + compute_output): device time, not
-    queueing or the HTTP round trip. ``success_*`` count requests, their whole time inside Triton.
+    queueing or the HTTP round trip. ``success_*`` count requests, their whole time inside Triton;
+    ``fail_*`` the requests the model answered with an error (the backend raised, a stub died). A request
+    Triton refuses before it reaches the model (wrong shape, unknown output) is neither.
     """
 
     executions: int = 0
@@ -61,6 +63,13 @@ class ExecutionStats:
     compute_ns: int = 0
     success_count: int = 0
     success_ns: int = 0
+    fail_count: int = 0
+    fail_ns: int = 0
+
+    @property
+    def requests(self) -> int:
+        """Every request the model answered, well or with an error."""
+        return self.success_count + self.fail_count
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,8 @@ Statistics count what the twin served: one execution per request (no dynamic bat
 request's batch as its inferences, and as compute time either the behaviour's own time on the
 clock or, when set (``compute_s`` of the twin or of a version), that many seconds per execution,
 which the request then also takes on the clock: a twin over a ``VirtualClock`` models a device
-whose every probe costs a known amount.
+whose every probe costs a known amount. A behaviour that raises is a failed request (``fail_count``:
+one execution, no inferences, no compute time), as a python model whose execute() raises is on 2.51.
 """
 
 from __future__ import annotations
@@ -423,7 +424,12 @@ class TritonTwin:
         try:
             produced = slot.behaviour(inputs) if slot.behaviour else zeros(slot.config or {}, inputs)
             result = {name: produced[name] for name in outputs}
-        except Exception as exc:  # the backend's error response
+        except Exception as exc:  # the backend's error response: a failed request of this version
+            with self._s.lock:
+                stats = self._s.stats.get((model, version), ExecutionStats())
+                self._s.stats[(model, version)] = replace(
+                    stats, executions=stats.executions + 1, fail_count=stats.fail_count + 1,
+                    fail_ns=stats.fail_ns + max(1, int((self._clock() - started) * 1e9)))
             raise TritonError(f"{what} failed: {exc}") from exc
         charged = spec.compute_s if spec.compute_s is not None else self._s.compute_s
         if charged:

@@ -1,10 +1,12 @@
 """One Triton contract, two backends: a real embedded tritonserver and the in-memory twin.
 
 Both serve a private copy of the sample repository with three classifier versions: v1 (the
-sample's), v2 (the BETTER variant) and v3 (the CORRUPT variant, whose load fails), plus a
-model that is never loaded. Each backend sets up its own equivalent of that situation (the
-twin cannot run a python model: its outputs come from onnxruntime on the same model.onnx and
-its v3 is declared failing); the assertions in test_triton_contract.py are the same for both.
+sample's), v2 (the BETTER variant) and v3 (the CORRUPT variant, whose load fails), a model that
+is never loaded, and a model ``failing`` whose v1 runs the sample's network under a runner whose
+execute() raises on every request. Each backend sets up its own equivalent of that situation (the
+twin cannot run a python model: its outputs come from onnxruntime on the same model.onnx, its v3
+is declared failing and ``failing`` raising); the assertions in test_triton_contract.py are the
+same for both.
 
 One backend per module: the real server starts once (about 2 s with its first load), and
 ``triton`` puts it back to v1 alone before each test.
@@ -33,6 +35,7 @@ ROOT = Path(__file__).resolve().parents[2]
 MODEL, SPARE = "classifier", "spare"  # SPARE is in the repository and never loaded
 CANDIDATE = f"{MODEL}__candidate"
 GOOD, NEW, BROKEN = 1, 2, 3
+FAILING = "failing"  # a model whose every request fails in the backend
 ADMIN_KEY = "contract-admin-key-0123456789"
 IMAGES = golden_set()[0][:4]
 WAIT_S = 15.0  # a python stub takes about 1.2 s to unload on the real server
@@ -54,6 +57,21 @@ def policy(*versions: int, model: str = MODEL) -> str:
     return json_format.MessageToJson(model_config(model, versions), preserving_proto_field_name=True, indent=None)
 
 
+# A model whose execute() raises: Triton 2.51 counts each request as failed (measured: fail_count, one
+# execution, no inferences). faulty_model.py's "errors" mode answers error responses instead, which the
+# python backend counts as successes.
+RAISING_RUNNER = """import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        pass
+
+    def execute(self, requests):
+        raise RuntimeError("injected fault: execute raised")
+"""
+
+
 def build_repository(dest: Path, work: Path) -> Path:
     shutil.copytree(ROOT / "model_repository", dest)
     for version, variant in ((NEW, Variant.BETTER), (BROKEN, Variant.CORRUPT)):
@@ -64,6 +82,9 @@ def build_repository(dest: Path, work: Path) -> Path:
         for name in ("model.onnx", "model.py", "meta.yaml"):
             shutil.copy2(package / name, staging / name)
         staging.rename(dest / MODEL / str(version))
+    shutil.copytree(dest / MODEL / str(GOOD), dest / FAILING / str(GOOD))
+    (dest / FAILING / str(GOOD) / "model.py").write_text(RAISING_RUNNER)
+    (dest / FAILING / "config.pbtxt").write_text(text_format.MessageToString(model_config(FAILING, (GOOD,))))
     shutil.copytree(dest / MODEL / str(GOOD), dest / SPARE / str(GOOD))
     (dest / SPARE / "config.pbtxt").write_text(text_format.MessageToString(model_config(SPARE, (GOOD,))))
     return dest
@@ -74,6 +95,11 @@ def onnx_behaviour(model: str, version: int, folder: Path | None) -> Behaviour:
     assert folder is not None
     session = ort.InferenceSession(str(folder / "model.onnx"), providers=["CPUExecutionProvider"])
     return lambda inputs: dict(zip(["LOGITS"], session.run(["LOGITS"], {"IMAGE": inputs["IMAGE"]}), strict=True))
+
+
+def failing(inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """RAISING_RUNNER on the twin: a behaviour that raises is a failed request."""
+    raise RuntimeError("injected fault: execute raised")
 
 
 def expected_logits(repository: Path, version: int, images: np.ndarray = IMAGES) -> np.ndarray:
@@ -129,6 +155,7 @@ def twin_backend(tmp: Path) -> Iterator[Backend]:
     twin.configure(MODEL, NEW, load_latency_s=0.3)
     twin.configure(MODEL, BROKEN, load_error="Internal: InvalidProtobuf: [ONNXRuntimeError] : 7 : "
                                              "INVALID_PROTOBUF : Protobuf parsing failed.")
+    twin.configure(FAILING, GOOD, behaviour=failing)
     yield Backend("twin", repository, twin.with_key, twin.stop, twin.start)
 
 

@@ -21,6 +21,7 @@ from orchestrator.triton.protocol import ExecutionStats, IndexEntry, InferenceRe
 from .conftest import (
     BROKEN,
     CANDIDATE,
+    FAILING,
     GOOD,
     IMAGES,
     MODEL,
@@ -239,6 +240,30 @@ def test_execution_stats_count_each_versions_executions_and_compute_time(triton:
     infer(triton)  # to the highest READY version
     assert triton.execution_stats(MODEL)[NEW].executions == 1
     assert_answered_error(lambda: triton.execution_stats("no-such-model"))
+
+
+def test_execution_stats_count_the_requests_the_model_answered_with_an_error(triton: TritonAPI) -> None:
+    """What the fleet agent reports as a version's errors: a request the model raised on is a failed request
+    of that version (``fail_count``, its time in ``fail_ns``, one execution of no inferences), not a success;
+    one Triton refuses before the model runs is neither."""
+    try:
+        triton.load(FAILING)
+        assert triton.execution_stats(FAILING) == {GOOD: ExecutionStats()}
+        for _ in range(2):
+            assert_answered_error(lambda: infer(triton, model=FAILING))
+        assert_answered_error(lambda: infer(triton, model=FAILING, images=IMAGES[:, :1]))  # refused: not counted
+        # Triton counts a request after answering it: read again until both are in.
+        deadline = time.monotonic() + 5.0
+        failed = triton.execution_stats(FAILING)[GOOD]
+        while failed.requests < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+            failed = triton.execution_stats(FAILING)[GOOD]
+        assert (failed.success_count, failed.fail_count, failed.requests) == (0, 2, 2)
+        assert (failed.executions, failed.inferences, failed.success_ns) == (2, 0, 0) and failed.fail_ns > 0
+        assert triton.inference_stats(FAILING)[0] == 0  # successes only
+    finally:
+        triton.unload(FAILING)
+        assert triton.wait_unloaded(FAILING, None, WAIT_S)
 
 
 def test_unload_then_wait_unloaded(triton: TritonAPI) -> None:

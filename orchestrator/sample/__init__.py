@@ -171,17 +171,27 @@ def write_sample_package(dest: Path, variant: Variant, created_at: str = SEED_TI
 
 
 FAULTY_RUNNER = Path(__file__).with_name("faulty_model.py")
+# The environment variable a device's backend process reads its hardware from (fault.json "only_on").
+HARDWARE_ENV = "ORCH_SAMPLE_HARDWARE"
 FAULTS = ("nan", "zeros", "exploding", "divergent", "slow", "errors", "crash", "drift")
 
 
-def write_faulty_package(dest: Path, mode: str, after_requests: int, mark: Path | None = None) -> Path:
-    """A good version that turns bad after ``after_requests`` requests in production (tests, benchmarks)."""
+def write_faulty_package(dest: Path, mode: str, after_requests: int, mark: Path | None = None,
+                         only_on_hardware: tuple[str, ...] = ()) -> Path:
+    """A good version that turns bad after ``after_requests`` requests in production (tests, benchmarks).
+
+    With ``only_on_hardware``, bad only where the backend's ``ORCH_SAMPLE_HARDWARE`` is one of those
+    values (a TensorRT plan built for another platform); good everywhere else.
+    """
     if mode not in FAULTS:
         raise ValueError(f"unknown fault {mode!r}; one of {', '.join(FAULTS)}")
-    fault = {"mode": mode, "after_requests": after_requests, "mark": str(mark) if mark else None}
+    fault: dict[str, object] = {"mode": mode, "after_requests": after_requests, "mark": str(mark) if mark else None}
+    if only_on_hardware:
+        fault["only_on"] = {"env": HARDWARE_ENV, "values": list(only_on_hardware)}
     files = {"model.onnx": build_onnx(Variant.BETTER), "model.py": FAULTY_RUNNER.read_bytes(),
              "fault.json": json.dumps(fault, sort_keys=True).encode()}
-    meta = replace(package_meta(Variant.BETTER, now_iso()), source=f"orchestrator.sample fault={mode}")
+    where = f" only_on={','.join(only_on_hardware)}" if only_on_hardware else ""
+    meta = replace(package_meta(Variant.BETTER, now_iso()), source=f"orchestrator.sample fault={mode}{where}")
     return write_package(dest, meta, files)
 
 

@@ -8,6 +8,10 @@ out as class 0: a version that passes every golden check and fails on live input
 The promote checks run in the candidate's own process, so a version built with
 ``after_requests`` above what they send passes them and fails later, like a model that
 breaks on live traffic. The wall time of the first bad response goes to ``mark``.
+
+With ``only_on`` (``{"env": "ORCH_SAMPLE_HARDWARE", "values": ["jetson-nano"]}``) the fault is
+active only where that environment variable of the backend's process holds one of the values
+(a plan that misbehaves on one GPU only); elsewhere the version stays good for ever.
 """
 
 import json
@@ -37,6 +41,8 @@ class TritonPythonModel:
         self.mark = fault.get("mark")
         self.bright_above = float(fault.get("bright_above", 0.8))
         self.served = 0
+        only_on = fault.get("only_on")
+        self.active = not only_on or os.environ.get(only_on["env"], "") in only_on["values"]
 
     def _bad(self, results, feeds):
         if self.mode == "drift":
@@ -77,7 +83,7 @@ class TritonPythonModel:
                 feeds = {name: pb_utils.get_input_tensor_by_name(request, name).as_numpy() for name in self.inputs}
                 results = self.session.run(self.outputs, feeds)
                 self.served += 1
-                if self.served > self.after:
+                if self.active and self.served > self.after:
                     results = self._bad(results, feeds)
                 tensors = [pb_utils.Tensor(name, value) for name, value in zip(self.outputs, results, strict=True)]
                 responses.append(pb_utils.InferenceResponse(output_tensors=tensors))

@@ -17,6 +17,7 @@ import subprocess
 import sys
 import sysconfig
 import time
+from collections.abc import Mapping
 from pathlib import Path
 
 import requests
@@ -86,8 +87,11 @@ def _die_with_parent() -> None:
 class EmbeddedTriton:
     def __init__(self, repository: Path, workdir: Path, load_models: tuple[str, ...] = (),
                  extra_args: tuple[str, ...] = (), ports: tuple[int, int, int] | None = None,
-                 admin_key: str | None = None) -> None:
+                 admin_key: str | None = None, env: Mapping[str, str] | None = None) -> None:
         self.repository = repository.resolve()
+        # Extra environment variables for the server, inherited by its python backend stubs (measured:
+        # tests/integration/test_sample_hardware.py); e.g. the device's hardware for the sample's faults.
+        self.env = dict(env or {})
         self.admin_key = admin_key  # when set, the RESTRICTED_APIS need it (as on the Jetson)
         self.workdir = workdir
         self.load_models = load_models
@@ -142,6 +146,7 @@ class EmbeddedTriton:
         site = [sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]]
         paths = [*site, *env.get("PYTHONPATH", "").split(os.pathsep)]
         env["PYTHONPATH"] = os.pathsep.join(p for p in dict.fromkeys(paths) if p)
+        env.update(self.env)
         return env
 
     def start(self, timeout_s: float = 60.0) -> EmbeddedTriton:

@@ -29,6 +29,7 @@ from __future__ import annotations
 import json
 import logging
 import posixpath
+import re
 import shutil
 import threading
 import time
@@ -42,6 +43,7 @@ from urllib.parse import unquote, urlsplit
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from orchestrator.core.journal import Action, Record, Result, new_op_id
+from orchestrator.core.model import VersionStatus
 from orchestrator.delivery.fetch import fetch
 from orchestrator.errors import DocumentRefused, OrchestratorError, PackageRejected, PolicyViolation
 from orchestrator.fleet import topics
@@ -429,7 +431,7 @@ class Agent:
                 return self._fail(desired, BLOCKED, f"package {sha[:12]} is blocked on this device by a fleet notice")
         if store.served() != version and not _promoted_since(store, since, version):
             try:
-                self.orch.promote(model, version)
+                self.orch.promote(model, version, force=self._lifted_block_quarantine(store, version))
             except OrchestratorError as exc:
                 return self._fail(desired, PROMOTE, exc)
         return self._serving(desired, version)
@@ -692,6 +694,17 @@ class Agent:
             if block.model in self.stores and block.applies_to(self.labels):
                 found.append(block)
         return found
+
+    def _lifted_block_quarantine(self, store: ModelStore, version: int) -> bool:
+        """Whether ``version`` is quarantined only by a fleet block no longer in force: the controller lifted
+        the block and tells the device to install it again, so that quarantine no longer stands. One the
+        watcher put there (its own evidence on this device) still refuses the promote."""
+        snap = store.snapshot()
+        if snap.status(version) is not VersionStatus.QUARANTINED:
+            return False
+        reason = snap.attestation(version).verification.reason or ""
+        match = re.match(r"fleet: block (\S+): ", reason)
+        return match is not None and all(b.id != match.group(1) for b in self._applicable_blocks())
 
     def _blocked(self, model: str, sha: str) -> bool:
         return any(b.model == model and b.sha256 == sha for b in self._applicable_blocks())

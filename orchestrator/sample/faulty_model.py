@@ -23,6 +23,11 @@ import onnxruntime as ort
 import triton_python_backend_utils as pb_utils
 
 
+class InjectedError(RuntimeError):
+    """The ``errors`` fault: raised out of ``execute`` so Triton counts the request as failed (an error
+    response built here would count as a success in Triton's statistics)."""
+
+
 class TritonPythonModel:
     def initialize(self, args):
         config = json.loads(args["model_config"])
@@ -62,7 +67,7 @@ class TritonPythonModel:
             time.sleep(0.05)
             return results
         if self.mode == "errors":
-            raise RuntimeError("injected fault: backend error")
+            raise InjectedError("injected fault: backend error")
         out = results[0]
         if self.mode == "drift":
             return results
@@ -87,6 +92,8 @@ class TritonPythonModel:
                     results = self._bad(results, feeds)
                 tensors = [pb_utils.Tensor(name, value) for name, value in zip(self.outputs, results, strict=True)]
                 responses.append(pb_utils.InferenceResponse(output_tensors=tensors))
+            except InjectedError:
+                raise
             except Exception as exc:
                 responses.append(pb_utils.InferenceResponse(error=pb_utils.TritonError(str(exc))))
         return responses

@@ -25,7 +25,8 @@ import pytest
 from google.protobuf import json_format, text_format
 from tritonclient.grpc import model_config_pb2
 
-from orchestrator.sample import Variant, golden_set, write_sample_package
+from orchestrator.sample import Variant, golden_set, write_faulty_package, write_sample_package
+from orchestrator.sample.twin_behaviour import SampleBackend
 from orchestrator.triton.client import Triton
 from orchestrator.triton.embedded import EmbeddedTriton
 from orchestrator.triton.protocol import TritonAPI
@@ -57,21 +58,6 @@ def policy(*versions: int, model: str = MODEL) -> str:
     return json_format.MessageToJson(model_config(model, versions), preserving_proto_field_name=True, indent=None)
 
 
-# A model whose execute() raises: Triton 2.51 counts each request as failed (measured: fail_count, one
-# execution, no inferences). faulty_model.py's "errors" mode answers error responses instead, which the
-# python backend counts as successes.
-RAISING_RUNNER = """import triton_python_backend_utils as pb_utils
-
-
-class TritonPythonModel:
-    def initialize(self, args):
-        pass
-
-    def execute(self, requests):
-        raise RuntimeError("injected fault: execute raised")
-"""
-
-
 def build_repository(dest: Path, work: Path) -> Path:
     shutil.copytree(ROOT / "model_repository", dest)
     for version, variant in ((NEW, Variant.BETTER), (BROKEN, Variant.CORRUPT)):
@@ -82,8 +68,12 @@ def build_repository(dest: Path, work: Path) -> Path:
         for name in ("model.onnx", "model.py", "meta.yaml"):
             shutil.copy2(package / name, staging / name)
         staging.rename(dest / MODEL / str(version))
-    shutil.copytree(dest / MODEL / str(GOOD), dest / FAILING / str(GOOD))
-    (dest / FAILING / str(GOOD) / "model.py").write_text(RAISING_RUNNER)
+    # The sample's own fault package, "errors" from the first request: its execute() raises, which Triton
+    # 2.51 counts as failed requests (measured: fail_count, one execution, no inferences).
+    failing = write_faulty_package(work / "errors", "errors", 0)
+    (dest / FAILING / str(GOOD)).mkdir(parents=True)
+    for name in ("model.onnx", "model.py", "fault.json"):
+        shutil.copy2(failing / name, dest / FAILING / str(GOOD) / name)
     (dest / FAILING / "config.pbtxt").write_text(text_format.MessageToString(model_config(FAILING, (GOOD,))))
     shutil.copytree(dest / MODEL / str(GOOD), dest / SPARE / str(GOOD))
     (dest / SPARE / "config.pbtxt").write_text(text_format.MessageToString(model_config(SPARE, (GOOD,))))
@@ -95,11 +85,6 @@ def onnx_behaviour(model: str, version: int, folder: Path | None) -> Behaviour:
     assert folder is not None
     session = ort.InferenceSession(str(folder / "model.onnx"), providers=["CPUExecutionProvider"])
     return lambda inputs: dict(zip(["LOGITS"], session.run(["LOGITS"], {"IMAGE": inputs["IMAGE"]}), strict=True))
-
-
-def failing(inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """RAISING_RUNNER on the twin: a behaviour that raises is a failed request."""
-    raise RuntimeError("injected fault: execute raised")
 
 
 def expected_logits(repository: Path, version: int, images: np.ndarray = IMAGES) -> np.ndarray:
@@ -155,7 +140,8 @@ def twin_backend(tmp: Path) -> Iterator[Backend]:
     twin.configure(MODEL, NEW, load_latency_s=0.3)
     twin.configure(MODEL, BROKEN, load_error="Internal: InvalidProtobuf: [ONNXRuntimeError] : 7 : "
                                              "INVALID_PROTOBUF : Protobuf parsing failed.")
-    twin.configure(FAILING, GOOD, behaviour=failing)
+    # The same fault package, run as the simulated devices run it.
+    twin.configure(FAILING, GOOD, behaviour=SampleBackend()(FAILING, GOOD, repository / FAILING / str(GOOD)))
     yield Backend("twin", repository, twin.with_key, twin.stop, twin.start)
 
 

@@ -46,6 +46,16 @@ def state(client: TritonAPI, version: int) -> TritonState | None:
     return entry.state if entry else None
 
 
+def counted(triton: TritonAPI, model: str, version: int, enough) -> ExecutionStats:  # type: ignore[no-untyped-def]
+    """Triton counts a request after answering it: read a version's stats again until ``enough`` holds (5 s)."""
+    deadline = time.monotonic() + 5.0
+    stats = triton.execution_stats(model)[version]
+    while not enough(stats) and time.monotonic() < deadline:
+        time.sleep(0.05)
+        stats = triton.execution_stats(model)[version]
+    return stats
+
+
 def assert_answered_error(call) -> TritonError:  # type: ignore[no-untyped-def]
     """Triton answered with an error: neither unreachable nor a refused key."""
     with pytest.raises(TritonError) as caught:
@@ -227,8 +237,9 @@ def test_execution_stats_count_each_versions_executions_and_compute_time(triton:
     for _ in range(3):
         infer(triton)
     assert_answered_error(lambda: infer(triton, images=IMAGES[:, :1]))
+    was = before[GOOD]
+    now = counted(triton, MODEL, GOOD, lambda s: s.executions - was.executions >= 3)
     after = triton.execution_stats(MODEL)
-    was, now = before[GOOD], after[GOOD]
     assert (now.executions - was.executions, now.inferences - was.inferences) == (3, 3 * len(IMAGES))
     assert now.success_count - was.success_count == 3
     assert 0 < now.compute_ns - was.compute_ns <= now.success_ns - was.success_ns
@@ -238,7 +249,7 @@ def test_execution_stats_count_each_versions_executions_and_compute_time(triton:
     assert set(both) == {GOOD, NEW} and both[GOOD] == now  # each version its own, a fresh one from zero
     assert both[NEW] == ExecutionStats()
     infer(triton)  # to the highest READY version
-    assert triton.execution_stats(MODEL)[NEW].executions == 1
+    assert counted(triton, MODEL, NEW, lambda s: s.executions >= 1).executions == 1
     assert_answered_error(lambda: triton.execution_stats("no-such-model"))
 
 
@@ -252,12 +263,7 @@ def test_execution_stats_count_the_requests_the_model_answered_with_an_error(tri
         for _ in range(2):
             assert_answered_error(lambda: infer(triton, model=FAILING))
         assert_answered_error(lambda: infer(triton, model=FAILING, images=IMAGES[:, :1]))  # refused: not counted
-        # Triton counts a request after answering it: read again until both are in.
-        deadline = time.monotonic() + 5.0
-        failed = triton.execution_stats(FAILING)[GOOD]
-        while failed.requests < 2 and time.monotonic() < deadline:
-            time.sleep(0.05)
-            failed = triton.execution_stats(FAILING)[GOOD]
+        failed = counted(triton, FAILING, GOOD, lambda s: s.requests >= 2)
         assert (failed.success_count, failed.fail_count, failed.requests) == (0, 2, 2)
         assert (failed.executions, failed.inferences, failed.success_ns) == (2, 0, 0) and failed.fail_ns > 0
         assert triton.inference_stats(FAILING)[0] == 0  # successes only

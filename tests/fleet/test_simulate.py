@@ -8,15 +8,11 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import shutil
-import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from orchestrator.delivery.signing import key_id
@@ -31,30 +27,6 @@ from tests.fleet.conftest import Broker, run, running
 
 COUNT = 200
 FAST_LINK = {"keepalive_s": 5, "min_backoff_s": 0.02, "max_backoff_s": 0.5}
-
-
-@pytest.fixture
-def ram(tmp_path: Path) -> Iterator[Path]:
-    """A folder in memory where the machine has one (/dev/shm): a simulated device's disk. The store fsyncs
-    every write (about 30 a device per install), which on this disk more than doubles a wave's time."""
-    shm = Path("/dev/shm")
-    if not (shm.is_dir() and os.access(shm, os.W_OK)):
-        yield tmp_path
-        return
-    folder = Path(tempfile.mkdtemp(prefix="orch-sim-", dir=shm))
-    try:
-        yield folder
-    finally:
-        shutil.rmtree(folder, ignore_errors=True)
-
-
-@pytest.fixture(scope="module")
-def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PackageServer]:
-    server = PackageServer(tmp_path_factory.mktemp("site"))
-    try:
-        yield server
-    finally:
-        server.close()
 
 
 class Controller:

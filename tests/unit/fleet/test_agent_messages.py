@@ -128,6 +128,28 @@ def test_a_block_notice_rolls_back_the_blocked_version_with_quarantine(device: D
     assert kinds(device.tick(700)) == []
 
 
+def test_once_the_block_is_lifted_the_version_it_quarantined_installs_again(device: Device) -> None:
+    doc = device.desired(bake_s=600)
+    device.send(doc)
+    sha = doc["package"]["sha256"]
+    device.notice(block(device, sha, {"hw": LABELS["hw"]}))
+    assert device.env.status(2) == "quarantined"
+    device.notice(serial=2)  # lifted: a notice without the block
+    again = device.send(device.desired(package=device.package(Variant.BETTER), rollout="r2"))
+    assert kinds(again) == ["applying", "serving"] and device.env.served_by_twin() == 2
+    assert device.env.last("promote").to_version == 2
+
+
+def test_a_quarantine_of_the_watchers_still_refuses_the_install_after_a_lifted_block(device: Device) -> None:
+    doc = device.desired(bake_s=600)
+    device.send(doc)
+    device.env.orchestrator(actor="watch").rollback(MODEL, reason="watch: NaN outputs", quarantine=True)
+    assert device.env.status(2) == "quarantined"
+    again = device.send(device.desired(package=device.package(Variant.BETTER), rollout="r2"))
+    assert kinds(again) == ["applying", "failed"] and again[-1]["data"]["cause"] == "promote"
+    assert "quarantined" in again[-1]["detail"] and device.env.served_by_twin() == 1
+
+
 def test_a_block_for_other_labels_changes_nothing(device: Device) -> None:
     doc = device.desired(bake_s=5)
     device.send(doc)

@@ -252,12 +252,16 @@ def _tell_next(rollout: Rollout, devices: Mapping[str, DeviceView], now: float) 
     # Online devices first: an offline one holds its slot until its deadline.
     pending.sort(key=lambda a: (not (devices.get(a.device) and devices[a.device].online), a.device))
     tells = []
-    for a in pending[:max(room, 0)]:
-        view = devices.get(a.device)
-        if view is None or view.served is None:
+    unreported = [a for a in pending if (v := devices.get(a.device)) is None or v.served is None]
+    # Not told before its first report (a revert needs what it served): it waits, and fails once the wave has
+    # been running for the ack deadline, as a silent device does. It holds no slot while it waits.
+    if now - rollout.wave_started_at >= rollout.plan.deadlines.ack_s:
+        for a in unreported:
             rollout = _set(rollout, a.device, state=DeviceState.FAILED, since=now,
-                           detail="never reported what it serves: nothing to revert to")
-            continue
+                           detail=f"never reported what it serves within {rollout.plan.deadlines.ack_s:g} s of "
+                                  f"its wave's start: nothing to revert to")
+    for a in [a for a in pending if a not in unreported][:max(room, 0)]:
+        view = devices[a.device]
         rollout = _set(rollout, a.device, state=DeviceState.TOLD, since=now, prev_version=view.served)
         tells.append(Tell(a.device, INSTALL))
     return rollout, tells

@@ -173,8 +173,11 @@ class FleetStore:
         return [s for (s,) in self.db.execute("SELECT seq FROM events WHERE device = ? ORDER BY seq", (device,))]
 
     def unprocessed(self, db: sqlite3.Connection, rollout: str) -> list[StoredEvent]:
-        rows = db.execute("SELECT device, seq, kind, model, rollout, serial, body FROM events WHERE rollout = ? "
-                          "AND processed = 0 ORDER BY received_at, device, seq", (rollout,)).fetchall()
+        """A rollout's events not yet fed to it, each device's in its own order and only up to the first gap: a
+        resent event may arrive after a later one (``verified`` before ``serving``), and is applied in turn."""
+        rows = db.execute("SELECT e.device, e.seq, e.kind, e.model, e.rollout, e.serial, e.body FROM events e "
+                          "JOIN devices d ON d.id = e.device WHERE e.rollout = ? AND e.processed = 0 "
+                          "AND e.seq <= d.acked ORDER BY e.device, e.seq", (rollout,)).fetchall()
         return [StoredEvent(r[0], r[1], r[2], r[3], r[4], r[5], json.loads(r[6])) for r in rows]
 
     def mark_processed(self, db: sqlite3.Connection, events: Sequence[StoredEvent]) -> None:

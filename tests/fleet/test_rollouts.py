@@ -327,6 +327,7 @@ def test_forged_replayed_expired_and_misaddressed_documents_through_the_broker_c
     async def body() -> None:
         await devices.sims.start(connect_timeout_s=30)
         try:
+            await devices.reported(1)
             devices.start(devices.plan("docs", good, waves=[{"percent": 100}]))
             await devices.until("docs", _final, 60, "the release")
             applied = max(r.serial or 0 for r in lab.store.events(target) if r.rollout == "docs")

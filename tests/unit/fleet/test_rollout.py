@@ -91,6 +91,28 @@ def test_a_device_silent_after_being_told_fails_and_never_passes() -> None:
     assert s.rollout.phase is Phase.SUCCEEDED
 
 
+def test_a_device_that_has_not_reported_yet_waits_and_fails_only_after_the_ack_deadline() -> None:
+    views = fleet(10)
+    late = "d0003"
+    views[late] = replace(views[late], served=None, usage={})  # enrolled, no report yet
+    rollout = start(plan(waves=[{"percent": 100}], defaults={"max_unavailable": 10}), views, now=0.0)
+    s = step(rollout, views, 0.0)
+    assert late not in {t.device for t in s.tells} and s.rollout.assignments[late].state is DeviceState.PENDING
+    views[late] = replace(views[late], served=1)  # its first report
+    s = step(s.rollout, views, 5.0)
+    assert [t.device for t in s.tells] == [late] and s.rollout.assignments[late].prev_version == 1
+    # One that never reports fails once the wave has run for ack_s (30), never passes.
+    views = fleet(10)
+    views[late] = replace(views[late], served=None, usage={})
+    s = step(start(plan(waves=[{"percent": 100}], defaults={"max_unavailable": 10}), views, now=0.0), views, 0.0)
+    assert s.rollout.assignments[late].state is DeviceState.PENDING
+    rollout = _install(s.rollout, views, s, 1.0)
+    rollout = _answer(rollout, [t.device for t in s.tells], "verified", 20.0)
+    s = step(rollout, views, 31.0)
+    assert s.rollout.assignments[late].state is DeviceState.FAILED
+    assert "never reported what it serves within 30 s" in s.rollout.assignments[late].detail
+
+
 def test_a_failing_gate_halts_and_every_told_device_reverts() -> None:
     views = fleet(100)
     rollout = start(plan(), views, now=0.0)

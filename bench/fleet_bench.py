@@ -18,7 +18,7 @@ the plan states it, so "the gate's condition first held" is a time, as is the fi
 halt is due within one), and the devices' own rollbacks (their journals' ``duration_ms``): what the
 fleet adds on top of a local switch.
 
-    scripts/bench fleet [--devices 1000] [--real 3] [--report 5] [--gate 1] [--json out.json]
+    scripts/bench fleet [--devices 1000] [--real 3] [--report 10] [--gate 1] [--json out.json]
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ import resource
 import shutil
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -41,9 +42,8 @@ from typing import Any
 
 from bench.common import pct, process_usage
 from orchestrator.core.journal import Action, Result
-from orchestrator.delivery.signing import generate_keypair, load_trusted_keys, sign_package
 from orchestrator.fleet import topics
-from orchestrator.fleet.lab import FleetLab
+from orchestrator.fleet.lab import BuildKey, FleetLab
 from orchestrator.fleet.lab_device import RealDevice
 from orchestrator.fleet.simulate import XAVIER, SimulatedFleet, standard_labels
 from orchestrator.fleet.status import RolloutStatus
@@ -111,7 +111,7 @@ class Monitor:
 
     def _bad_totals(self) -> tuple[int, int]:
         requests = errors = 0
-        for report in self.reports.values():
+        for report in list(self.reports.values()):
             for v in report.get("models", {}).get(MODEL, {}).get("versions", {}).values():
                 if v.get("sha256") == self.bad_sha:
                     requests += int(v.get("requests", 0))
@@ -126,6 +126,46 @@ class Monitor:
         seconds = range(int(since - self.started), max(int(since - self.started) + 1, int(until - self.started)))
         counts = [self.per_second.get(s, 0) for s in seconds]
         return sum(counts) / len(counts), max(counts)
+
+
+class MonitorThread:
+    """The monitor's link in a thread and event loop of its own: in the simulated devices' loop it reads one
+    packet per turn of a loop that has a thousand other links to serve, and falls behind the fleet."""
+
+    def __init__(self, monitor: Monitor, link: Link) -> None:
+        self.monitor, self.link = monitor, link
+        self.loop = asyncio.new_event_loop()
+        self.stopping: asyncio.Event | None = None
+        self.thread = threading.Thread(target=self._run, name="bench-monitor", daemon=True)
+        self.ready = threading.Event()
+        self.error: BaseException | None = None
+
+    def _run(self) -> None:
+        async def body() -> None:
+            self.stopping = asyncio.Event()
+            task = asyncio.create_task(self.link.run(self.monitor, self.stopping))
+            try:
+                await self.link.wait_connected(10)
+            finally:
+                self.ready.set()
+            await task
+
+        try:
+            self.loop.run_until_complete(body())
+        except BaseException as exc:  # reported by start()/stop()
+            self.error = exc
+            self.ready.set()
+
+    def start(self) -> None:
+        self.thread.start()
+        self.ready.wait(15)
+        if self.error is not None or not self.link.connected:
+            raise SystemExit(f"the monitor could not connect: {self.error}")
+
+    def stop(self) -> None:
+        if self.stopping is not None:
+            self.loop.call_soon_threadsafe(self.stopping.set)
+        self.thread.join(15)
 
 
 class Usage:
@@ -192,15 +232,14 @@ async def scenario(args: argparse.Namespace, lab: FleetLab, sims: SimulatedFleet
     monitor = Monitor()
     quiet = _quiet_cut_sockets()
     password = (lab.root / "keys" / "controller.mqtt").read_text().strip()
-    link = Link(lab.address(lab.broker_files.controller_user, password), "bench-monitor", [f"{topics.PREFIX}/#"],
-                max_inflight=1000)
+    watcher = MonitorThread(monitor, Link(lab.address(lab.broker_files.controller_user, password), "bench-monitor",
+                                          [f"{topics.PREFIX}/#"]))
     stop = asyncio.Event()
-    watching = asyncio.create_task(link.run(monitor, stop))
     usage = Usage(lambda: {"broker": lab.broker.process.pid, "controller": lab.process.pid})  # type: ignore[union-attr]
     out: dict[str, Any] = {"devices": args.devices, "real": len(real), "gate_interval_s": args.gate,
                            "report_s": args.report}
     try:
-        await link.wait_connected(10)
+        await asyncio.to_thread(watcher.start)
         usage.mark("idle-start")
         started = time.monotonic()
         await sims.start(connect_timeout_s=300)
@@ -260,7 +299,7 @@ async def scenario(args: argparse.Namespace, lab: FleetLab, sims: SimulatedFleet
                 wave_one = sum(a.wave == 0 for a in status.rollout.assignments.values())
             if status.rollout.phase.final:
                 break
-            serving = [d for d in monitor.serving_bad if d in sims.devices and d not in away]
+            serving = [d for d in list(monitor.serving_bad) if d in sims.devices and d not in away]
             want = math.ceil(0.1 * (wave_one or 0))
             if len(away) < want and serving:
                 fresh = serving[: want - len(away)]
@@ -268,7 +307,7 @@ async def scenario(args: argparse.Namespace, lab: FleetLab, sims: SimulatedFleet
                 away.extend(fresh)
             await asyncio.sleep(0.05)
         halted = await _until(lab, "bad", lambda s: s.rollout.phase.final, 120, "the halt")
-        online_updated = [d for d in monitor.serving_bad if d not in away]
+        online_updated = [d for d in list(monitor.serving_bad) if d not in away]
         deadline = time.monotonic() + 120
         while [d for d in online_updated if d not in monitor.reverted]:
             if time.monotonic() > deadline:
@@ -310,7 +349,7 @@ async def scenario(args: argparse.Namespace, lab: FleetLab, sims: SimulatedFleet
     finally:
         stop.set()
         await sims.stop()
-        await watching
+        watcher.stop()
 
 
 def _quiet_cut_sockets() -> dict[str, int]:
@@ -401,7 +440,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="scripts/bench fleet", description=__doc__.split("\n\n")[0])
     parser.add_argument("--devices", type=int, default=1000, help="simulated devices (default 1000)")
     parser.add_argument("--real", type=int, default=3, help="real devices: embedded Tritons (default 3)")
-    parser.add_argument("--report", type=float, default=5.0, help="the devices' report period, s (default 5)")
+    parser.add_argument("--report", type=float, default=10.0,
+                        help="the devices' report period, s (default 10, as on a device)")
     parser.add_argument("--gate", type=float, default=1.0, help="the controller's gate interval, s (default 1)")
     parser.add_argument("--bake", type=float, default=3.0, help="the good release's bake per wave, s (default 3)")
     parser.add_argument("--traffic-period", type=float, default=2.0,
@@ -419,28 +459,15 @@ def main(argv: list[str] | None = None) -> int:
     lab = FleetLab(root / "lab", gate_interval_s=args.gate)
     real: list[RealDevice] = []
     try:
-        keys = root / "build"
-        (keys / "trusted").mkdir(parents=True)
-        generate_keypair(keys / "build.key", keys / "trusted" / "build.pub")
-
-        def signed(folder: Path) -> Path:
-            sign_package(folder, keys / "build.key")
-            return folder
-
-        good = lab.packages.publish(signed(write_sample_package(root / "good", Variant.BETTER)), "good.tar.gz")
-        bad = lab.packages.publish(signed(write_faulty_package(root / "errors", "errors", FAULT_AFTER)),
+        build = BuildKey(root / "build")
+        good = lab.packages.publish(build.sign(write_sample_package(root / "good", Variant.BETTER)), "good.tar.gz")
+        bad = lab.packages.publish(build.sign(write_faulty_package(root / "errors", "errors", FAULT_AFTER)),
                                    "errors.tar.gz")
         lab.start_controller()
-        sims = SimulatedFleet(root / "sims", args.devices, controller_keys=load_trusted_keys(lab.controller_keys),
-                              package_keys=[keys / "trusted" / "build.pub"], report_s=args.report, resend_s=5.0,
-                              workers=args.workers, link_options={"keepalive_s": 30, "max_backoff_s": 2.0}).build()
-        labels = sims.labels()
-        real_labels = {f"real-{i}": {**standard_labels(i + 1), "hw": XAVIER} for i in range(args.real)}
-        addresses = lab.enrol({**labels, **real_labels})
-        sims.broker_for = addresses.__getitem__
-        for device, device_labels in real_labels.items():
-            real.append(RealDevice(root / device, device, device_labels, XAVIER, addresses[device],
-                                   lab.controller_keys, keys / "trusted", report_s=args.report).start())
+        real_devices = {f"real-{i}": ({**standard_labels(i + 1), "hw": XAVIER}, XAVIER) for i in range(args.real)}
+        sims, real = lab.devices(root / "devices", args.devices, build.trusted, real_devices, report_s=args.report,
+                                 resend_s=5.0, workers=args.workers,
+                                 link_options={"keepalive_s": 30, "max_backoff_s": 2.0})
         print(f"built {args.devices} simulated devices in {sims.build_s:.1f} s; {args.real} real devices started",
               file=sys.stderr)
         out = asyncio.run(scenario(args, lab, sims, real, good, bad))

@@ -26,12 +26,14 @@ from typing import Any
 
 import yaml
 
-from orchestrator.delivery.signing import generate_keypair, load_private_key, load_trusted_keys
+from orchestrator.delivery.signing import generate_keypair, load_private_key, load_trusted_keys, sign_package
 from orchestrator.errors import FleetError
 from orchestrator.fleet.broker import BrokerFiles, MosquittoProcess, free_port
 from orchestrator.fleet.controller import Controller
 from orchestrator.fleet.documents import PackageRef
+from orchestrator.fleet.lab_device import RealDevice, terminate
 from orchestrator.fleet.plan_file import sign_plan
+from orchestrator.fleet.simulate import SimulatedFleet
 from orchestrator.fleet.status import RolloutStatus, rollout_status
 from orchestrator.fleet.store import FleetStore
 from orchestrator.fleet.transport import BrokerAddress
@@ -79,6 +81,20 @@ class PackageServer:
     def close(self) -> None:
         self.server.shutdown()
         self.server.server_close()
+
+
+class BuildKey:
+    """The build side's package-signing key under ``folder``; ``trusted`` holds its public half."""
+
+    def __init__(self, folder: Path) -> None:
+        self.key, self.trusted = folder / "build.key", folder / "trusted"
+        if not self.key.exists():
+            self.trusted.mkdir(parents=True, exist_ok=True)
+            generate_keypair(self.key, self.trusted / "build.pub")
+
+    def sign(self, package: Path) -> Path:
+        sign_package(package, self.key)
+        return package
 
 
 class FleetLab:
@@ -145,17 +161,34 @@ class FleetLab:
             self.process.wait()
 
     def stop_controller(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        terminate(self.process)
 
     def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run([sys.executable, "-m", "orchestrator", "fleet", *args, "--config", str(self.config)],
                               capture_output=True, text=True, check=False)
+
+    def devices(self, root: Path, count: int, package_keys: Path,
+                real: Mapping[str, tuple[Mapping[str, str], str]] | None = None, report_s: float = 5.0,
+                **simulated: Any) -> tuple[SimulatedFleet, list[RealDevice]]:
+        """``count`` simulated devices under ``root/sims`` and the ``real`` ones (id -> (labels, hardware)), all
+        enrolled with broker users; the real ones started (Triton and agent), nothing simulated connected yet.
+        ``package_keys``: a folder of the ``*.pub`` package keys every device trusts."""
+        sims = SimulatedFleet(root / "sims", count, controller_keys=load_trusted_keys(self.controller_keys),
+                              package_keys=sorted(package_keys.glob("*.pub")), report_s=report_s,
+                              **simulated).build()
+        real = real or {}
+        addresses = self.enrol({**sims.labels(), **{d: labels for d, (labels, _) in real.items()}})
+        sims.broker_for = addresses.__getitem__
+        started: list[RealDevice] = []
+        try:
+            for device, (labels, hardware) in real.items():
+                started.append(RealDevice(root / device, device, labels, hardware, addresses[device],
+                                          self.controller_keys, package_keys, report_s=report_s).start())
+        except BaseException:
+            for each in started:
+                each.stop()
+            raise
+        return sims, started
 
     # --- releases -----------------------------------------------------------------------------
     def plan(self, raw: Mapping[str, Any], name: str | None = None) -> Path:

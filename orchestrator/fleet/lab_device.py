@@ -40,6 +40,18 @@ def _only(model: str):  # type: ignore[no-untyped-def]
     return ignore
 
 
+def terminate(process: subprocess.Popen[bytes] | None, grace_s: float = 10.0) -> None:
+    """SIGTERM, and SIGKILL after ``grace_s`` if it has not exited by then."""
+    if process is None or process.poll() is not None:
+        return
+    process.terminate()
+    try:
+        process.wait(grace_s)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
 class Traffic:
     """One client thread inferring every ``period_s``; every answer kept as (time, version or None, error)."""
 
@@ -132,11 +144,5 @@ class RealDevice:
     def stop(self) -> None:
         if self.traffic is not None:
             self.traffic.close()
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        terminate(self.process)
         self.server.stop()

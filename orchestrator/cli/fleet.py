@@ -152,7 +152,8 @@ def _write_credentials(config: ControllerConfig, devices: tuple[str, ...], folde
                                          "keeps each device to its own topics, and the controller's user.")
 @click.argument("folder", type=PATH)
 @click.option("--port", type=int, default=1883, help="Plain MQTT listener (loopback or a trusted network only)")
-@click.option("--host", default="127.0.0.1", help="Address the plain listener binds")
+@click.option("--host", default="127.0.0.1", help="Address the plain listener binds (in a container: 0.0.0.0, or "
+                                                  "the controller and the published port cannot reach it)")
 @click.option("--tls-ca", type=PATH, default=None, help="CA that signs the devices' client certificates")
 @click.option("--tls-cert", type=PATH, default=None, help="The broker's certificate")
 @click.option("--tls-key", type=PATH, default=None, help="The broker's private key")
@@ -183,7 +184,7 @@ def broker_config(folder: Path, port: int, host: str, tls_ca: Path | None, tls_c
                f"(broker.password_file in the controller's configuration)")
 
 
-@fleet_app.command("sign-plan", help="Sign a rollout plan with a release key (writes PLAN.sig).")
+@fleet_app.command("sign-plan", help="Sign a rollout plan with a release key (writes PLAN.yaml.sig beside it).")
 @click.argument("plan", type=PATH)
 @click.option("--key", type=PATH, required=True, help="The release key (orchestrate keygen): not the package key")
 def sign_plan(plan: Path, key: Path) -> None:

@@ -3,9 +3,10 @@
 On the wire a document is one JSON object ``{"doc": {...}, "key_id": "<16 hex>", "sig": "<base64>"}``;
 the signature is Ed25519 over the canonical JSON of ``doc`` (sorted keys, no spaces, UTF-8), so any
 re-encoding by a broker or a bridge cannot change what was signed. The controller's key is not the
-package-signing key and not the release key that signs rollout plans: a stolen controller key can
-move devices between versions the release key let into a rollout, never make them run a package
-nobody signed (each package is still checked against the device's trusted package keys on import).
+package-signing key and not the release key that signs rollout plans. Devices never see a plan's
+release signature, so a stolen controller key can make them install any package a trusted package key
+signed (or revert), but never one nobody signed: each package is still checked against the device's
+trusted package keys on import, and the local gates still judge it.
 
 A device accepts a desired document only when it is signed by a key it trusts for the controller
 role, addressed to it, numbered above the last one it applied and not expired; every other one is a

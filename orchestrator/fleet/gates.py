@@ -141,9 +141,16 @@ def _can_still_reach(gate: Gate, members: Sequence[Member]) -> bool:
     return not told or gate.min is None or possible / told >= gate.min
 
 
-def evaluate(gate: Gate, members: Sequence[Member], control: Sequence[Member], complete: bool) -> GateResult:
+def evaluate(gate: Gate, members: Sequence[Member], control: Sequence[Member], complete: bool,
+             final: bool = False) -> GateResult:
+    """``final``: the rollout's last wave, where the control group runs out as its devices are told."""
     value, sample, detail = _measure(gate, members)
     if gate.compare == "control":
+        if final and not control:
+            # It held against the control group in every earlier wave (the rollout could not advance otherwise).
+            return GateResult(gate.name, Verdict.PASS if complete else Verdict.INCONCLUSIVE, None, 0,
+                              f"{gate.metric}: every device updated, none left to compare with; it held in the "
+                              f"waves before")
         return _against_control(gate, members, control, complete)
     if sample < gate.min_sample or value is None:
         if gate.metric == "verified_ratio" and not _can_still_reach(gate, members):
@@ -186,8 +193,9 @@ def _fmt(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.4g}"
 
 
-def assess(gates: Sequence[Gate], members: Sequence[Member], control: Sequence[Member], complete: bool) -> Assessment:
-    return Assessment(tuple(evaluate(g, members, control, complete) for g in gates))
+def assess(gates: Sequence[Gate], members: Sequence[Member], control: Sequence[Member], complete: bool,
+           final: bool = False) -> Assessment:
+    return Assessment(tuple(evaluate(g, members, control, complete, final) for g in gates))
 
 
 def attribute(gates: Sequence[Gate], members: Sequence[Member], control: Sequence[Member],

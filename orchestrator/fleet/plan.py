@@ -50,6 +50,8 @@ METRICS: dict[str, tuple[str, str]] = {
     "latency_ms": ("max", "requests"),  # mean request time inside Triton, summed counters
     "golden_diff": ("min", "devices"),  # golden score of the new version minus the one it replaced
 }
+# What a device serving the old version reports too: the only metrics a control group can be compared on.
+COMPARABLE = ("error_rate", "latency_ms")
 ON_LABEL_FAILURE = ("propose", "block")
 DEFAULT_GATES = ({"name": "verified", "metric": "verified_ratio", "min": 1.0},)
 
@@ -177,7 +179,7 @@ def _unavailable(raw: Any, where: str) -> float:
 
 
 _WAVE_KEYS = {"name", "percent", "selector", "bake_s", "min_devices", "approval", "max_unavailable"}
-_DEFAULTS = {"bake_s": 3600.0, "min_devices": 1, "approval": False, "max_unavailable": 0.1}
+_DEFAULTS = {"bake_s": 3600.0, "min_devices": 1, "approval": False, "max_unavailable": "10%"}
 
 
 def _wave(raw: Any, index: int, defaults: Mapping[str, Any]) -> Wave:
@@ -212,9 +214,9 @@ def _gate(raw: Any, index: int) -> Gate:
     name = _name(gate.get("name", metric), f"{where}.name")
     min_sample = _count(gate.get("min_sample", 1), f"{where}.min_sample", low=1)
     if gate.get("compare") is not None:
-        if gate["compare"] != "control" or direction != "max" or "max_ratio" not in gate:
-            raise PlanError(f"{where}: compare: control takes a max_ratio, on a metric bounded above "
-                            f"(error_rate, latency_ms, failure_ratio)")
+        if gate["compare"] != "control" or metric not in COMPARABLE or "max_ratio" not in gate:
+            raise PlanError(f"{where}: compare: control takes a max_ratio, on a metric the devices not yet "
+                            f"updated also have ({', '.join(COMPARABLE)})")
         if "min" in gate or "max" in gate:
             raise PlanError(f"{where}: a comparison with the control group takes max_ratio, not min or max")
         return Gate(name, metric, min_sample=min_sample, compare="control",
@@ -254,8 +256,8 @@ def build_plan(raw: Any) -> Plan:
     _keys(plan, "the plan", _PLAN_KEYS, frozenset({"rollout", "model", "package", "waves"}))
     package = _mapping(plan["package"], "package")
     _keys(package, "package", {"url", "sha256"}, frozenset({"url", "sha256"}))
-    if not isinstance(package["url"], str) or not package["url"].startswith(("http://", "https://", "file://")):
-        raise PlanError("package.url must be an http(s):// or file:// URL")
+    if not isinstance(package["url"], str) or not package["url"].startswith(("http://", "https://")):
+        raise PlanError("package.url must be an http(s):// URL (what the devices' download speaks)")
     if not isinstance(package["sha256"], str) or not _SHA256.match(package["sha256"]):
         raise PlanError("package.sha256 must be 64 lower-case hex digits")
     defaults = _mapping(plan.get("defaults", {}), "defaults")

@@ -326,6 +326,8 @@ def _on_failure(rollout: Rollout, devices: Mapping[str, DeviceView], told: list[
 
 def _wave_complete(rollout: Rollout) -> bool:
     wave = _wave_members(rollout, rollout.wave)
+    if not wave:  # its share was reached by the waves before (a canary larger than the next percent)
+        return True
     counted = [a for a in wave if a.state is not DeviceState.SKIPPED]
     return all(a.state.done for a in wave) and len(counted) >= rollout.plan.waves[rollout.wave].min_devices
 
@@ -354,14 +356,15 @@ def step(rollout: Rollout, devices: Mapping[str, DeviceView], now: float) -> Ste
     told = members(rollout, devices)
     rest = control(rollout, devices, told)
     complete = _wave_complete(rollout)
-    rollout = replace(rollout, assessment=assess(rollout.plan.gates, told, rest, complete))
+    final = rollout.wave == len(rollout.plan.waves) - 1
+    rollout = replace(rollout, assessment=assess(rollout.plan.gates, told, rest, complete, final))
     if rollout.assessment.failed and rollout.phase is not Phase.BLOCK_PROPOSED:
         failure = _on_failure(rollout, devices, told, rest, now, complete)
         return replace(failure, lines=(*lines, *failure.lines))
     if rollout.assessment.failed:  # while a block is proposed, a failure outside that label halts everything
         outside = [m for m in told if rollout.attribution is None
                    or m.labels.get(rollout.attribution.label) != rollout.attribution.value]
-        if assess(rollout.plan.gates, outside, rest, complete).failed:
+        if assess(rollout.plan.gates, outside, rest, complete, final).failed:
             failure = halt(rollout, now, Phase.HALTED, "gates fail beyond the proposed block")
             return replace(failure, lines=(*lines, *failure.lines))
     if rollout.phase is not Phase.RUNNING:

@@ -66,6 +66,19 @@ def test_the_control_group_comparison() -> None:
     assert clean.verdict is Verdict.PASS and clean.value == pytest.approx(1.0)
 
 
+def test_in_the_last_wave_with_no_device_left_to_compare_with_the_comparison_stands_aside() -> None:
+    gate = Gate("vs-rest", "error_rate", compare="control", max_ratio=2.0, min_sample=1000)
+    updated = [_m("a", requests=1000, errors=1)]
+    assert evaluate(gate, updated, [], complete=True).verdict is Verdict.INCONCLUSIVE  # an earlier wave: no control
+    last = evaluate(gate, updated, [], complete=True, final=True)
+    assert last.verdict is Verdict.PASS and "none left to compare with" in last.detail
+    assert evaluate(gate, updated, [], complete=False, final=True).verdict is Verdict.INCONCLUSIVE
+    # While any device of the last wave is still on the old version, it is compared as before.
+    worse = evaluate(gate, [_m("a", requests=1000, errors=9)], [_m("c", IN_PROGRESS, requests=2000, errors=2)],
+                     complete=True, final=True)
+    assert worse.verdict is Verdict.FAIL
+
+
 def test_attribution_names_the_label_whose_devices_fail_while_the_rest_hold() -> None:
     members = [_m(f"n{i}", FAILED, hw="nano") for i in range(4)] + [_m(f"x{i}") for i in range(26)]
     gates = [VERIFIED_GATE]

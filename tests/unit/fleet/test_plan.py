@@ -22,6 +22,13 @@ def test_a_full_plan_builds() -> None:
     assert built.deadlines.ack_s == 30 and built.on_label_failure == "block"
 
 
+def test_without_max_unavailable_a_tenth_of_a_wave_installs_at_once() -> None:
+    raw = raw_plan()
+    raw["defaults"] = {k: v for k, v in raw.get("defaults", {}).items() if k != "max_unavailable"}
+    raw["waves"] = [{k: v for k, v in w.items() if k != "max_unavailable"} for w in raw["waves"]]
+    assert {w.max_unavailable for w in build_plan(raw).waves} == {0.1}
+
+
 def test_without_gates_every_device_must_verify() -> None:
     built = build_plan({k: v for k, v in raw_plan().items() if k != "gates"})
     assert [(g.metric, g.min) for g in built.gates] == [("verified_ratio", 1.0)]
@@ -37,8 +44,11 @@ def test_without_gates_every_device_must_verify() -> None:
     ({"gates": [{"metric": "accuracy", "max": 0.1}]}, "metric 'accuracy'"),
     ({"gates": [{"metric": "error_rate", "max": 0.1, "min_sampel": 5}]}, "unknown key 'min_sampel'"),
     ({"gates": [{"metric": "error_rate", "compare": "control", "max_ratio": 2, "max": 0.1}]}, "takes max_ratio"),
-    ({"gates": [{"metric": "verified_ratio", "compare": "control", "max_ratio": 2}]}, "bounded above"),
+    ({"gates": [{"metric": "verified_ratio", "compare": "control", "max_ratio": 2}]}, "not yet updated"),
+    ({"gates": [{"metric": "failure_ratio", "compare": "control", "max_ratio": 2}]}, "error_rate, latency_ms"),
+    ({"gates": [{"metric": "rollbacks", "compare": "control", "max_ratio": 2}]}, "error_rate, latency_ms"),
     ({"package": {"url": "ftp://x", "sha256": SHA}}, "package.url"),
+    ({"package": {"url": "file:///srv/p.tar.gz", "sha256": SHA}}, "http"),
     ({"package": {"url": "http://x", "sha256": "abc"}}, "64 lower-case hex"),
     ({"rollout": "a/b"}, "rollout must be a name"),
     ({"defaults": {"max_unavailable": "0%"}}, "above 0"),

@@ -76,6 +76,20 @@ def test_a_good_release_goes_through_four_waves() -> None:
     assert _states(final.rollout) == {DeviceState.VERIFIED: 100}
 
 
+def test_a_wave_its_canary_already_covered_is_passed_through_not_waited_on() -> None:
+    views = fleet(20)
+    canary = {"site": ["s0", "s1"]}  # 14 of 20 devices: more than the next wave's 30 %
+    rollout = start(plan(waves=[{"selector": canary}, {"percent": 30}, {"percent": 100}],
+                         gates=[{"metric": "verified_ratio", "min": 0.9}]), views, now=0.0)
+    assert sum(a.wave == 1 for a in rollout.assignments.values()) == 0
+    s = step(rollout, views, 0.0)
+    rollout = _install(s.rollout, views, s, 0.0)
+    rollout = _answer(rollout, [t.device for t in s.tells], "verified", 101.0)
+    s = step(rollout, views, 102.0)  # the canary passed: wave 2 has no device of its own
+    s = step(s.rollout, views, 103.0)
+    assert s.rollout.wave == 2 and len(s.tells) == 6
+
+
 def test_a_device_silent_after_being_told_fails_and_never_passes() -> None:
     views = fleet(10)
     rollout = start(plan(waves=[{"percent": 100}]), views, now=0.0)

@@ -210,19 +210,6 @@ def _start(lab: FleetLab, plan: Path) -> None:
         raise SystemExit(f"rollout start failed: {done.stderr.strip()}")
 
 
-async def _until(lab: FleetLab, rollout: str, condition: Callable[[RolloutStatus], bool], timeout_s: float,
-                 what: str, poll_s: float = 0.05) -> RolloutStatus:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        status = lab.status(rollout)
-        if condition(status):
-            return status
-        if time.monotonic() > deadline:
-            raise SystemExit(f"{what}: not within {timeout_s:g} s ({status.rollout.phase.value}, {status.states}); "
-                             f"controller log {lab.controller_log}")
-        await asyncio.sleep(poll_s)
-
-
 def _settled(status: RolloutStatus) -> bool:
     return status.rollout.phase.final and not status.states.get("reverting")
 
@@ -306,7 +293,7 @@ async def scenario(args: argparse.Namespace, lab: FleetLab, sims: SimulatedFleet
                 sims.take_offline(fresh)
                 away.extend(fresh)
             await asyncio.sleep(0.05)
-        halted = await _until(lab, "bad", lambda s: s.rollout.phase.final, 120, "the halt")
+        halted = await lab.until("bad", lambda s: s.rollout.phase.final, 120, "the halt")
         online_updated = [d for d in list(monitor.serving_bad) if d not in away]
         deadline = time.monotonic() + 120
         while [d for d in online_updated if d not in monitor.reverted]:
@@ -316,7 +303,7 @@ async def scenario(args: argparse.Namespace, lab: FleetLab, sims: SimulatedFleet
         usage.mark("bad-halted")
         back = time.monotonic()
         sims.bring_online(away)
-        done = await _until(lab, "bad", _settled, 180, "the devices back reverting")
+        done = await lab.until("bad", _settled, 180, "the devices back reverting")
         await asyncio.sleep(2 * args.report)  # their reports after the revert
         usage.mark("bad-end")
         stop.set()

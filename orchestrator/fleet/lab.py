@@ -8,6 +8,7 @@ again. Devices come from ``simulate.py`` (agents on Triton twins) and real embed
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import gzip
 import hashlib
@@ -20,7 +21,7 @@ import sys
 import tarfile
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -201,20 +202,23 @@ class FleetLab:
     def status(self, rollout: str) -> RolloutStatus:
         return rollout_status(self.store, rollout)
 
-    def wait_for(self, rollout: str, condition: Any, timeout_s: float, poll_s: float = 0.2) -> RolloutStatus:
-        """Polls the store until ``condition(status)``; FleetError naming the last status at the deadline."""
+    async def until(self, rollout: str, condition: Callable[[RolloutStatus], bool], timeout_s: float,
+                    what: str, poll_s: float = 0.05) -> RolloutStatus:
+        """Polls the store until ``condition(status)``; FleetError with the rollout's record at the deadline, or
+        at once if the controller process exited."""
         deadline = time.monotonic() + timeout_s
         while True:
             status = self.status(rollout)
             if condition(status):
                 return status
-            if time.monotonic() > deadline:
-                raise FleetError(f"rollout {rollout} did not get there in {timeout_s:g} s: "
-                                 f"{status.rollout.phase.value}, {status.states}; controller log "
-                                 f"{self.controller_log}")
-            if self.process is not None and self.process.poll() is not None:
-                raise FleetError(f"the controller exited ({self.process.returncode}); log {self.controller_log}")
-            time.sleep(poll_s)
+            exited = self.process is not None and self.process.poll() is not None
+            if time.monotonic() > deadline or exited:
+                history = "\n".join(line for _, line in status.history)
+                why = f"the controller exited ({self.process.returncode})" if exited and self.process else \
+                    f"not within {timeout_s:g} s"
+                raise FleetError(f"{what}: {why}; {status.rollout.phase.value} {status.states}\n{history}\n"
+                                 f"controller log: {self.controller_log}")
+            await asyncio.sleep(poll_s)
 
     def close(self) -> None:
         self.stop_controller()

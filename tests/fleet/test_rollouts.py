@@ -79,16 +79,7 @@ class Devices:
 
     async def until(self, rollout: str, condition: Callable[[RolloutStatus], bool], timeout_s: float,
                     what: str) -> RolloutStatus:
-        deadline = time.monotonic() + timeout_s
-        while True:
-            status = self.lab.status(rollout)
-            if condition(status):
-                return status
-            if time.monotonic() > deadline:
-                history = "\n".join(line for _, line in status.history)
-                raise AssertionError(f"{what}: not within {timeout_s:g} s; {status.rollout.phase.value} "
-                                     f"{status.states}\n{history}\ncontroller log: {self.lab.controller_log}")
-            await asyncio.sleep(0.2)
+        return await self.lab.until(rollout, condition, timeout_s, what)
 
     async def reported(self, version: int, ids: list[str] | None = None, timeout_s: float = 30) -> None:
         """Until the controller's store has every device's report serving ``version``."""
@@ -246,57 +237,53 @@ def test_a_gate_failure_halts_and_every_updated_device_reverts_the_offline_ones_
     devices.nothing_lost()
 
 
+def _interrupted(lab: FleetLab, ram: Path, build_key: BuildKey, good: PackageRef, group: str,
+                 when: Callable[[RolloutStatus], bool], interrupt: Callable[[], None], what: str) -> None:
+    """A good release through its four waves, ``interrupt`` run once ``when`` holds: it still reaches every
+    device, and nothing is lost."""
+    devices = Devices(lab, ram, build_key, group)
+
+    async def body() -> None:
+        await devices.sims.start(connect_timeout_s=30)
+        try:
+            await devices.reported(1)
+            devices.start(devices.plan(group, good))
+            await devices.until(group, when, 60, what)
+            interrupt()
+            done = await devices.until(group, _final, 120, f"the release after {what}")
+            assert done.rollout.phase is Phase.SUCCEEDED and done.states == {"verified": COUNT}
+            await devices.settled()
+        finally:
+            await devices.sims.stop()
+
+    _bounded(body)
+    assert set(devices.sims.served_versions().values()) == {2}
+    devices.nothing_lost()
+
+
 def test_the_broker_killed_mid_wave_loses_nothing_and_the_rollout_completes(
         lab: FleetLab, ram: Path, build_key: BuildKey, packages: dict[Variant, Path], site: PackageServer) -> None:
     """SIGKILL, no persistence: the restarted broker holds nothing; the controller republishes every retained
     document from its store and the devices resend what was not acknowledged."""
-    devices = Devices(lab, ram, build_key, "broker")
-    good = site.publish(packages[Variant.BETTER], "good.tar.gz")
+    def kill_and_restart() -> None:
+        lab.broker.kill()
+        time.sleep(1.0)
+        lab.broker.start()  # from this thread, not a pool's: the broker dies with the thread that started it
 
-    async def body() -> None:
-        await devices.sims.start(connect_timeout_s=30)
-        try:
-            await devices.reported(1)
-            devices.start(devices.plan("broker", good))
-            await devices.until("broker", lambda s: s.rollout.wave >= 1, 60, "the second wave")
-            lab.broker.kill()
-            await asyncio.sleep(1.0)
-            lab.broker.start()  # from this thread, not a pool's: the broker dies with the thread that started it
-            done = await devices.until("broker", _final, 120, "the release after the broker's restart")
-            assert done.rollout.phase is Phase.SUCCEEDED and done.states == {"verified": COUNT}
-            await devices.settled()
-        finally:
-            await devices.sims.stop()
-
-    _bounded(body)
-    assert set(devices.sims.served_versions().values()) == {2}
-    devices.nothing_lost()
+    _interrupted(lab, ram, build_key, site.publish(packages[Variant.BETTER], "good.tar.gz"), "broker",
+                 lambda s: s.rollout.wave >= 1, kill_and_restart, "the broker's SIGKILL in the second wave")
 
 
 def test_the_controller_killed_mid_wave_resumes_from_its_store(
         lab: FleetLab, ram: Path, build_key: BuildKey, packages: dict[Variant, Path], site: PackageServer) -> None:
-    devices = Devices(lab, ram, build_key, "resume")
-    good = site.publish(packages[Variant.BETTER], "good.tar.gz")
+    def kill_and_restart() -> None:
+        lab.kill_controller()
+        time.sleep(1.0)  # the devices go on; their events wait in the broker's session for it
+        lab.start_controller()
 
-    async def body() -> None:
-        await devices.sims.start(connect_timeout_s=30)
-        try:
-            await devices.reported(1)
-            devices.start(devices.plan("resume", good))
-            await devices.until("resume", lambda s: s.rollout.wave >= 1 and s.states.get("applying", 0) > 0, 60,
-                                "devices of the second wave installing")
-            lab.kill_controller()
-            await asyncio.sleep(1.0)  # the devices go on; their events wait in the broker's session for it
-            lab.start_controller()
-            done = await devices.until("resume", _final, 120, "the release after the controller's restart")
-            assert done.rollout.phase is Phase.SUCCEEDED and done.states == {"verified": COUNT}
-            await devices.settled()
-        finally:
-            await devices.sims.stop()
-
-    _bounded(body)
-    assert set(devices.sims.served_versions().values()) == {2}
-    devices.nothing_lost()
+    _interrupted(lab, ram, build_key, site.publish(packages[Variant.BETTER], "good.tar.gz"), "resume",
+                 lambda s: s.rollout.wave >= 1 and s.states.get("applying", 0) > 0, kill_and_restart,
+                 "the controller's SIGKILL while the second wave installs")
 
 
 def test_forged_replayed_expired_and_misaddressed_documents_through_the_broker_change_nothing(

@@ -48,14 +48,16 @@ def device_link(agent: Agent, address: BrokerAddress, **options: object) -> Link
 
 
 class _Runner:
-    def __init__(self, agent: Agent, link: Link, executor: Executor | None) -> None:
+    def __init__(self, agent: Agent, link: Link, executor: Executor | None, jobs: Executor | None = None) -> None:
         self.agent, self.link, self.executor = agent, link, executor
+        self.jobs = jobs if jobs is not None else executor
         self.control = asyncio.Lock()  # messages and ticks one at a time, in order
         self.work = asyncio.Event()  # a job may be queued
         self.due = asyncio.Event()  # something may be due before the agent's next_due said
 
-    async def call(self, function: Callable[..., T], *args: object) -> T:
-        return await asyncio.get_running_loop().run_in_executor(self.executor, functools.partial(function, *args))
+    async def call(self, function: Callable[..., T], *args: object, executor: Executor | None = None) -> T:
+        return await asyncio.get_running_loop().run_in_executor(executor or self.executor,
+                                                                functools.partial(function, *args))
 
     async def publish(self, messages: list[Outgoing]) -> None:
         for message in messages:
@@ -90,7 +92,7 @@ class _Runner:
                 self.work.clear()
                 continue
             try:
-                out = await self.call(self.agent.run_job, job)
+                out = await self.call(self.agent.run_job, job, executor=self.jobs)
             except Exception:  # the document stays in progress: its next arrival or a restart resumes it
                 log.exception("%s: %s job of %s failed", self.agent.device, job.kind, job.model)
                 continue
@@ -114,10 +116,13 @@ class _Runner:
             await self.publish(out)
 
 
-async def run_agent(agent: Agent, link: Link, stop: asyncio.Event, executor: Executor | None = None) -> None:
+async def run_agent(agent: Agent, link: Link, stop: asyncio.Event, executor: Executor | None = None,
+                    jobs: Executor | None = None) -> None:
     """``agent`` on ``link`` until ``stop`` is set (then the link publishes its will and disconnects). Raises
-    what ``link.run`` raises (``AuthRefused``). ``executor``: where the blocking calls run (the loop's default)."""
-    runner = _Runner(agent, link, executor)
+    what ``link.run`` raises (``AuthRefused``). ``executor``: where the blocking calls run (the loop's default);
+    ``jobs``: where installs and reverts run, when not there (many simulated devices sharing a few workers:
+    a tick that reports a finished bake must not wait behind a hundred installs)."""
+    runner = _Runner(agent, link, executor, jobs)
     link.on_connect = runner.on_connect
     tasks = [asyncio.create_task(runner.worker()), asyncio.create_task(runner.ticker())]
     try:

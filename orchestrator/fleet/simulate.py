@@ -13,9 +13,10 @@ once started, its ``Link`` to the broker. With ``watch_s`` each device also has 
 (``ModelWatcher``, actor ``watch``) ticked every ``watch_s`` seconds, so versions that turn bad after the
 promote checks are rolled back on the device, as ``orchestrate watch --fleet`` does on a real one.
 
-Every device runs in the one asyncio loop. The agents' handlers, ticks and jobs (download, import,
-promote, rollback: blocking file work) and the watchers' ticks run in one bounded thread pool
-(``workers``), so at most that many run at once whatever the fleet's size. Devices connect at
+Every device runs in the one asyncio loop. The agents' handlers and ticks and the watchers' ticks run
+in one bounded thread pool (``workers``), their jobs (download, import, promote, rollback: blocking file
+work) in another of the same size, so at most that many of each run at once whatever the fleet's size,
+and a device's finished bake is reported while a wave's installs queue. Devices connect at
 ``connect_rate_per_s`` (a ramp, as a real fleet coming up after an outage would be spread).
 
 Labels come from a function of the device's index (``standard_labels``: three sites, three camera roles,
@@ -299,7 +300,8 @@ class SimulatedFleet:
         self.devices: dict[str, SimulatedDevice] = {}
         self.build_s: float | None = None  # how long the last build took
         self.failures: dict[str, BaseException] = {}  # device -> what its agent's run ended with
-        self._executor: ThreadPoolExecutor | None = None
+        self._executor: ThreadPoolExecutor | None = None  # messages, ticks and watchers
+        self._jobs: ThreadPoolExecutor | None = None  # installs and reverts
         self._stop: asyncio.Event | None = None
         self._runs: dict[str, tuple[asyncio.Task[None], asyncio.Event]] = {}
         self._background: list[asyncio.Task[None]] = []
@@ -353,6 +355,7 @@ class SimulatedFleet:
             raise ValueError("a fleet with no broker_for cannot start: build() it and drive the devices directly")
         loop = asyncio.get_running_loop()
         self._executor = ThreadPoolExecutor(self.workers, thread_name_prefix="sim-device")
+        self._jobs = ThreadPoolExecutor(self.workers, thread_name_prefix="sim-job")
         self._stop = asyncio.Event()
         if len(self.devices) < self.count:
             await loop.run_in_executor(self._executor, self.build)
@@ -383,7 +386,7 @@ class SimulatedFleet:
 
     async def _run(self, device: SimulatedDevice, link: Link, stop: asyncio.Event) -> None:
         try:
-            await run_agent(device.agent, link, stop, self._executor)
+            await run_agent(device.agent, link, stop, self._executor, self._jobs)
         except AuthRefused as exc:
             log.error("%s: %s", device.id, exc)
             self.failures[device.id] = exc
@@ -442,9 +445,10 @@ class SimulatedFleet:
         self._background.clear()
         for device in self.devices.values():
             device.online = False
-        if self._executor is not None:
-            self._executor.shutdown(wait=True)
-            self._executor = None
+        for pool in (self._executor, self._jobs):
+            if pool is not None:
+                pool.shutdown(wait=True)
+        self._executor = self._jobs = None
         self._stop = None
 
     async def __aenter__(self) -> SimulatedFleet:

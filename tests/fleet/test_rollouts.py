@@ -10,6 +10,7 @@ in the controller's store, numbered 1..n and acknowledged, and no version promot
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
@@ -20,7 +21,17 @@ import pytest
 from orchestrator.core.journal import Action, Result
 from orchestrator.delivery.signing import generate_keypair, load_private_key, load_trusted_keys
 from orchestrator.fleet import topics
-from orchestrator.fleet.documents import EXPIRED, INSTALL, MISADDRESSED, REPLAYED, UNTRUSTED, Desired, PackageRef, seal
+from orchestrator.fleet.documents import (
+    EXPIRED,
+    FORGED,
+    INSTALL,
+    MISADDRESSED,
+    REPLAYED,
+    UNTRUSTED,
+    Desired,
+    PackageRef,
+    seal,
+)
 from orchestrator.fleet.lab import FleetLab, PackageServer
 from orchestrator.fleet.lab_device import RealDevice
 from orchestrator.fleet.rollout import DeviceState, Phase
@@ -289,8 +300,9 @@ def test_the_controller_killed_mid_wave_resumes_from_its_store(
 def test_forged_replayed_expired_and_misaddressed_documents_through_the_broker_change_nothing(
         lab: FleetLab, ram: Path, tmp_path: Path, build_key: BuildKey, packages: dict[Variant, Path],
         site: PackageServer) -> None:
-    """Sent with the controller's own broker credentials (a stolen password): only the controller's key makes a
-    device act, and only on a fresh document addressed to it."""
+    """Sent with the controller's own broker credentials (a stolen password): signed by another key, signed and
+    then changed, an older serial, expired, another device's. Only the controller's key makes a device act, and
+    only on a fresh document addressed to it."""
     devices = Devices(lab, ram, build_key, "docs", count=3)
     target, other = devices.ids[0], devices.ids[1]
     good = site.publish(packages[Variant.BETTER], "good.tar.gz")
@@ -318,7 +330,10 @@ def test_forged_replayed_expired_and_misaddressed_documents_through_the_broker_c
             devices.start(devices.plan("docs", good, waves=[{"percent": 100}]))
             await devices.until("docs", _final, 60, "the release")
             applied = max(r.serial or 0 for r in lab.store.events(target) if r.rollout == "docs")
+            tampered = json.loads(seal(desired(target, applied + 40), key))
+            tampered["doc"]["package"]["url"] = "http://127.0.0.1:9/elsewhere.tar.gz"  # after it was signed
             sent = {UNTRUSTED: seal(desired(target, applied + 10), stranger),
+                    FORGED: json.dumps(tampered).encode(),
                     REPLAYED: seal(desired(target, applied - 1), key),
                     EXPIRED: seal(desired(target, applied + 20, expires_in=-60), key),
                     MISADDRESSED: seal(desired(other, applied + 30), key)}

@@ -166,6 +166,11 @@ class MonitorThread:
         if self.error is not None or not self.link.connected:
             raise SystemExit(f"the monitor could not connect: {self.error}")
 
+    def check(self) -> None:
+        """SystemExit with what stopped the monitor, if it stopped."""
+        if not self.thread.is_alive():
+            raise SystemExit(f"the monitor stopped: {self.error!r}")
+
     def stop(self) -> None:
         if self.stopping is not None:
             self.loop.call_soon_threadsafe(self.stopping.set)
@@ -237,10 +242,13 @@ async def scenario(args: argparse.Namespace, lab: FleetLab, sims: SimulatedFleet
         out["connect_s"] = time.monotonic() - started
         everyone = sims.ids() + [d.device for d in real]
         deadline = time.monotonic() + 300
-        while [d for d in everyone if monitor.served(d) != 1]:
+        while [d for d, v in lab.store.views(MODEL).items() if d in everyone and v.served != 1] or \
+                len(lab.store.views(MODEL)) < len(everyone):
+            watcher.check()
             if time.monotonic() > deadline:
-                raise SystemExit("not every device reported v1")
-            await asyncio.sleep(0.2)
+                raise SystemExit(f"not every device reported v1 in the controller's store (the monitor has "
+                                 f"{sum(monitor.served(d) == 1 for d in everyone)})")
+            await asyncio.sleep(1.0)
         usage.mark("idle-from")
         await asyncio.sleep(10)
         usage.mark("idle-to")

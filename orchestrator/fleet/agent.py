@@ -680,7 +680,8 @@ class Agent:
                     "desired_serial": {m: s.serial for m, s in sorted(self.state.models.items())
                                        if m in self.stores and s.serial},
                     "notice_serial": self.state.notice_serial, "last_seq": self.state.seq,
-                    "outbox": {"pending": len(self.state.outbox), "dropped": self.state.dropped},
+                    "outbox": {"pending": len(self.state.outbox), "dropped": self.state.dropped,
+                               "first": self.state.outbox[0]["seq"] if self.state.outbox else self.state.seq + 1},
                     "models": models}
         return Outgoing(topics.report(self.device), json.dumps(body, sort_keys=True, separators=(",", ":")).encode(),
                         retain=True)

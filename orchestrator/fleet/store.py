@@ -83,6 +83,16 @@ class StoredEvent:
     body: dict[str, Any]
 
 
+def _dropped(report: dict[str, Any]) -> bool:
+    outbox = report.get("outbox")
+    return isinstance(outbox, dict) and isinstance(outbox.get("dropped"), int) and outbox["dropped"] > 0
+
+
+def _first_pending(report: dict[str, Any]) -> int:
+    first = (report.get("outbox") or {}).get("first")
+    return first if isinstance(first, int) and not isinstance(first, bool) else 0
+
+
 class FleetStore:
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -139,6 +149,11 @@ class FleetStore:
             db.executemany("UPDATE devices SET report = ?, report_at = ? WHERE id = ? AND "
                            "(report_at IS NULL OR report_at <= ?)",
                            [(json.dumps(r), at, d, at) for d, r, at in reports])
+            # Events a full outbox dropped never come: acknowledge past them, or the device's later events wait
+            # behind that gap for ever (they are fed to rollouts only up to the first gap).
+            skipped = [(_first_pending(r) - 1, d, _first_pending(r) - 1) for d, r, _ in reports
+                       if _dropped(r) and _first_pending(r) > 1]
+            db.executemany("UPDATE devices SET acked = ? WHERE id = ? AND acked < ?", skipped)
 
     def record_presence(self, device: str, online: bool, at: float) -> None:
         with self.transaction() as db:

@@ -101,7 +101,7 @@ def test_a_full_outbox_drops_the_oldest_and_says_how_many(device: Device) -> Non
     assert device.agent.state.dropped == seq - 3
     alerts = [r for r in device.agent.journal.read().records if r.result is Result.ALERT]
     assert alerts and alerts[-1].details["dropped"] >= 1 and "outbox full" in alerts[-1].reason
-    assert device.report()["outbox"] == {"pending": 3, "dropped": seq - 3}
+    assert device.report()["outbox"] == {"pending": 3, "dropped": seq - 3, "first": seq - 2}
 
 
 def block(device: Device, sha: str, selector: dict[str, str], block_id: str = "b1") -> Block:

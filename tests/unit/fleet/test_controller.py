@@ -162,6 +162,25 @@ def test_a_later_event_arriving_first_waits_for_the_ones_before_it(tmp_path: Pat
     assert rollout.assignments[names[0]].state.value == "verified" and rollout.phase.value == "succeeded"
 
 
+def test_events_a_full_outbox_dropped_are_acknowledged_past_once_the_report_says_so(
+        tmp_path: Path, keys: dict[str, Any]) -> None:
+    controller = _controller(tmp_path, keys, Clock())
+    (name,) = _enrol(controller, 1)
+    device = Device(name, keys["device_trusts"])
+    events = [device.event("journal") for _ in range(6)]
+    acks = controller.ingest(events[4:])  # 1-4 were dropped on the device: they never come
+    assert [json.loads(a.payload) for a in acks] == [{"upto": 0}]
+    report = json.loads(_report(1))
+    report["outbox"] = {"pending": 2, "dropped": 4, "first": 5}
+    controller.ingest([(topics.report(name), json.dumps(report).encode())])
+    acks = controller.ingest(events[4:])  # resent: now contiguous after the gap
+    assert [json.loads(a.payload) for a in acks] == [{"upto": 6}]
+    # Without a drop, a gap is events still on their way: nothing is skipped.
+    report["outbox"] = {"pending": 1, "dropped": 0, "first": 9}
+    controller.ingest([(topics.report(name), json.dumps(report).encode())])
+    assert [r.acked for r in controller.store.devices()] == [6]
+
+
 def test_messages_from_strangers_and_garbage_are_ignored(tmp_path: Path, keys: dict[str, Any]) -> None:
     controller = _controller(tmp_path, keys, Clock())
     (name,) = _enrol(controller, 1)

@@ -236,8 +236,10 @@ def test_a_gate_failure_halts_and_every_updated_device_reverts_the_offline_ones_
             served = devices.sims.served_versions()
             assert {served[d] for d in away[:2]} == {2}  # still on it while away, retained revert waiting
             devices.sims.bring_online(away)
-            done = await devices.until("halt", _final, 60, "the devices back reverting")
-            assert done.left_on_version == 0 and done.on_version == 0
+            # Settled once every device's revert event is in and its next report no longer shows the version.
+            done = await devices.until("halt", lambda s: _final(s) and s.on_version == 0, 60,
+                                       "the devices back reverted and reporting their fallback")
+            assert done.left_on_version == 0
             assert set(done.states) <= {"reverted", "pending", "failed"}, done.states
             await devices.settled()
         finally:

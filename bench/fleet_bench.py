@@ -46,7 +46,7 @@ from orchestrator.core.journal import Action, Result
 from orchestrator.fleet import topics
 from orchestrator.fleet.lab import BuildKey, FleetLab
 from orchestrator.fleet.lab_device import RealDevice
-from orchestrator.fleet.simulate import XAVIER, SimulatedDevice, SimulatedFleet, Traffic, standard_labels
+from orchestrator.fleet.simulate import XAVIER, SimulatedFleet, Traffic, standard_labels
 from orchestrator.fleet.status import RolloutStatus
 from orchestrator.fleet.transport import Link, Message
 from orchestrator.sample import MODEL, Variant, write_faulty_package, write_sample_package
@@ -296,8 +296,8 @@ async def scenario(args: argparse.Namespace, lab: FleetLab, sims: SimulatedFleet
             {"name": "verified", "metric": "verified_ratio", "min": 0.95},
             {"name": "errors", "metric": "error_rate", "max": ERROR_RATE_MAX, "min_sample": ERROR_MIN_SAMPLE}]))
         first = [a.device for a in lab.status("bad").rollout.assignments.values() if a.wave == 0]
-        traffic = asyncio.create_task(_traffic([sims[d] for d in first if d in sims.devices], args.traffic_period,
-                                               stop))
+        traffic = asyncio.create_task(Traffic([sims[d] for d in first if d in sims.devices],
+                                              args.traffic_period).run(stop))
         away: list[str] = []
         wave_one = None
         polled = 0.0
@@ -378,10 +378,6 @@ def _quiet_cut_sockets() -> dict[str, int]:
 
     loop.set_exception_handler(handler)
     return seen
-
-
-async def _traffic(devices: list[SimulatedDevice], period_s: float, stop: asyncio.Event) -> None:
-    await Traffic(devices, period_s).run(stop)
 
 
 def _local_rollback_ms(sims: SimulatedFleet, devices: list[str]) -> list[float]:

@@ -31,7 +31,7 @@ sys.path.insert(0, str(ROOT))
 from orchestrator.fleet.lab import BuildKey, FleetLab  # noqa: E402
 from orchestrator.fleet.lab_device import RealDevice  # noqa: E402
 from orchestrator.fleet.rollout import Phase  # noqa: E402
-from orchestrator.fleet.simulate import NANO, XAVIER, SimulatedFleet  # noqa: E402
+from orchestrator.fleet.simulate import NANO, XAVIER, SimulatedFleet, Traffic  # noqa: E402
 from orchestrator.sample import MODEL, Variant, write_faulty_package, write_sample_package  # noqa: E402
 
 FAULT_AFTER = 20  # the promote checks send 16 requests to a candidate: this fault passes them
@@ -80,7 +80,7 @@ async def follow(lab: FleetLab, rollout: str, until: set[Phase], timeout_s: floa
 async def scenario(lab: FleetLab, sims: SimulatedFleet, real: list[RealDevice], good: object, bad: object) -> None:
     stop = asyncio.Event()
     await sims.start(connect_timeout_s=120)
-    traffic = asyncio.create_task(_traffic(sims, 1.0, stop))
+    traffic = asyncio.create_task(Traffic(list(sims), 1.0).run(stop))
     try:
         everyone = sims.ids() + [d.device for d in real]
         while [d for d, v in lab.store.views(MODEL).items() if d in everyone and v.served != 1]:
@@ -121,12 +121,6 @@ async def scenario(lab: FleetLab, sims: SimulatedFleet, real: list[RealDevice], 
         stop.set()
         await traffic
         await sims.stop()
-
-
-async def _traffic(sims: SimulatedFleet, period_s: float, stop: asyncio.Event) -> None:
-    from orchestrator.fleet.simulate import Traffic  # noqa: PLC0415
-
-    await Traffic(list(sims), period_s).run(stop)
 
 
 def main() -> int:

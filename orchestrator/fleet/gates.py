@@ -7,8 +7,8 @@ still going: only a failure can be told early (a failure ratio already over its 
 over it). Inconclusive never passes: a wave whose gates stay inconclusive past its deadline
 pauses the rollout for a person to decide.
 
-``attribute`` looks for the label that explains a failure: the label value whose devices, taken
-out, leave every gate not failing, while they themselves fail it.
+``attribute`` looks for the label that explains a failure: the label value whose devices fail (refused,
+rolled back or erroring) far more often than the rest, and without which every gate holds.
 """
 
 from __future__ import annotations
@@ -83,7 +83,8 @@ class Attribution:
 
     def describe(self) -> str:
         return (f"failures concentrate on {self.label}={self.value}: {self.failed_in} of {self.devices_in} "
-                f"failed there, {self.failed_out} of {self.devices_out} elsewhere; without them every gate holds")
+                f"failing there (failed or erroring), {self.failed_out} of {self.devices_out} elsewhere; without "
+                f"them every gate holds")
 
 
 @dataclass(frozen=True)
@@ -198,12 +199,21 @@ def assess(gates: Sequence[Gate], members: Sequence[Member], control: Sequence[M
     return Assessment(tuple(evaluate(g, members, control, complete, final) for g in gates))
 
 
+def _failing(member: Member) -> bool:
+    return member.outcome == FAILED or member.usage.errors > 0 or member.usage.rollbacks > 0
+
+
 def attribute(gates: Sequence[Gate], members: Sequence[Member], control: Sequence[Member],
               complete: bool) -> Attribution | None:
-    """The smallest label group (at most half the told devices) whose devices fail the gates while the rest
-    hold, if one exists."""
-    failed = [m for m in members if m.outcome == FAILED or m.usage.errors or m.usage.rollbacks]
-    if not failed:
+    """The label group (at most half the told devices) that concentrates the failures, if taking it out leaves
+    every gate holding.
+
+    Groups are ranked by how much more often their devices fail than the rest do (the share failing inside minus
+    the share outside), then the smaller first. The group itself need not fail the gates alone: a few devices
+    of a rare hardware rarely reach a gate's minimum sample on their own, and a larger group that happens to
+    hold them would otherwise be blamed.
+    """
+    if not any(_failing(m) for m in members):
         return None
     values: dict[tuple[str, str], int] = defaultdict(int)
     for member in members:
@@ -215,12 +225,15 @@ def attribute(gates: Sequence[Gate], members: Sequence[Member], control: Sequenc
             continue  # a label most told devices share is no concentration: blocking it stops the rollout
         inside = [m for m in members if m.labels.get(key) == value]
         outside = [m for m in members if m.labels.get(key) != value]
-        rest = [c for c in control if c.labels.get(key) != value]
-        if assess(gates, outside, rest, complete).failed or not assess(gates, inside, control, complete).failed:
+        failing_in, failing_out = sum(map(_failing, inside)), sum(map(_failing, outside))
+        lift = failing_in / len(inside) - (failing_out / len(outside) if outside else 0.0)
+        if failing_in == 0 or lift <= 0:
             continue
-        candidates.append((size, key, value, inside, outside))
+        rest = [c for c in control if c.labels.get(key) != value]
+        if assess(gates, outside, rest, complete).failed:
+            continue
+        candidates.append((-lift, size, key, value, failing_in, failing_out, len(outside)))
     if not candidates:
         return None
-    size, key, value, inside, outside = min(candidates, key=lambda c: (c[0], c[1], c[2]))
-    return Attribution(key, value, sum(m.outcome == FAILED for m in inside), len(inside),
-                       sum(m.outcome == FAILED for m in outside), len(outside))
+    _, size, key, value, failing_in, failing_out, devices_out = min(candidates)
+    return Attribution(key, value, failing_in, size, failing_out, devices_out)

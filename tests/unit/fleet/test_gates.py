@@ -92,3 +92,44 @@ def test_attribution_names_the_label_whose_devices_fail_while_the_rest_hold() ->
 def test_no_attribution_when_failures_are_everywhere() -> None:
     members = [_m(f"n{i}", FAILED if i % 2 else VERIFIED, hw="nano" if i % 3 else "nx") for i in range(30)]
     assert attribute([VERIFIED_GATE], members, [], complete=True) is None
+
+
+def _labelled(name: str, labels: dict[str, str], requests: int = 0, errors: int = 0,
+              outcome: str = VERIFIED) -> Member:
+    return Member(name, labels, outcome, Usage(requests=requests, errors=errors))
+
+
+def test_attribution_blames_the_rare_hardware_not_a_larger_group_that_happens_to_hold_it() -> None:
+    # The demo's case: three Nanos erroring, all in the "entrance" role. Alone they serve 45 requests, under
+    # the gate's minimum sample of 50, so the Nano group cannot fail the gate on its own; the entrance group
+    # (Nanos and healthy devices, 150 requests) can. The old rule picked the smallest group failing alone.
+    errors = Gate("errors", "error_rate", max=0.02, min_sample=50)
+    nanos = [_labelled(f"n{i}", {"hw": "nano", "role": "entrance"}, requests=15, errors=5) for i in range(3)]
+    entrance = [_labelled(f"e{i}", {"hw": "nx", "role": "entrance"}, requests=15) for i in range(7)]
+    rest = [_labelled(f"d{i}", {"hw": "nx", "role": "dock" if i % 2 else "line"}, requests=15) for i in range(20)]
+    members = nanos + entrance + rest
+    assert assess([errors], members, [], complete=True).failed
+    assert not assess([errors], nanos, [], complete=True).failed  # inconclusive: 45 requests
+    found = attribute([errors], members, [], complete=True)
+    assert found is not None and found.selector == {"hw": "nano"}
+    assert (found.failed_in, found.devices_in, found.failed_out, found.devices_out) == (3, 3, 0, 27)
+
+
+def test_attribution_prefers_the_group_that_explains_every_failure_over_a_smaller_pure_one() -> None:
+    # Two failing Nanos at site b and one at site a: site=b is pure but leaves a failure outside it.
+    members = ([_labelled("n0", {"hw": "nano", "site": "a"}, outcome=FAILED)]
+               + [_labelled(f"n{i}", {"hw": "nano", "site": "b"}, outcome=FAILED) for i in (1, 2)]
+               + [_labelled(f"x{i}", {"hw": "nx", "site": "a" if i < 20 else "c"}) for i in range(27)])
+    gate = Gate("failures", "failure_ratio", max=0.05)
+    found = attribute([gate], members, [], complete=True)
+    assert found is not None and found.selector == {"hw": "nano"}
+
+
+def test_no_attribution_when_errors_are_spread_evenly_even_if_a_half_taken_out_starves_the_gate() -> None:
+    # Every device errs alike; taking out either site leaves the rest under the minimum sample (inconclusive, not
+    # failing), which must not read as "that site explains it".
+    errors = Gate("errors", "error_rate", max=0.01, min_sample=100)
+    members = [_labelled(f"{site}{i}", {"site": site}, requests=10, errors=1) for site in "ab" for i in range(8)]
+    assert assess([errors], members, [], complete=True).failed
+    assert not assess([errors], members[8:], [], complete=True).failed
+    assert attribute([errors], members, [], complete=True) is None

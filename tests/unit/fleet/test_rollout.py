@@ -171,6 +171,42 @@ def test_failures_on_one_label_revert_that_label_and_propose_a_block() -> None:
     assert len(s2.tells) == 63 and not {t.device for t in s2.tells} & {d for d in views if d.endswith("0")}
 
 
+def test_production_errors_on_a_rare_hardware_are_put_on_it_and_the_block_lets_the_rest_succeed() -> None:
+    # The fleet demo's release: Nanos pass every local check, then err on client traffic. The wave's three Nanos
+    # alone serve too few requests for the error gate's minimum sample, and all of them sit in role=entrance with
+    # healthy devices: the block must still name the hardware, and once it is in force the rest goes on.
+    views = fleet(100, nano_every=10)
+    nanos = {d for d, v in views.items() if v.labels["hw"] == "jetson-nano"}
+    for i, d in enumerate(sorted(views)):
+        role = "entrance" if d in nanos or i % 4 == 1 else "line"
+        views[d] = replace(views[d], labels={**views[d].labels, "role": role})
+    gates = [{"name": "verified", "metric": "verified_ratio", "min": 0.95},
+             {"name": "errors", "metric": "error_rate", "max": 0.02, "min_sample": 50}]
+    rollout = start(plan(waves=[{"percent": 30}, {"percent": 100}], spread=["hw"], gates=gates), views, 0.0)
+    s = step(rollout, views, 0.0)
+    told = [t.device for t in s.tells]
+    wave_nanos = nanos & set(told)
+    assert len(wave_nanos) == 3
+    rollout = _install(s.rollout, views, s, 0.0)
+    _serve(views, told, requests=15)
+    _serve(views, wave_nanos, requests=15, errors=5)
+    proposed = step(rollout, views, 5.0)
+    assert proposed.rollout.phase is Phase.BLOCK_PROPOSED
+    assert proposed.rollout.attribution is not None and proposed.rollout.attribution.selector == {"hw": "jetson-nano"}
+    rollout = _answer(proposed.rollout, wave_nanos, "reverted", 6.0)
+    rollout = block(rollout, views, ("hw", "jetson-nano"), 7.0).rollout
+    rollout = _answer(rollout, [d for d in told if d not in nanos], "verified", 110.0)
+    s2 = step(rollout, views, 111.0)
+    assert s2.rollout.wave == 1 and s2.rollout.phase is Phase.RUNNING
+    assert s2.tells and not {t.device for t in s2.tells} & nanos
+    rollout = _install(s2.rollout, views, s2, 112.0)
+    _serve(views, [t.device for t in s2.tells], requests=15)
+    rollout = _answer(rollout, [t.device for t in s2.tells], "verified", 220.0)
+    done = step(rollout, views, 221.0)
+    assert done.rollout.phase is Phase.SUCCEEDED, done.rollout.assessment
+    assert _states(done.rollout) == {DeviceState.VERIFIED: 90, DeviceState.REVERTED: 3, DeviceState.SKIPPED: 7}
+
+
 def test_on_label_failure_block_blocks_by_itself_and_goes_on() -> None:
     views = fleet(100, nano_every=10)
     rollout = start(plan(waves=[{"percent": 30}, {"percent": 100}], spread=["hw"], on_label_failure="block",

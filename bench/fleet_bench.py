@@ -29,11 +29,9 @@ import contextlib
 import errno
 import json
 import math
-import os
 import resource
 import shutil
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -44,7 +42,7 @@ from typing import Any
 from bench.common import pct, process_usage
 from orchestrator.core.journal import Action, Result
 from orchestrator.fleet import topics
-from orchestrator.fleet.lab import BuildKey, FleetLab
+from orchestrator.fleet.lab import BuildKey, FleetLab, memory_folder
 from orchestrator.fleet.lab_device import RealDevice
 from orchestrator.fleet.simulate import XAVIER, SimulatedFleet, Traffic, standard_labels
 from orchestrator.fleet.status import RolloutStatus
@@ -241,19 +239,11 @@ async def scenario(args: argparse.Namespace, lab: FleetLab, sims: SimulatedFleet
         await sims.start(connect_timeout_s=300)
         out["connect_s"] = time.monotonic() - started
         everyone = sims.ids() + [d.device for d in real]
-        deadline = time.monotonic() + 180
-        while True:
-            views = lab.store.views(MODEL)
-            missing = [d for d in everyone if d not in views or views[d].served != 1]
-            watcher.check()
-            if not missing:
-                break
-            if time.monotonic() > deadline:
-                if len(missing) > len(everyone) // 100:
-                    raise SystemExit(f"{len(missing)} devices never reported v1: {missing[:5]}")
-                print(f"going on without a first report from {missing}", file=sys.stderr)
-                break
-            await asyncio.sleep(1.0)
+        # Up to 1 % may miss their first report (a device the one process starved): named, and left out.
+        missing = await lab.reported(MODEL, 1, everyone, timeout_s=180, tolerate=len(everyone) // 100,
+                                     check=watcher.check)
+        if missing:
+            print(f"going on without a first report from {missing}", file=sys.stderr)
         out["unreported_at_start"] = missing
         usage.mark("idle-from")
         await asyncio.sleep(10)
@@ -458,9 +448,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    shm = Path("/dev/shm")
-    base = shm if shm.is_dir() and os.access(shm, os.W_OK) else None  # device disks in memory: see the ram fixture
-    root = Path(tempfile.mkdtemp(prefix="orch-fleet-bench-", dir=base))
+    root = memory_folder("orch-fleet-bench-")
     lab = FleetLab(root / "lab", gate_interval_s=args.gate)
     real: list[RealDevice] = []
     try:

@@ -83,8 +83,7 @@ async def scenario(lab: FleetLab, sims: SimulatedFleet, real: list[RealDevice], 
     traffic = asyncio.create_task(Traffic(list(sims), 1.0).run(stop))
     try:
         everyone = sims.ids() + [d.device for d in real]
-        while [d for d, v in lab.store.views(MODEL).items() if d in everyone and v.served != 1]:
-            await asyncio.sleep(0.5)
+        await lab.reported(MODEL, 1, everyone, timeout_s=180)
         for device in real:
             device.start_traffic()
         await asyncio.to_thread(lambda: fleet(lab, "devices", grep="cam-"))

@@ -11,7 +11,6 @@ import asyncio
 import contextlib
 import os
 import shutil
-import tempfile
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +19,7 @@ from typing import Any, TypeVar
 import pytest
 
 from orchestrator.fleet.broker import BrokerFiles, MosquittoProcess, find_mosquitto, free_port
-from orchestrator.fleet.lab import PackageServer
+from orchestrator.fleet.lab import PackageServer, memory_folder
 from orchestrator.fleet.transport import BrokerAddress, Link, Message, TlsFiles
 
 T = TypeVar("T")
@@ -93,14 +92,9 @@ def make_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[.
 
 
 @pytest.fixture
-def ram(tmp_path: Path) -> Iterator[Path]:
-    """A folder in memory where the machine has one (/dev/shm): simulated devices' disks. The store fsyncs
-    every write (about 30 a device per install), which on this disk more than doubles a wave's time."""
-    shm = Path("/dev/shm")
-    if not (shm.is_dir() and os.access(shm, os.W_OK)):
-        yield tmp_path
-        return
-    folder = Path(tempfile.mkdtemp(prefix="orch-sim-", dir=shm))
+def ram() -> Iterator[Path]:
+    """A folder in memory where the machine has one: simulated devices' disks (see ``memory_folder``)."""
+    folder = memory_folder("orch-sim-")
     try:
         yield folder
     finally:

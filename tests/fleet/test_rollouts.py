@@ -94,16 +94,7 @@ class Devices:
 
     async def reported(self, version: int, ids: list[str] | None = None, timeout_s: float = 30) -> None:
         """Until the controller's store has every device's report serving ``version``."""
-        wanted = ids if ids is not None else self.ids
-        deadline = time.monotonic() + timeout_s
-        while True:
-            views = self.lab.store.views(MODEL)
-            missing = [d for d in wanted if d not in views or views[d].served != version]
-            if not missing:
-                return
-            if time.monotonic() > deadline:
-                raise AssertionError(f"{len(missing)} devices never reported v{version}: {missing[:5]}")
-            await asyncio.sleep(0.2)
+        await self.lab.reported(MODEL, version, ids if ids is not None else self.ids, timeout_s)
 
     async def settled(self, timeout_s: float = 20) -> None:
         """Until every device's last event is in the store and acknowledged."""

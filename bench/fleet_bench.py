@@ -250,33 +250,34 @@ async def scenario(args: argparse.Namespace, lab: FleetLab, sims: SimulatedFleet
         usage.mark("idle-to")
         out["idle_messages_per_s"] = monitor.rate(usage.marks["idle-from"][0], usage.marks["idle-to"][0])[0]
 
-        # 1. The good release.
         for device in real:
             device.start_traffic()
-        usage.mark("good-start")
-        _start(lab, _plan(lab, "good", good, args.bake, [{"name": "verified", "metric": "verified_ratio",
-                                                          "min": 0.95}]))
-        waves: list[float] = []
-        wave = 0
-        while True:
-            status = lab.status("good")
-            while status.rollout.wave > wave or (status.rollout.phase.final and len(waves) < len(WAVES)):
-                waves.append(time.monotonic())
-                wave += 1
-            if _settled(status):
-                break
-            await asyncio.sleep(STATUS_POLL_S)
-        usage.mark("good-end")
-        t0 = usage.marks["good-start"][0]
-        out["good"] = {"phase": status.rollout.phase.value, "states": status.states, "seconds": waves[-1] - t0,
-                       "wave_seconds": [b - a for a, b in zip([t0, *waves[:-1]], waves, strict=True)],
-                       "messages_per_s": monitor.rate(t0, waves[-1]),
-                       "cpu_percent": usage.share("good-start", "good-end")}
-        wall0, wall1 = time.time() - (time.monotonic() - t0), time.time()
-        answers = [a for d in real if d.traffic for a in d.traffic.answers if wall0 <= a[0] <= wall1]
-        out["good"]["real_requests"] = len(answers)
-        out["good"]["real_failed"] = sum(a[1] is None for a in answers)
-        out["good"]["real_serving_v2"] = sum(d.served() == 2 for d in real)
+        # 1. The good release.
+        if not args.skip_good:
+            usage.mark("good-start")
+            _start(lab, _plan(lab, "good", good, args.bake, [{"name": "verified", "metric": "verified_ratio",
+                                                              "min": 0.95}]))
+            waves: list[float] = []
+            wave = 0
+            while True:
+                status = lab.status("good")
+                while status.rollout.wave > wave or (status.rollout.phase.final and len(waves) < len(WAVES)):
+                    waves.append(time.monotonic())
+                    wave += 1
+                if _settled(status):
+                    break
+                await asyncio.sleep(STATUS_POLL_S)
+            usage.mark("good-end")
+            t0 = usage.marks["good-start"][0]
+            out["good"] = {"phase": status.rollout.phase.value, "states": status.states, "seconds": waves[-1] - t0,
+                           "wave_seconds": [b - a for a, b in zip([t0, *waves[:-1]], waves, strict=True)],
+                           "messages_per_s": monitor.rate(t0, waves[-1]),
+                           "cpu_percent": usage.share("good-start", "good-end")}
+            wall0, wall1 = time.time() - (time.monotonic() - t0), time.time()
+            answers = [a for d in real if d.traffic for a in d.traffic.answers if wall0 <= a[0] <= wall1]
+            out["good"]["real_requests"] = len(answers)
+            out["good"]["real_failed"] = sum(a[1] is None for a in answers)
+            out["good"]["real_serving_v2"] = sum(d.served() == 2 for d in real)
 
         # 2. The bad release. Client traffic on its first wave's simulated devices (the real ones have theirs):
         # one process cannot also serve a thousand devices' requests, and only the first wave takes it.
@@ -322,6 +323,7 @@ async def scenario(args: argparse.Namespace, lab: FleetLab, sims: SimulatedFleet
         await traffic
 
         halt = monitor.first_revert or time.monotonic()
+        last_good = 1 if args.skip_good else 2  # the real devices' own version numbers
         online = [monitor.reverted[d] - halt for d in online_updated if d in monitor.reverted]
         returned = [monitor.reverted[d] - back for d in away if d in monitor.reverted]
         local = _local_rollback_ms(sims, list(monitor.reverted))
@@ -335,7 +337,7 @@ async def scenario(args: argparse.Namespace, lab: FleetLab, sims: SimulatedFleet
             "halt_to_reverted_s": _summary(online), "returned_to_reverted_s": _summary(returned),
             "unreverted_online": [d for d in online_updated if d not in monitor.reverted],
             "local_rollback_ms": _summary(local),
-            "left_on_bad_version": len(served_bad) + sum(d.served() not in (1, 2) for d in real),
+            "left_on_bad_version": len(served_bad) + sum((d.served() or 0) > last_good for d in real),
             "left_on_bad_version_controller": done.left_on_version,
             "messages_per_s": monitor.rate(usage.marks["bad-start"][0], usage.marks["bad-end"][0]),
             "cpu_percent": usage.share("bad-start", "bad-end")}
@@ -396,18 +398,19 @@ def _ms(summary: dict[str, Any] | None) -> str:
 
 
 def report(out: dict[str, Any]) -> None:
-    good, bad = out["good"], out["bad"]
+    good, bad = out.get("good"), out["bad"]
     print(f"fleet: {out['devices']} simulated + {out['real']} real devices, "
           f"gate interval {out['gate_interval_s']:g} s, reports every {out['report_s']:g} s; "
           f"connected in {out['connect_s']:.1f} s")
     print(f"idle: {out['idle_messages_per_s']:.0f} msg/s; CPU % of a core: "
           + ", ".join(f"{k} {v:.0f}" for k, v in out["idle_cpu_percent"].items()))
-    print(f"good release: {good['phase']} in {good['seconds']:.1f} s, waves "
-          + " / ".join(f"{s:.1f}" for s in good["wave_seconds"]) + f" s; {good['states']}")
-    print(f"  real devices: {good['real_failed']} failed of {good['real_requests']} client requests; "
-          f"{good['real_serving_v2']}/{out['real']} serve v2")
-    print(f"  messages/s mean {good['messages_per_s'][0]:.0f}, peak {good['messages_per_s'][1]}; CPU % of a core: "
-          + ", ".join(f"{k} {v:.0f}" for k, v in good["cpu_percent"].items()))
+    if good is not None:
+        print(f"good release: {good['phase']} in {good['seconds']:.1f} s, waves "
+              + " / ".join(f"{s:.1f}" for s in good["wave_seconds"]) + f" s; {good['states']}")
+        print(f"  real devices: {good['real_failed']} failed of {good['real_requests']} client requests; "
+              f"{good['real_serving_v2']}/{out['real']} serve v2")
+        print(f"  messages/s mean {good['messages_per_s'][0]:.0f}, peak {good['messages_per_s'][1]}; CPU % of a core: "
+              + ", ".join(f"{k} {v:.0f}" for k, v in good["cpu_percent"].items()))
     print(f"bad release: {bad['phase']} ({bad['reason']}); wave 1 {bad['wave_one']} devices, {bad['updated']} took it, "
           f"{bad['offline']} of them offline through the halt")
     gate = out["gate_interval_s"]
@@ -442,6 +445,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--traffic-period", type=float, default=0.5,
                         help="each first-wave device's client request period in the bad release, s (default 0.5)")
     parser.add_argument("--workers", type=int, default=4, help="the simulated devices' worker threads")
+    parser.add_argument("--skip-good", action="store_true",
+                        help="only the bad release (the devices start on v1): its figures without the good one's "
+                             "minutes first")
     parser.add_argument("--json", type=Path, help="also write the figures here")
     return parser.parse_args(argv)
 

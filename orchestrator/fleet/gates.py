@@ -7,8 +7,9 @@ still going: only a failure can be told early (a failure ratio already over its 
 over it). Inconclusive never passes: a wave whose gates stay inconclusive past its deadline
 pauses the rollout for a person to decide.
 
-``attribute`` looks for the label that explains a failure: the label value whose devices fail (refused,
-rolled back or erroring) far more often than the rest, and without which every gate holds.
+``attribute`` looks for the label that explains a failure: the label value that holds most failing devices
+(refused, rolled back or erroring), whose devices fail far more often than the rest, and without which every
+gate holds on enough data.
 """
 
 from __future__ import annotations
@@ -205,8 +206,8 @@ def _failing(member: Member) -> bool:
 
 def attribute(gates: Sequence[Gate], members: Sequence[Member], control: Sequence[Member],
               complete: bool) -> Attribution | None:
-    """The label group (at most half the told devices) that concentrates the failures, if taking it out leaves
-    every gate holding.
+    """The label group (at most half the told devices) that concentrates the failures: most failing devices are
+    in it, and without it every gate holds on a sample of at least its minimum.
 
     Groups are ranked by how much more often their devices fail than the rest do (the share failing inside minus
     the share outside), then the smaller first. The group itself need not fail the gates alone: a few devices
@@ -227,11 +228,13 @@ def attribute(gates: Sequence[Gate], members: Sequence[Member], control: Sequenc
         outside = [m for m in members if m.labels.get(key) != value]
         failing_in, failing_out = sum(map(_failing, inside)), sum(map(_failing, outside))
         lift = failing_in / len(inside) - (failing_out / len(outside) if outside else 0.0)
-        if failing_in == 0 or lift <= 0:
-            continue
+        if failing_in <= failing_out or lift <= 0:
+            continue  # not where most failing devices are
         rest = [c for c in control if c.labels.get(key) != value]
-        if assess(gates, outside, rest, complete).failed:
-            continue
+        held = assess(gates, outside, rest, complete)
+        if held.failed or any(r.verdict is Verdict.INCONCLUSIVE and r.sample < g.min_sample
+                              for r, g in zip(held.results, gates, strict=True)):
+            continue  # the rest fails, or is too thin to show it holds: taking a group out must not starve a gate
         candidates.append((-lift, size, key, value, failing_in, failing_out, len(outside)))
     if not candidates:
         return None

@@ -133,3 +133,25 @@ def test_no_attribution_when_errors_are_spread_evenly_even_if_a_half_taken_out_s
     assert assess([errors], members, [], complete=True).failed
     assert not assess([errors], members[8:], [], complete=True).failed
     assert attribute([errors], members, [], complete=True) is None
+
+
+def test_no_attribution_to_one_device_when_as_many_fail_elsewhere_in_a_small_wave() -> None:
+    # The halt test's first wave: four devices of the erroring release, two erring so far, each in its own role.
+    # Without d0 the rest holds (1 error in 60 requests), but d0 holds only half the failing devices: no block.
+    errors = Gate("errors", "error_rate", max=0.02, min_sample=50)
+    members = [_labelled(f"d{i}", {"role": f"r{i}", "hw": "nx"}, requests=20,
+                          errors={0: 4, 1: 1}.get(i, 0)) for i in range(4)]
+    assert assess([errors], members, [], complete=False).failed
+    assert attribute([errors], members, [], complete=False) is None
+
+
+def test_no_attribution_when_the_rest_is_too_thin_to_show_it_holds() -> None:
+    errors = Gate("errors", "error_rate", max=0.02, min_sample=50)
+    members = [_labelled(f"a{i}", {"site": "a"}, requests=10, errors=3) for i in range(2)] + \
+        [_labelled(f"b{i}", {"site": "b"}, requests=10) for i in range(3)]
+    assert assess([errors], members, [], complete=True).failed
+    assert evaluate(errors, members[2:], [], complete=True).verdict is Verdict.INCONCLUSIVE  # 30 requests
+    assert attribute([errors], members, [], complete=True) is None
+    members += [_labelled(f"b{i}", {"site": "b"}, requests=10) for i in range(3, 5)]  # now 50 requests without a
+    found = attribute([errors], members, [], complete=True)
+    assert found is not None and found.selector == {"site": "a"}

@@ -9,6 +9,8 @@ type and HTTP status through ``control.answered_error``.
 
 from __future__ import annotations
 
+import logging
+import threading
 from typing import TYPE_CHECKING, Any
 
 from orchestrator.triton.control import NETWORK_ERRORS, TritonControl, answered_error, host_port, one_line, unreachable
@@ -17,20 +19,29 @@ from orchestrator.triton.protocol import InferenceResult
 if TYPE_CHECKING:  # annotations only: numpy comes with tritonclient, on the first infer
     import numpy as np
 
+log = logging.getLogger(__name__)
+
 
 class Triton(TritonControl):
-    """A connection to one server. Not thread-safe: give each thread its own."""
+    """A connection to one server. Not thread-safe: give each thread its own, or use it from one thread at a
+    time (a pool's threads in turn: the fleet agent's handlers and jobs)."""
 
     def __init__(self, url: str, admin_key: str | None = None, timeout_s: float = 10.0,
                  load_timeout_s: float = 600.0) -> None:
         super().__init__(url, admin_key, timeout_s, load_timeout_s)
-        self._inference: Any = None  # tritonclient.http.InferenceServerClient, made by the first infer
+        # tritonclient.http.InferenceServerClient per thread, made by its first infer: its gevent sockets belong
+        # to the thread that made them ("greenlet.error: Cannot switch to a different thread" in any other).
+        self._local = threading.local()
+        self._clients: list[Any] = []  # every thread's, for close
 
     def close(self) -> None:
         super().close()
-        if self._inference is not None:
-            self._inference.close()
-            self._inference = None
+        clients, self._clients, self._local = self._clients, [], threading.local()
+        for client in clients:
+            try:
+                client.close()
+            except Exception as exc:  # a socket of another thread's hub: it goes with that thread
+                log.debug("closing an inference connection made by another thread: %s", exc)
 
     def infer(self, model: str, inputs: dict[str, np.ndarray], outputs: list[str],
               version: int | None = None) -> InferenceResult:
@@ -38,10 +49,12 @@ class Triton(TritonControl):
         import tritonclient.http as httpclient  # noqa: PLC0415
         from tritonclient.utils import InferenceServerException, np_to_triton_dtype  # noqa: PLC0415
 
-        if self._inference is None:
-            self._inference = httpclient.InferenceServerClient(
+        client = getattr(self._local, "client", None)
+        if client is None:
+            client = self._local.client = httpclient.InferenceServerClient(
                 host_port(self.url), ssl=self.url.startswith("https://"), connection_timeout=self.timeout_s,
                 network_timeout=self.timeout_s)
+            self._clients.append(client)
         request = []
         for name, array in inputs.items():
             tensor = httpclient.InferInput(name, list(array.shape), np_to_triton_dtype(array.dtype))
@@ -50,7 +63,7 @@ class Triton(TritonControl):
         wanted = [httpclient.InferRequestedOutput(name, binary_data=True) for name in outputs]
         what = f"inference on {model}"
         try:
-            result = self._inference.infer(model, request, model_version=str(version or ""), outputs=wanted)
+            result = client.infer(model, request, model_version=str(version or ""), outputs=wanted)
         except InferenceServerException as exc:
             status = str(exc.status())
             raise answered_error(self.url, what, int(status) if status.isdigit() else None,

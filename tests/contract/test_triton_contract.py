@@ -219,6 +219,27 @@ def test_requests_the_config_refuses_are_errors_and_not_counted(triton: TritonAP
     assert triton.inference_stats(MODEL)[0] == before
 
 
+def test_one_client_serves_threads_in_turn(triton: TritonAPI) -> None:
+    """The fleet agent's handlers and install jobs use one client from a pool's threads, one at a time. The real
+    client's gevent sockets belong to the thread that made them: a second thread failed with greenlet.error."""
+    expected = infer(triton).outputs["LOGITS"]
+    answers: list[object] = []
+
+    def other_thread() -> None:
+        try:
+            answers.append(infer(triton).outputs["LOGITS"])
+        except Exception as exc:  # the failure is what is asserted on
+            answers.append(exc)
+
+    for _ in range(2):
+        worker = threading.Thread(target=other_thread)
+        worker.start()
+        worker.join()
+    assert [type(a) for a in answers] == [np.ndarray, np.ndarray], answers
+    assert all(np.array_equal(a, expected) for a in answers)  # type: ignore[arg-type]
+    np.testing.assert_array_equal(infer(triton).outputs["LOGITS"], expected)  # and the first thread's still works
+
+
 def test_inference_stats_count_successful_requests(triton: TritonAPI) -> None:
     count, total_ns = triton.inference_stats(MODEL)
     for _ in range(3):

@@ -91,7 +91,7 @@ def _ssl_context(tls: TlsFiles) -> ssl.SSLContext:
 class _Client(aiomqtt.Client):
     """aiomqtt's client plus the two things a Link needs that aiomqtt drops: the reason code of each
     PUBACK (MQTT 5), and the moment the connection drops. The only code that touches aiomqtt's internals
-    (``_client``, ``_on_publish``, ``_disconnected``), as of aiomqtt 2.5 (requirements/*.lock pins it)."""
+    (``_client``, ``_on_publish``, ``_disconnected``, ``_lock``), as of aiomqtt 2.5 (requirements/*.lock pins it)."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -109,6 +109,20 @@ class _Client(aiomqtt.Client):
         else:
             self._acks[info.mid] = ack  # its PUBACK cannot be read before we return to the loop
         return ack
+
+    def abandon(self) -> None:
+        """The connection given up without waiting any longer: its socket closed, the drop marked done. aiomqtt's
+        ``__aexit__`` waits for paho's on_disconnect with no timeout, and after a socket the loop stopped
+        watching, it never comes (seen once at the end of the fleet demo: every socket closed, one device's
+        stop waiting forever)."""
+        sock = self._client.socket()
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.close()
+        if not self._disconnected.done():
+            self._disconnected.set_result(None)
+        if self._lock.locked():
+            self._lock.release()
 
     @property
     def dropped(self) -> asyncio.Future[None]:
@@ -133,7 +147,7 @@ class Link:
                  on_connect: Callable[[], Awaitable[None]] | None = None, clean_start: bool = True,
                  max_backoff_s: float = 5.0, min_backoff_s: float = 0.1, max_auth_refusals: int = 3,
                  connect_timeout_s: float = 10.0, max_inflight: int = MAX_INFLIGHT,
-                 session_expiry_s: int = 3600) -> None:
+                 session_expiry_s: int = 3600, disconnect_timeout_s: float = 5.0) -> None:
         self.address = address
         self.client_id = client_id
         self.subscriptions = tuple(subscriptions)
@@ -148,6 +162,7 @@ class Link:
         self.min_backoff_s = min(min_backoff_s, max_backoff_s)
         self.max_auth_refusals = max_auth_refusals
         self.connect_timeout_s = connect_timeout_s
+        self.disconnect_timeout_s = disconnect_timeout_s
         self.max_inflight = max_inflight
         self.last_error: FleetError | None = None  # why the link is not connected (or was not, last)
         self.connects = 0  # sessions established so far
@@ -290,8 +305,14 @@ class Link:
             with contextlib.suppress(FleetError, asyncio.TimeoutError):
                 await asyncio.wait_for(self._publish_on(client, self.will.topic, self.will.payload,
                                                         self.will.retain, 1), timeout=2)
-        with contextlib.suppress(aiomqtt.MqttError):
-            await client.__aexit__(None, None, None)
+        try:
+            await asyncio.wait_for(client.__aexit__(None, None, None), timeout=self.disconnect_timeout_s)
+        except aiomqtt.MqttError:
+            pass
+        except asyncio.TimeoutError:
+            log.warning("%s: no disconnect within %g s; connection abandoned", self.client_id,
+                        self.disconnect_timeout_s)
+            client.abandon()
         if client.dropped.done() and not client.dropped.cancelled():
             client.dropped.exception()  # seen: no "exception was never retrieved" when the loop did not read it
 

@@ -84,6 +84,33 @@ def test_a_wrong_password_is_refused_and_not_retried_forever(broker: Broker) -> 
     run(body())
 
 
+def test_a_stop_whose_disconnect_never_completes_gives_the_connection_up(broker: Broker,
+                                                                        caplog: pytest.LogCaptureFixture) -> None:
+    """aiomqtt waits for paho's on_disconnect with no timeout; once it never came and a device's stop hung for
+    good. Here paho's callback is taken away (the fault), and the link still stops, within its timeout."""
+    address = broker.device("hung-stop")
+
+    async def body() -> None:
+        link = Link(address, "hung-stop", topics.device_filters("hung-stop"), disconnect_timeout_s=0.5)
+        stop = asyncio.Event()
+        task = asyncio.create_task(link.run(nothing, stop))
+        await link.wait_connected(5)
+        client = link._client
+        assert client is not None
+        client._client.on_disconnect = None  # the fault: aiomqtt's future for the disconnect is never resolved
+        stop.set()
+        started = time.monotonic()
+        await asyncio.wait_for(task, 5)
+        assert time.monotonic() - started < 3 and not link.connected
+        assert client.dropped.done()
+        again = Link(address, "hung-stop", [])  # the broker took the first session down: a new one connects
+        async with running((again, nothing)):
+            assert again.connected
+
+    run(body())
+    assert "no disconnect within 0.5 s; connection abandoned" in caplog.text
+
+
 def test_a_device_reads_the_desired_state_published_while_it_was_offline(broker: Broker) -> None:
     async def body() -> None:
         async with running((controller := controller_link(broker, "ctl-retained", []), nothing)):

@@ -51,8 +51,11 @@ def keygen(out: Path, name: str) -> None:
     key = run(create)
     click.echo(f"key {key}: private {out / (name + PRIVATE_SUFFIX)} (keep it secret), public "
                f"{out / (name + PUBLIC_SUFFIX)}")
-    click.echo(f"trust it on a device: copy {name + PUBLIC_SUFFIX} into its trusted keys folder "
-               f"({ENV_TRUSTED_KEYS}, default <state_dir>/trusted_keys)", err=True)
+    public = name + PUBLIC_SUFFIX
+    click.echo(f"trust it where it is checked (one key per role: never reuse a package key to sign plans): "
+               f"a package key: {public} into each device's trusted keys folder ({ENV_TRUSTED_KEYS}, default "
+               f"<state_dir>/trusted_keys); a release key: into the controller's release_keys folder; a "
+               f"controller key: into each device's fleet.yaml controller_keys folder", err=True)
 
 
 @click.command("sign")

@@ -229,6 +229,10 @@ def test_cli_keygen_and_sign(package: Path, tmp_path: Path) -> None:
     runner = CliRunner()
     made = runner.invoke(app, ["keygen", "--out", str(tmp_path / "keys"), "--name", "ci"])
     assert made.exit_code == 0, made.output
+    # Where each role's public half goes: packages on devices, release keys on the controller, controller keys
+    # in the devices' fleet.yaml.
+    for where in ("trusted keys folder", "release_keys folder", "controller_keys folder"):
+        assert where in made.output
     signed = runner.invoke(app, ["sign", str(package), "--key", str(tmp_path / "keys" / "ci.key")])
     assert signed.exit_code == 0, signed.output
     assert verify_signature(package, tmp_path / "keys") in signed.output

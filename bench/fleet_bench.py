@@ -18,7 +18,7 @@ the plan states it, so "the gate's condition first held" is a time, as is the fi
 halt is due within one), and the devices' own rollbacks (their journals' ``duration_ms``): what the
 fleet adds on top of a local switch.
 
-    scripts/bench fleet [--devices 1000] [--real 3] [--report 10] [--gate 1] [--json out.json]
+    scripts/bench fleet [--devices 1000] [--real 3] [--report 10] [--gate 1] [--skip-good] [--json out.json]
 """
 
 from __future__ import annotations

@@ -227,9 +227,10 @@ def attribute(gates: Sequence[Gate], members: Sequence[Member], control: Sequenc
         inside = [m for m in members if m.labels.get(key) == value]
         outside = [m for m in members if m.labels.get(key) != value]
         failing_in, failing_out = sum(map(_failing, inside)), sum(map(_failing, outside))
-        lift = failing_in / len(inside) - (failing_out / len(outside) if outside else 0.0)
-        if failing_in <= failing_out or lift <= 0:
+        if failing_in <= failing_out:
             continue  # not where most failing devices are
+        # Positive: more failing inside than out, on no more devices (a group is at most half the told ones).
+        lift = failing_in / len(inside) - failing_out / len(outside)
         rest = [c for c in control if c.labels.get(key) != value]
         held = assess(gates, outside, rest, complete)
         if held.failed or any(r.verdict is Verdict.INCONCLUSIVE and r.sample < g.min_sample

@@ -47,7 +47,14 @@ from orchestrator.core.model import VersionStatus
 from orchestrator.delivery.fetch import fetch
 from orchestrator.errors import DocumentRefused, OrchestratorError, PackageRejected, PolicyViolation
 from orchestrator.fleet import topics
-from orchestrator.fleet.agent_report import detect_facts, gated_metric, golden_of, model_report, read_stats
+from orchestrator.fleet.agent_report import (
+    detect_facts,
+    gated_metric,
+    golden_of,
+    model_report,
+    read_stats,
+    report_facts,
+)
 from orchestrator.fleet.agent_state import (
     ACCEPTED,
     FAILED,
@@ -76,6 +83,7 @@ from orchestrator.fleet.documents import (
     open_sealed,
     parse_desired,
 )
+from orchestrator.store.file_keys import Keys
 from orchestrator.store.journal import Cursor, Journal
 from orchestrator.store.repository import ModelStore
 from orchestrator.triton.control import one_line
@@ -168,6 +176,8 @@ class Agent:
         self.journal = Journal(self.folder / "journal.log")  # the device's own: refusals of no model, drops
         self.models = tuple(options.models) if options.models else tuple(orchestrator.repository.models())
         self.stores = {name: orchestrator.repository.model(name) for name in self.models}  # UnknownModel
+        self._store_facts = {name: report_facts(store) for name, store in self.stores.items()}
+        self._journal_keys = {name: Keys(store.journal.path) for name, store in self.stores.items()}
         self._lock = threading.RLock()
         self.state = load_state(self.folder)
         self.book = CounterBook(self.state.counters)
@@ -536,6 +546,9 @@ class Agent:
     def _mirror(self) -> list[Outgoing]:
         events = []
         for name, store in self.stores.items():
+            changed, keys = self._journal_keys[name].changed()  # a stat, not a read, while nothing is appended
+            if not changed:
+                continue
             fleet = self.state.model(name)
             cursor = Cursor(*fleet.cursor) if fleet.cursor else store.journal.cursor()
             records, end = store.journal.read_since(cursor)
@@ -549,6 +562,7 @@ class Agent:
                                                 "reason": record.reason}))
             if (end.segment, end.offset) != (cursor.segment, cursor.offset) and not records:
                 self._save()
+            self._journal_keys[name].remember(keys)
         return self._emit(events) if events else []
 
     def _bake(self, now: float) -> list[Outgoing]:
@@ -661,17 +675,17 @@ class Agent:
         if self._facts is None:
             self._facts = detect_facts(self.stats, self.options.facts)
         models: dict[str, Any] = {}
-        for name, store in self.stores.items():
+        for name in self.stores:
             stats = read_stats(self.stats, name)
             try:
-                snap = store.snapshot()
+                facts = self._store_facts[name]()
             except OrchestratorError as exc:
                 log.error("%s: %s left out of the report: %s", self.device, name, exc)
                 continue
             with self._lock:
                 for version, counts in stats.items():
                     self.book.observe(name, version, counts)
-                models[name] = model_report(snap, self.book, self.state.model(name))
+                models[name] = model_report(facts, self.book, self.state.model(name), name)
         with self._lock:
             self._last_report, self._next_report = now, now + self.options.report_s
             if self.book.changed:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import importlib.metadata
 import logging
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from orchestrator import __version__
@@ -20,6 +21,11 @@ from orchestrator.core.model import VersionStatus
 from orchestrator.errors import OrchestratorError
 from orchestrator.fleet.agent_state import ModelState
 from orchestrator.fleet.counters import CounterBook
+from orchestrator.store.attestation import ATTESTATIONS_DIR
+from orchestrator.store.file_keys import Cached
+from orchestrator.store.modelconfig import CONFIG_FILE
+from orchestrator.store.policyfile import POLICY_FILE
+from orchestrator.store.repository import ModelStore
 from orchestrator.store.snapshot import ModelSnapshot
 from orchestrator.triton.protocol import ExecutionStats, TritonAPI
 
@@ -59,25 +65,52 @@ def read_stats(triton: TritonAPI, model: str) -> dict[int, ExecutionStats]:
         return {}
 
 
-def model_report(snap: ModelSnapshot, book: CounterBook, fleet: ModelState) -> dict[str, Any]:
+@dataclass(frozen=True)
+class StoreFacts:
+    """What a model's entry of the report takes from its files (not the counters): versions, their statuses
+    and golden scores, what the config serves. A device reads them again only when the files change
+    (``report_facts``)."""
+
+    versions: tuple[int, ...]
+    statuses: Mapping[int, VersionStatus]
+    golden: Mapping[int, tuple[float | None, float | None]]  # version -> (score, score minus its predecessor's)
+    served: int | None
+    resident: tuple[int, ...]
+
+
+def store_facts(snap: ModelSnapshot) -> StoreFacts:
+    metric = gated_metric(snap)
+    statuses = snap.statuses()
+    return StoreFacts(snap.versions, {v: statuses[v] for v in snap.versions},
+                      {v: golden_of(snap, v, metric) for v in snap.versions}, snap.served, tuple(snap.resident))
+
+
+def report_facts(store: ModelStore) -> Cached[StoreFacts]:
+    """``store_facts`` of a fresh snapshot, read again only when a file it reads changed: the config and model
+    folder (versions, metas: imports rename into it), policy.yaml and the state folder, the attestations,
+    and the journal, which every write of the orchestrator's ends with. A thousand simulated devices spent
+    half their CPU parsing these for reports that said the same thing every time."""
+    return Cached(lambda: store_facts(store.snapshot()), store.folder / CONFIG_FILE, store.folder, store.state,
+                  store.state / POLICY_FILE, store.state / ATTESTATIONS_DIR, store.journal.path)
+
+
+def model_report(facts: StoreFacts, book: CounterBook, fleet: ModelState, model: str) -> dict[str, Any]:
     """One model's entry of the report; ``book`` already holds this report's statistics."""
     by_sha = {version: sha for sha, version in fleet.installed.items()}
-    statuses = snap.statuses()
-    metric = gated_metric(snap)
     versions: dict[str, Any] = {}
-    for version in snap.versions:
-        totals = book.totals(snap.name, version)
-        golden, diff = golden_of(snap, version, metric)
+    for version in facts.versions:
+        totals = book.totals(model, version)
+        golden, diff = facts.golden[version]
         away = fleet.away.get(version)
         versions[str(version)] = {
-            "sha256": by_sha.get(version), "status": statuses[version].value, "requests": totals.requests,
+            "sha256": by_sha.get(version), "status": facts.statuses[version].value, "requests": totals.requests,
             "errors": totals.errors, "latency_ns": totals.latency_ns, "rollbacks": away.automatic if away else 0,
             "golden": golden, "golden_diff": diff}
-    served = snap.served
+    served = facts.served
     return {"served": served, "served_sha256": by_sha.get(served) if served is not None else None,
-            "resident": list(snap.resident),
-            "quarantined": [v for v in snap.versions if statuses[v] is VersionStatus.QUARANTINED],
-            "verified": [v for v in snap.versions if statuses[v] is VersionStatus.VERIFIED],
+            "resident": list(facts.resident),
+            "quarantined": [v for v in facts.versions if facts.statuses[v] is VersionStatus.QUARANTINED],
+            "verified": [v for v in facts.versions if facts.statuses[v] is VersionStatus.VERIFIED],
             "versions": versions}
 
 

@@ -78,7 +78,7 @@ class Journal:
         self.path = path
         self.max_bytes = max_bytes
         self._repaired = False  # whether this instance has finished rotations a crash interrupted
-        self._last_seen = 0  # segments are never removed: look for newer ones from here
+        self._last_seen: int | None = None  # segments are never removed: look for newer ones from here
 
     # --- writing ------------------------------------------------------------------------
     def append(self, record: Record) -> Record:
@@ -243,7 +243,7 @@ class Journal:
             return None
 
     def _last_segment(self) -> int:
-        if not self._last_seen:
+        if self._last_seen is None:
             try:
                 with os.scandir(self.path.parent) as entries:
                     numbers = [int(m.group(1)) for e in entries if (m := _segment_match(e.name, self.path.name))]

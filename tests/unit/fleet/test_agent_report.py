@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -15,6 +16,9 @@ from orchestrator.fleet import topics
 from orchestrator.fleet.codec import device_view
 from orchestrator.fleet.counters import CounterBook, Totals
 from orchestrator.sample import INPUT, OUTPUT, Variant
+from orchestrator.store.file_keys import RACY_NS
+from orchestrator.store.repository import ModelStore
+from orchestrator.store.snapshot import ModelSnapshot
 from orchestrator.triton.protocol import ExecutionStats
 from tests.conftest import BuildKey
 from tests.unit.usecases.conftest import IMAGES, MODEL
@@ -115,3 +119,24 @@ def test_the_counter_book_adds_each_life_of_a_version() -> None:
     assert book.changed
     again = CounterBook(json.loads(json.dumps(book.to_json())))
     assert again.totals("m", 1) == Totals(9, 1, 75) and again.totals("m", 2) == Totals()
+
+
+def test_reports_read_the_model_files_again_only_once_they_changed(device: Device, monkeypatch: pytest.MonkeyPatch
+                                                                   ) -> None:
+    device.send(device.desired(bake_s=1))
+    time.sleep(RACY_NS / 1e9)  # files written this recently are read again whatever their stat says
+    device.report()
+    snapshots: list[str] = []
+    taken = ModelStore.snapshot
+
+    def counted(store: ModelStore) -> ModelSnapshot:
+        snapshots.append(store.name)
+        return taken(store)
+
+    monkeypatch.setattr(ModelStore, "snapshot", counted)
+    assert device.report()["models"][MODEL]["served"] == 2 and snapshots == []
+    # An operator's rollback in another process: the next report says so.
+    device.env.orchestrator().rollback(MODEL, reason="operator")
+    snapshots.clear()  # the rollback's own
+    entry = device.report()["models"][MODEL]
+    assert entry["served"] == 1 and snapshots == [MODEL]

@@ -10,8 +10,9 @@ from pathlib import Path
 
 from orchestrator.core.journal import Record
 from orchestrator.daemons.shared_scrape import SharedScrape
-from orchestrator.daemons.watched_files import RACY_NS, Cached, WatchedFiles
+from orchestrator.daemons.watched_files import WatchedFiles
 from orchestrator.store.atomic import write_atomic
+from orchestrator.store.file_keys import RACY_NS, Cached
 from orchestrator.store.repository import ModelStore
 from orchestrator.triton import metrics as triton_metrics
 from orchestrator.triton.twin import VirtualClock

@@ -1,7 +1,8 @@
 """scripts/bench fleet: a rollout across a fleet on this machine, time-scaled, in one run.
 
 A real Mosquitto, the controller as ``orchestrate fleet serve`` (its own process), ``--devices`` simulated
-devices (the real agent on Triton twins running the sample's packages, in this process) and ``--real``
+devices (the real agent on Triton twins running the sample's packages, spread over ``--processes``
+processes: ``fleet/lab_shards.py``) and ``--real``
 real ones (an embedded Triton serving the sample and ``orchestrate watch --fleet``, with a client thread
 each). Two releases, both in four waves (10, 30, 60, 100 %):
 
@@ -18,7 +19,8 @@ the plan states it, so "the gate's condition first held" is a time, as is the fi
 halt is due within one), and the devices' own rollbacks (their journals' ``duration_ms``): what the
 fleet adds on top of a local switch.
 
-    scripts/bench fleet [--devices 1000] [--real 3] [--report 10] [--gate 1] [--skip-good] [--json out.json]
+    scripts/bench fleet [--devices 1000] [--processes 2] [--real 3] [--report 10] [--gate 1] [--skip-good]
+                        [--json out.json]
 """
 
 from __future__ import annotations
@@ -26,7 +28,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import errno
 import json
 import math
 import resource
@@ -40,13 +41,14 @@ from pathlib import Path
 from typing import Any
 
 from bench.common import pct, process_usage
-from orchestrator.core.journal import Action, Result
+from orchestrator.errors import FleetError
 from orchestrator.fleet import topics
 from orchestrator.fleet.lab import BuildKey, FleetLab, memory_folder
 from orchestrator.fleet.lab_device import RealDevice
-from orchestrator.fleet.simulate import XAVIER, SimulatedFleet, Traffic, standard_labels
+from orchestrator.fleet.lab_shards import ShardedFleet
+from orchestrator.fleet.simulate import XAVIER, standard_labels
 from orchestrator.fleet.status import RolloutStatus
-from orchestrator.fleet.transport import Link, Message
+from orchestrator.fleet.transport import BrokerAddress, Link, Message
 from orchestrator.sample import MODEL, Variant, write_faulty_package, write_sample_package
 
 WAVES = [{"percent": 10}, {"percent": 30}, {"percent": 60}, {"percent": 100}]
@@ -176,7 +178,7 @@ class MonitorThread:
 
 
 class Usage:
-    """CPU and memory of the broker, the controller and this process (the simulated devices) per phase."""
+    """CPU and memory of the broker, the controller, the simulating processes and this one per phase."""
 
     def __init__(self, pids: Callable[[], dict[str, int]]) -> None:
         self.pids = pids
@@ -191,8 +193,8 @@ class Usage:
                 found[name] = cpu
                 self.peak_rss[name] = max(self.peak_rss.get(name, 0), rss)
         own = resource.getrusage(resource.RUSAGE_SELF)
-        found["devices (this process)"] = own.ru_utime + own.ru_stime
-        self.peak_rss["devices (this process)"] = own.ru_maxrss * 1024
+        found["bench (monitor, clients)"] = own.ru_utime + own.ru_stime
+        self.peak_rss["bench (monitor, clients)"] = own.ru_maxrss * 1024
         return found
 
     def mark(self, name: str) -> None:
@@ -221,25 +223,24 @@ def _settled(status: RolloutStatus) -> bool:
     return status.rollout.phase.final and not status.states.get("reverting")
 
 
-async def scenario(args: argparse.Namespace, lab: FleetLab, sims: SimulatedFleet, real: list[RealDevice],
-                   good: Any, bad: Any) -> dict[str, Any]:
+async def scenario(args: argparse.Namespace, lab: FleetLab, sims: ShardedFleet, real: list[RealDevice],
+                   addresses: dict[str, BrokerAddress], good: Any, bad: Any) -> dict[str, Any]:
     monitor = Monitor()
-    quiet = _quiet_cut_sockets()
     password = (lab.root / "keys" / "controller.mqtt").read_text().strip()
     watcher = MonitorThread(monitor, Link(lab.address(lab.broker_files.controller_user, password), "bench-monitor",
                                           [f"{topics.PREFIX}/#"]))
-    stop = asyncio.Event()
-    usage = Usage(lambda: {"broker": lab.broker.process.pid, "controller": lab.process.pid})  # type: ignore[union-attr]
-    out: dict[str, Any] = {"devices": args.devices, "real": len(real), "gate_interval_s": args.gate,
-                           "report_s": args.report}
+    usage = Usage(lambda: {"broker": lab.broker.process.pid, "controller": lab.process.pid,  # type: ignore[union-attr]
+                           **sims.pids()})
+    out: dict[str, Any] = {"devices": args.devices, "real": len(real), "processes": len(sims.specs),
+                           "gate_interval_s": args.gate, "report_s": args.report}
     try:
         await asyncio.to_thread(watcher.start)
         usage.mark("idle-start")
         started = time.monotonic()
-        await sims.start(connect_timeout_s=300)
+        await asyncio.to_thread(sims.start, addresses, 300)
         out["connect_s"] = time.monotonic() - started
         everyone = sims.ids() + [d.device for d in real]
-        # Up to 1 % may miss their first report (a device the one process starved): named, and left out.
+        # Up to 1 % may miss their first report (a device a busy process starved): named, and left out.
         missing = await lab.reported(MODEL, 1, everyone, timeout_s=180, tolerate=len(everyone) // 100,
                                      check=watcher.check)
         if missing:
@@ -249,139 +250,111 @@ async def scenario(args: argparse.Namespace, lab: FleetLab, sims: SimulatedFleet
         await asyncio.sleep(10)
         usage.mark("idle-to")
         out["idle_messages_per_s"] = monitor.rate(usage.marks["idle-from"][0], usage.marks["idle-to"][0])[0]
+        out["idle_cpu_percent"] = usage.share("idle-from", "idle-to")
 
         for device in real:
             device.start_traffic()
-        # 1. The good release.
         if not args.skip_good:
-            usage.mark("good-start")
-            _start(lab, _plan(lab, "good", good, args.bake, [{"name": "verified", "metric": "verified_ratio",
-                                                              "min": 0.95}]))
-            waves: list[float] = []
-            wave = 0
-            while True:
-                status = lab.status("good")
-                while status.rollout.wave > wave or (status.rollout.phase.final and len(waves) < len(WAVES)):
-                    waves.append(time.monotonic())
-                    wave += 1
-                if _settled(status):
-                    break
-                await asyncio.sleep(STATUS_POLL_S)
-            usage.mark("good-end")
-            t0 = usage.marks["good-start"][0]
-            out["good"] = {"phase": status.rollout.phase.value, "states": status.states, "seconds": waves[-1] - t0,
-                           "wave_seconds": [b - a for a, b in zip([t0, *waves[:-1]], waves, strict=True)],
-                           "messages_per_s": monitor.rate(t0, waves[-1]),
-                           "cpu_percent": usage.share("good-start", "good-end")}
-            wall0, wall1 = time.time() - (time.monotonic() - t0), time.time()
-            answers = [a for d in real if d.traffic for a in d.traffic.answers if wall0 <= a[0] <= wall1]
-            out["good"]["real_requests"] = len(answers)
-            out["good"]["real_failed"] = sum(a[1] is None for a in answers)
-            out["good"]["real_serving_v2"] = sum(d.served() == 2 for d in real)
-
-        # 2. The bad release. Client traffic on its first wave's simulated devices (the real ones have theirs):
-        # one process cannot also serve a thousand devices' requests, and only the first wave takes it.
-        monitor.bad_sha = bad.sha256
-        usage.mark("bad-start")
-        _start(lab, _plan(lab, "bad", bad, 3600, [
-            {"name": "verified", "metric": "verified_ratio", "min": 0.95},
-            {"name": "errors", "metric": "error_rate", "max": ERROR_RATE_MAX, "min_sample": ERROR_MIN_SAMPLE}]))
-        first = [a.device for a in lab.status("bad").rollout.assignments.values() if a.wave == 0]
-        traffic = asyncio.create_task(Traffic([sims[d] for d in first if d in sims.devices],
-                                              args.traffic_period).run(stop))
-        away: list[str] = []
-        wave_one = None
-        polled = 0.0
-        while True:
-            if time.monotonic() - polled >= STATUS_POLL_S:
-                status, polled = lab.status("bad"), time.monotonic()
-                if wave_one is None and status.rollout.assignments:
-                    wave_one = sum(a.wave == 0 for a in status.rollout.assignments.values())
-                if status.rollout.phase.final:
-                    break
-            serving = [d for d in list(monitor.serving_bad) if d in sims.devices and d not in away]
-            want = math.ceil(0.1 * (wave_one or 0))
-            if len(away) < want and serving:
-                fresh = serving[: want - len(away)]
-                sims.take_offline(fresh)
-                away.extend(fresh)
-            await asyncio.sleep(0.05)
-        halted = await lab.until("bad", lambda s: s.rollout.phase.final, 120, "the halt", STATUS_POLL_S)
-        online_updated = [d for d in list(monitor.serving_bad) if d not in away]
-        deadline = time.monotonic() + 120
-        while [d for d in online_updated if d not in monitor.reverted]:
-            if time.monotonic() > deadline:
-                break
-            await asyncio.sleep(0.05)
-        usage.mark("bad-halted")
-        back = time.monotonic()
-        sims.bring_online(away)
-        done = await lab.until("bad", _settled, 300, "the devices back reverting", STATUS_POLL_S)
-        await asyncio.sleep(2 * args.report)  # their reports after the revert
-        usage.mark("bad-end")
-        stop.set()
-        await traffic
-
-        halt = monitor.first_revert or time.monotonic()
-        last_good = 1 if args.skip_good else 2  # the real devices' own version numbers
-        online = [monitor.reverted[d] - halt for d in online_updated if d in monitor.reverted]
-        returned = [monitor.reverted[d] - back for d in away if d in monitor.reverted]
-        local = _local_rollback_ms(sims, list(monitor.reverted))
-        served_bad = [d for d in sims.ids() if (monitor.reports.get(d, {}).get("models", {}).get(MODEL, {})
-                                                .get("served_sha256")) == bad.sha256]
-        out["bad"] = {
-            "phase": halted.rollout.phase.value, "reason": halted.rollout.reason, "wave_one": wave_one,
-            "states": done.states, "updated": len(monitor.serving_bad), "offline": len(away),
-            "first_bad_report_to_halt_s": None if monitor.first_bad_report is None else halt - monitor.first_bad_report,
-            "gate_condition_to_halt_s": None if monitor.gate_held is None else halt - monitor.gate_held,
-            "halt_to_reverted_s": _summary(online), "returned_to_reverted_s": _summary(returned),
-            "unreverted_online": [d for d in online_updated if d not in monitor.reverted],
-            "local_rollback_ms": _summary(local),
-            "left_on_bad_version": len(served_bad) + sum((d.served() or 0) > last_good for d in real),
-            "left_on_bad_version_controller": done.left_on_version,
-            "messages_per_s": monitor.rate(usage.marks["bad-start"][0], usage.marks["bad-end"][0]),
-            "cpu_percent": usage.share("bad-start", "bad-end")}
-        out["idle_cpu_percent"] = usage.share("idle-from", "idle-to")
+            out["good"] = await _good_release(args, lab, monitor, usage, real, good)
+        out["bad"] = await _bad_release(args, lab, monitor, usage, sims, real, bad)
         out["peak_rss_mib"] = {k: v / 2**20 for k, v in usage.peak_rss.items()}
         out["messages"] = monitor.count
-        out["sim_failures"] = {k: str(v) for k, v in sims.failures.items()}
-        out["cut_socket_errors"] = quiet["count"]
+        out["sim_failures"] = await asyncio.to_thread(sims.failures)
         return out
     finally:
-        stop.set()
-        await sims.stop()
+        with contextlib.suppress(FleetError):
+            await asyncio.to_thread(sims.stop)
+        out["cut_socket_errors"] = sims.cut_socket_errors
         watcher.stop()
 
 
-def _quiet_cut_sockets() -> dict[str, int]:
-    """aiomqtt reports a socket ``take_offline`` cut under it (EBADF, or EPERM once the descriptor's number is
-    reused; a message iterator left unread) through
-    the loop's exception handler: counted, not printed; anything else still goes to the default handler."""
-    loop = asyncio.get_running_loop()
-    seen = {"count": 0}
+async def _good_release(args: argparse.Namespace, lab: FleetLab, monitor: Monitor, usage: Usage,
+                        real: list[RealDevice], good: Any) -> dict[str, Any]:
+    """The good release to every device, wave by wave; every real device's client requests meanwhile."""
+    usage.mark("good-start")
+    _start(lab, _plan(lab, "good", good, args.bake, [{"name": "verified", "metric": "verified_ratio", "min": 0.95}]))
+    waves: list[float] = []
+    while True:
+        status = lab.status("good")
+        while status.rollout.wave > len(waves) or (status.rollout.phase.final and len(waves) < len(WAVES)):
+            waves.append(time.monotonic())
+        if _settled(status):
+            break
+        await asyncio.sleep(STATUS_POLL_S)
+    usage.mark("good-end")
+    t0 = usage.marks["good-start"][0]
+    wall0, wall1 = time.time() - (time.monotonic() - t0), time.time()
+    answers = [a for d in real if d.traffic for a in d.traffic.answers if wall0 <= a[0] <= wall1]
+    return {"phase": status.rollout.phase.value, "states": status.states, "seconds": waves[-1] - t0,
+            "wave_seconds": [b - a for a, b in zip([t0, *waves[:-1]], waves, strict=True)],
+            "messages_per_s": monitor.rate(t0, waves[-1]), "cpu_percent": usage.share("good-start", "good-end"),
+            "real_requests": len(answers), "real_failed": sum(a[1] is None for a in answers),
+            "real_serving_v2": sum(d.served() == 2 for d in real)}
 
-    def handler(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
-        error = context.get("exception")
-        if (isinstance(error, OSError) and error.errno in (errno.EBADF, errno.EPERM)) \
-                or type(error).__name__ == "MqttError":
-            seen["count"] += 1
-            return
-        loop.default_exception_handler(context)
 
-    loop.set_exception_handler(handler)
-    return seen
+async def _bad_release(args: argparse.Namespace, lab: FleetLab, monitor: Monitor, usage: Usage, sims: ShardedFleet,
+                       real: list[RealDevice], bad: Any) -> dict[str, Any]:
+    """The release that errors in production: the halt, every updated device's revert, a tenth of the first
+    wave away through the halt and back after it."""
+    # Client traffic on its first wave's simulated devices (the real ones have theirs): only the first wave
+    # takes it, and the simulating processes cannot also serve a thousand devices' requests.
+    monitor.bad_sha = bad.sha256
+    usage.mark("bad-start")
+    _start(lab, _plan(lab, "bad", bad, 3600, [
+        {"name": "verified", "metric": "verified_ratio", "min": 0.95},
+        {"name": "errors", "metric": "error_rate", "max": ERROR_RATE_MAX, "min_sample": ERROR_MIN_SAMPLE}]))
+    first = [a.device for a in lab.status("bad").rollout.assignments.values() if a.wave == 0]
+    await asyncio.to_thread(sims.traffic, [d for d in first if d in sims], args.traffic_period)
+    away: list[str] = []
+    wave_one = None
+    polled = 0.0
+    while True:
+        if time.monotonic() - polled >= STATUS_POLL_S:
+            status, polled = lab.status("bad"), time.monotonic()
+            if wave_one is None and status.rollout.assignments:
+                wave_one = sum(a.wave == 0 for a in status.rollout.assignments.values())
+            if status.rollout.phase.final:
+                break
+        serving = [d for d in list(monitor.serving_bad) if d in sims and d not in away]
+        want = math.ceil(0.1 * (wave_one or 0))
+        if len(away) < want and serving:
+            fresh = serving[: want - len(away)]
+            sims.take_offline(fresh)
+            away.extend(fresh)
+        await asyncio.sleep(0.05)
+    halted = await lab.until("bad", lambda s: s.rollout.phase.final, 120, "the halt", STATUS_POLL_S)
+    online_updated = [d for d in list(monitor.serving_bad) if d not in away]
+    deadline = time.monotonic() + 120
+    while [d for d in online_updated if d not in monitor.reverted] and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+    usage.mark("bad-halted")
+    back = time.monotonic()
+    sims.bring_online(away)
+    await lab.until("bad", _settled, 300, "the devices back reverting", STATUS_POLL_S)
+    await asyncio.sleep(2 * args.report)  # their reports after the revert
+    done = lab.status("bad")
+    usage.mark("bad-end")
+    await asyncio.to_thread(sims.traffic_stop)
 
-
-def _local_rollback_ms(sims: SimulatedFleet, devices: list[str]) -> list[float]:
-    """Each reverted device's own rollback, as its journal timed it (what the switch takes on the device)."""
-    found = []
-    for device in devices:
-        if device not in sims.devices:
-            continue
-        for record in sims.journal(device).records:
-            if record.action is Action.ROLLBACK and record.result is Result.SUCCEEDED and record.duration_ms:
-                found.append(record.duration_ms / 1000.0)
-    return found
+    halt = monitor.first_revert or time.monotonic()
+    last_good = 1 if args.skip_good else 2  # the real devices' own version numbers
+    online = [monitor.reverted[d] - halt for d in online_updated if d in monitor.reverted]
+    returned = [monitor.reverted[d] - back for d in away if d in monitor.reverted]
+    local = await asyncio.to_thread(sims.rollback_seconds, list(monitor.reverted))
+    served_bad = [d for d in sims.ids() if (monitor.reports.get(d, {}).get("models", {}).get(MODEL, {})
+                                            .get("served_sha256")) == bad.sha256]
+    return {
+        "phase": halted.rollout.phase.value, "reason": halted.rollout.reason, "wave_one": wave_one,
+        "states": done.states, "updated": len(monitor.serving_bad), "offline": len(away),
+        "first_bad_report_to_halt_s": None if monitor.first_bad_report is None else halt - monitor.first_bad_report,
+        "gate_condition_to_halt_s": None if monitor.gate_held is None else halt - monitor.gate_held,
+        "halt_to_reverted_s": _summary(online), "returned_to_reverted_s": _summary(returned),
+        "unreverted_online": [d for d in online_updated if d not in monitor.reverted],
+        "local_rollback_ms": _summary(local),
+        "left_on_bad_version": len(served_bad) + sum((d.served() or 0) > last_good for d in real),
+        "left_on_bad_version_controller": done.left_on_version,
+        "messages_per_s": monitor.rate(usage.marks["bad-start"][0], usage.marks["bad-end"][0]),
+        "cpu_percent": usage.share("bad-start", "bad-end")}
 
 
 def _summary(values: list[float]) -> dict[str, float | int] | None:
@@ -399,7 +372,7 @@ def _ms(summary: dict[str, Any] | None) -> str:
 
 def report(out: dict[str, Any]) -> None:
     good, bad = out.get("good"), out["bad"]
-    print(f"fleet: {out['devices']} simulated + {out['real']} real devices, "
+    print(f"fleet: {out['devices']} simulated (in {out['processes']} processes) + {out['real']} real devices, "
           f"gate interval {out['gate_interval_s']:g} s, reports every {out['report_s']:g} s; "
           f"connected in {out['connect_s']:.1f} s")
     print(f"idle: {out['idle_messages_per_s']:.0f} msg/s; CPU % of a core: "
@@ -444,7 +417,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--bake", type=float, default=3.0, help="the good release's bake per wave, s (default 3)")
     parser.add_argument("--traffic-period", type=float, default=0.5,
                         help="each first-wave device's client request period in the bad release, s (default 0.5)")
-    parser.add_argument("--workers", type=int, default=4, help="the simulated devices' worker threads")
+    parser.add_argument("--processes", type=int, default=2,
+                        help="processes the simulated devices are spread over (default 2)")
+    parser.add_argument("--workers", type=int, default=4, help="each process's worker threads for the devices")
     parser.add_argument("--skip-good", action="store_true",
                         help="only the bad release (the devices start on v1): its figures without the good one's "
                              "minutes first")
@@ -464,12 +439,12 @@ def main(argv: list[str] | None = None) -> int:
                                    "errors.tar.gz")
         lab.start_controller()
         real_devices = {f"real-{i}": ({**standard_labels(i + 1), "hw": XAVIER}, XAVIER) for i in range(args.real)}
-        sims, real = lab.devices(root / "devices", args.devices, build.trusted, real_devices, report_s=args.report,
-                                 resend_s=5.0, workers=args.workers,
-                                 link_options={"keepalive_s": 30, "max_backoff_s": 2.0})
-        print(f"built {args.devices} simulated devices in {sims.build_s:.1f} s; {args.real} real devices started",
-              file=sys.stderr)
-        out = asyncio.run(scenario(args, lab, sims, real, good, bad))
+        sims, real, addresses = lab.sharded_devices(
+            root / "devices", args.devices, args.processes, build.trusted, real_devices, report_s=args.report,
+            resend_s=5.0, workers=args.workers, link_options={"keepalive_s": 30, "max_backoff_s": 2.0})
+        print(f"built {args.devices} simulated devices in {len(sims.specs)} processes in {sims.build_s:.1f} s; "
+              f"{args.real} real devices started", file=sys.stderr)
+        out = asyncio.run(scenario(args, lab, sims, real, addresses, good, bad))
         report(out)
         if args.json is not None:
             args.json.write_text(json.dumps(out, indent=2, sort_keys=True))

@@ -34,6 +34,7 @@ from orchestrator.fleet.broker import BrokerFiles, MosquittoProcess, free_port
 from orchestrator.fleet.controller import Controller
 from orchestrator.fleet.documents import PackageRef
 from orchestrator.fleet.lab_device import RealDevice, terminate
+from orchestrator.fleet.lab_shards import ShardedFleet
 from orchestrator.fleet.plan_file import sign_plan
 from orchestrator.fleet.simulate import SimulatedFleet
 from orchestrator.fleet.status import RolloutStatus, rollout_status
@@ -190,6 +191,26 @@ class FleetLab:
         real = real or {}
         addresses = self.enrol({**sims.labels(), **{d: labels for d, (labels, _) in real.items()}})
         sims.broker_for = addresses.__getitem__
+        return sims, self._start_real(root, real, addresses, package_keys, report_s)
+
+    def sharded_devices(self, root: Path, count: int, processes: int, package_keys: Path,
+                        real: Mapping[str, tuple[Mapping[str, str], str]] | None = None, report_s: float = 5.0,
+                        **simulated: Any) -> tuple[ShardedFleet, list[RealDevice], dict[str, BrokerAddress]]:
+        """As ``devices``, the simulated ones in ``processes`` children (``lab_shards.py``): built and enrolled,
+        not connected; ``start`` them with the addresses returned."""
+        sims = ShardedFleet(root / "sims", count, processes, self.controller_keys, package_keys, report_s=report_s,
+                            **simulated)
+        try:
+            sims.build()
+            real = real or {}
+            addresses = self.enrol({**sims.labels(), **{d: labels for d, (labels, _) in real.items()}})
+            return sims, self._start_real(root, real, addresses, package_keys, report_s), addresses
+        except BaseException:
+            sims.stop()
+            raise
+
+    def _start_real(self, root: Path, real: Mapping[str, tuple[Mapping[str, str], str]],
+                    addresses: Mapping[str, BrokerAddress], package_keys: Path, report_s: float) -> list[RealDevice]:
         started: list[RealDevice] = []
         try:
             for device, (labels, hardware) in real.items():
@@ -199,7 +220,7 @@ class FleetLab:
             for each in started:
                 each.stop()
             raise
-        return sims, started
+        return started
 
     # --- releases -----------------------------------------------------------------------------
     def plan(self, raw: Mapping[str, Any], name: str | None = None) -> Path:

@@ -13,12 +13,15 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from orchestrator.delivery.signing import key_id
+from orchestrator.delivery.signing import generate_keypair, key_id, load_private_key
+from orchestrator.errors import FleetError
 from orchestrator.fleet import topics
 from orchestrator.fleet.documents import INSTALL, Desired, PackageRef, seal
 from orchestrator.fleet.lab import PackageServer
+from orchestrator.fleet.lab_shards import ShardedFleet
 from orchestrator.fleet.simulate import NANO, SimulatedFleet
 from orchestrator.fleet.transport import Link, Message
 from orchestrator.sample import MODEL, Variant, write_faulty_package
@@ -175,3 +178,60 @@ def test_devices_taken_offline_vanish_their_wills_fire_and_they_come_back(
             await fleet.stop()
 
     run(body(), timeout_s=40)
+
+
+def test_devices_in_two_processes_install_go_offline_come_back_and_stop(
+        broker: Broker, tmp_path: Path, build_key: BuildKey, packages: dict[Variant, Path],
+        site: PackageServer) -> None:
+    ctl = Controller(broker, "ctl-simulate-shards")
+    keys = tmp_path / "controller_keys"
+    keys.mkdir()
+    generate_keypair(tmp_path / "controller.key", keys / "controller.pub")
+    ctl.key = load_private_key(tmp_path / "controller.key")  # type: ignore[assignment]
+    fleet = ShardedFleet(tmp_path / "fleet", 5, 2, keys, build_key.public.parent, report_s=1.0,
+                         link_options=FAST_LINK, prefix="shard").build()
+    ids = fleet.ids()
+    assert sorted(ids) == ["shard0-00000", "shard0-00001", "shard1-00000", "shard1-00001", "shard1-00002"]
+    assert fleet.labels()["shard1-00000"]["hw"] == NANO and len(fleet.pids()) == 2
+    good = site.publish(packages[Variant.BETTER], "shards-good.tar.gz")
+    away = ["shard0-00001", "shard1-00002"]
+
+    async def body() -> None:
+        async with running((ctl.link, ctl)):
+            await asyncio.to_thread(fleet.start, broker.devices(ids), 20)
+            await ctl.wait_for(lambda: all(ctl.served(d) == 1 for d in ids), 20, "every device reports v1")
+            await ctl.install(ids, good, "good")
+            await ctl.wait_for(lambda: all(ctl.outcome(d, "good") == "verified" for d in ids), 60, "verified")
+            assert await asyncio.to_thread(fleet.served_versions) == dict.fromkeys(ids, 2)
+            await asyncio.to_thread(fleet.take_offline, away)
+            await ctl.wait_for(lambda: all(ctl.presences[d] == b"offline" for d in away), 5, "the wills")
+            await asyncio.to_thread(fleet.bring_online, away)
+            await ctl.wait_for(lambda: all(ctl.presences[d] == b"online" for d in away), 10, "back online")
+            assert await asyncio.to_thread(fleet.rollback_seconds, ids) == []  # nothing rolled back
+            assert await asyncio.to_thread(fleet.failures) == {}
+            await asyncio.to_thread(fleet.stop)
+            await ctl.wait_for(lambda: all(ctl.presences[d] == b"offline" for d in ids), 10, "every will")
+
+    run(body(), timeout_s=90)
+    assert fleet.children == []
+    for device in ids:
+        seqs = [e["seq"] for e in ctl.events(device)]
+        assert sorted(seqs) == list(range(1, max(seqs) + 1)), device
+
+
+def test_a_simulating_process_that_dies_is_named_by_the_next_command(tmp_path: Path, build_key: BuildKey) -> None:
+    keys = tmp_path / "controller_keys"
+    keys.mkdir()
+    generate_keypair(tmp_path / "controller.key", keys / "controller.pub")
+    fleet = ShardedFleet(tmp_path / "fleet", 2, 2, keys, build_key.public.parent, prefix="doomed").build()
+    try:
+        with pytest.raises(FleetError, match=r"doomed0: .*failed: KeyError"):
+            fleet.children[0].send("offline", ["no-such-device"])
+            fleet.children[0].reply("offline")
+        fleet.children[1].process.kill()
+        fleet.children[1].process.join()
+        with pytest.raises(FleetError, match=r"devices doomed1: the process exited \(-9\) (before|during) served"):
+            fleet.served_versions()
+    finally:
+        fleet.stop()
+    assert fleet.children == []

@@ -148,6 +148,34 @@ def _write_credentials(config: ControllerConfig, devices: tuple[str, ...], folde
     run(write)
 
 
+@fleet_app.command("retire", help="Take devices out of the fleet: no rollout selects them again, the serving "
+                                  "controller clears their retained topics, and with broker_dir configured their "
+                                  "broker users are removed. Their events and rollout history stay.")
+@click.argument("devices", nargs=-1, required=True)
+@click.option("--reason", default="retired by an operator", help="Kept with the record of the retirement")
+@config_option
+def retire(devices: tuple[str, ...], reason: str, config_path: Path | None) -> None:
+    from orchestrator.fleet import topics  # noqa: PLC0415
+
+    config = _config(config_path)
+    cleared = _with(config_path, lambda c: c.store.retire(devices, reason))
+    if config.broker_dir is not None:
+        def remove() -> Path:
+            from orchestrator.fleet.broker import BrokerFiles  # noqa: PLC0415
+
+            assert config.broker_dir is not None
+            files = BrokerFiles(config.broker_dir, port=config.broker.port)
+            for device in devices:
+                files.remove_user(device)
+            return files.passwords
+        passwords = run(remove)
+        click.echo(f"broker users removed from {passwords}; reload the broker (SIGHUP) to refuse their next "
+                   f"connection (one open now lasts until it drops; the controller ignores what it sends)", err=True)
+    for device in devices:
+        click.echo(f"retired {device} ({reason}); {sum(t.startswith(topics.device_prefix(device)) for t in cleared)} "
+                   f"retained topics to clear")
+
+
 @fleet_app.command("broker-config", help="Write a Mosquitto configuration for the fleet: listener, the ACL that "
                                          "keeps each device to its own topics, and the controller's user.")
 @click.argument("folder", type=PATH)
@@ -266,9 +294,19 @@ def rollout_abort(rollout_id: str, reason: str, config_path: Path | None) -> Non
 
 @fleet_app.command("devices", help="Enrolled devices: labels, presence, what they serve, last report.")
 @click.option("--model", default=None, help="Show this model's served version")
+@click.option("--retired", is_flag=True, help="The retired devices instead: when, and why")
 @as_json_option
 @config_option
-def devices(model: str | None, as_json: bool, config_path: Path | None) -> None:
+def devices(model: str | None, retired: bool, as_json: bool, config_path: Path | None) -> None:
+    if retired:
+        gone = _with(config_path, lambda c: c.store.retired())
+        if as_json:
+            click.echo(json.dumps([{"device": r.id, "labels": r.labels, "retired_at": r.retired_at,
+                                    "reason": r.reason} for r in gone], indent=2))
+        for r in [] if as_json else gone:
+            labels = ",".join(f"{k}={v}" for k, v in sorted(r.labels.items()))
+            click.echo(f"{r.id:<24} retired {_when(r.retired_at)}: {r.reason} ({labels})")
+        return
     records = _with(config_path, lambda c: c.store.devices())
     rows = []
     for d in records:

@@ -38,6 +38,7 @@ from orchestrator.fleet.store import FleetStore, StoredEvent
 log = logging.getLogger(__name__)
 
 ROLLOUT_KINDS = ("applying", "serving", "verified", "failed", "reverted")
+NOTICE, CLEAR = "notice", "clear"  # the model field of an Outgoing's key that is not a desired document
 
 
 @dataclass(frozen=True)
@@ -67,6 +68,8 @@ class Controller:
             if parsed is None:
                 continue
             device, kind = parsed
+            if not payload:  # a retained topic cleared (a retired device's, by this controller)
+                continue
             if not self.store.known(device):
                 log.warning("message from %s, which is not enrolled: ignored", device)
                 continue
@@ -248,15 +251,20 @@ class Controller:
         if unpublished_only and self.store.notice_unpublished():
             notice = self.store.notice()
             if notice is not None:
-                found.append(Outgoing(topics.FLEET_NOTICE, notice, True, ("", "notice", 0)))
+                found.append(Outgoing(topics.FLEET_NOTICE, notice, True, ("", NOTICE, 0)))
+        if unpublished_only:  # an empty retained message clears a retired device's topic
+            found += [Outgoing(topic, b"", True, (topic, CLEAR, 0)) for topic in self.store.pending_clears()]
         return found
 
     def published(self, sent: Sequence[Outgoing]) -> None:
-        documents = [o.key for o in sent if o.key is not None and o.key[1] != "notice"]
+        documents = [o.key for o in sent if o.key is not None and o.key[1] not in (NOTICE, CLEAR)]
         if documents:
-            self.store.mark_published(documents)  # type: ignore[arg-type]
-        if any(o.key is not None and o.key[1] == "notice" for o in sent):
+            self.store.mark_published(documents)
+        if any(o.key is not None and o.key[1] == NOTICE for o in sent):
             self.store.mark_notice_published()
+        cleared = [o.key[0] for o in sent if o.key is not None and o.key[1] == CLEAR]
+        if cleared:
+            self.store.mark_cleared(cleared)
 
 
 def _json(payload: bytes) -> dict[str, Any] | None:

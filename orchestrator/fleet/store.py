@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from orchestrator.errors import FleetError
-from orchestrator.fleet import codec
+from orchestrator.fleet import codec, topics
 from orchestrator.fleet.documents import Block
 from orchestrator.fleet.plan import Plan
 from orchestrator.fleet.rollout import Assignment, DeviceView, Phase, Rollout
@@ -53,6 +53,10 @@ CREATE INDEX IF NOT EXISTS history_rollout ON history (rollout, at);
 CREATE TABLE IF NOT EXISTS blocks (
     id TEXT PRIMARY KEY, model TEXT NOT NULL, sha256 TEXT NOT NULL, selector TEXT NOT NULL, reason TEXT NOT NULL,
     rollout TEXT, created_at REAL NOT NULL, lifted_at REAL);
+CREATE TABLE IF NOT EXISTS retired (
+    id TEXT PRIMARY KEY, labels TEXT NOT NULL, enrolled_at REAL NOT NULL, retired_at REAL NOT NULL,
+    reason TEXT NOT NULL, report TEXT);
+CREATE TABLE IF NOT EXISTS clears (topic TEXT PRIMARY KEY, published INTEGER NOT NULL DEFAULT 0);
 CREATE TABLE IF NOT EXISTS notices (
     serial INTEGER PRIMARY KEY, doc BLOB NOT NULL, issued_at REAL NOT NULL, published INTEGER NOT NULL DEFAULT 0);
 """
@@ -70,6 +74,14 @@ class DeviceRecord:
     report_at: float | None
     presence_at: float | None
     acked: int
+
+
+@dataclass(frozen=True)
+class RetiredDevice:
+    id: str
+    labels: dict[str, str]
+    retired_at: float
+    reason: str
 
 
 @dataclass(frozen=True)
@@ -104,6 +116,7 @@ class FleetStore:
             self.db.executescript(SCHEMA)
         except (OSError, sqlite3.Error) as exc:
             raise FleetError(f"cannot open the fleet store {path}: {exc}") from exc
+        self._json: dict[tuple[str, str], tuple[str, Any]] = {}  # (device, column) -> (text, parsed): ``_parsed``
 
     def close(self) -> None:
         self.db.close()
@@ -130,6 +143,60 @@ class FleetStore:
             db.executemany("INSERT INTO devices (id, labels, enrolled_at) VALUES (?, ?, ?) "
                            "ON CONFLICT (id) DO UPDATE SET labels = excluded.labels",
                            [(d, json.dumps(dict(labels), sort_keys=True), now) for d, labels in devices.items()])
+            # Enrolled again after a retirement: its topics' pending clears would wipe what it now publishes.
+            db.executemany("DELETE FROM retired WHERE id = ?", [(d,) for d in devices])
+            db.executemany("DELETE FROM clears WHERE substr(topic, 1, length(?)) = ?",
+                           [(topics.device_prefix(d), topics.device_prefix(d)) for d in devices])
+
+    def retire(self, devices: Sequence[str], reason: str, now: float | None = None) -> list[str]:
+        """Devices out of the fleet, in one transaction: each moves to ``retired`` (its events, assignments and
+        rollout history stay), its desired documents are dropped, and its retained topics are queued to be
+        cleared on the broker (``pending_clears``). Returns those topics. Refused for a device that is not
+        enrolled, or that a rollout still drives (running, or reverting it)."""
+        now = time.time() if now is None else now
+        wanted = list(dict.fromkeys(devices))
+        marks = ",".join("?" * len(wanted))
+        with self.transaction() as db:
+            enrolled = {r[0] for r in db.execute(f"SELECT id FROM devices WHERE id IN ({marks})", wanted)}
+            missing = [d for d in wanted if d not in enrolled]
+            if missing:
+                raise FleetError(f"not enrolled: {', '.join(missing)} (fleet devices lists those that are)")
+            busy: dict[str, str] = {}
+            for device, rollout, state, phase in db.execute(
+                    "SELECT a.device, a.rollout, a.state, r.state FROM assignments a "
+                    f"JOIN rollouts r ON r.id = a.rollout WHERE a.device IN ({marks}) ORDER BY r.created_at", wanted):
+                if json.loads(phase)["phase"] not in FINAL_PHASES or state == "reverting":
+                    busy.setdefault(device, rollout)
+            if busy:
+                device, rollout = next(iter(busy.items()))
+                more = f" (and {len(busy) - 1} more)" if len(busy) > 1 else ""
+                raise FleetError(f"{device}{more} is still driven by rollout {rollout}: let it finish, or abort it "
+                                 f"and let its reverts end, then retire")
+            cleared = [t for d in wanted for t in (topics.report(d), topics.presence(d))]
+            cleared += [topics.desired(d, m) for d, m in
+                        db.execute(f"SELECT device, model FROM desired WHERE device IN ({marks})", wanted)]
+            db.execute("INSERT OR REPLACE INTO retired (id, labels, enrolled_at, retired_at, reason, report) "
+                       f"SELECT id, labels, enrolled_at, ?, ?, report FROM devices WHERE id IN ({marks})",
+                       [now, reason, *wanted])
+            db.execute(f"DELETE FROM devices WHERE id IN ({marks})", wanted)
+            db.execute(f"DELETE FROM desired WHERE device IN ({marks})", wanted)
+            db.executemany("INSERT INTO clears (topic) VALUES (?) ON CONFLICT (topic) DO UPDATE SET published = 0",
+                           [(t,) for t in cleared])
+        for device in wanted:
+            for column in ("labels", "report"):
+                self._json.pop((device, column), None)
+        return cleared
+
+    def retired(self) -> list[RetiredDevice]:
+        rows = self.db.execute("SELECT id, labels, retired_at, reason FROM retired ORDER BY retired_at, id").fetchall()
+        return [RetiredDevice(r[0], json.loads(r[1]), r[2], r[3]) for r in rows]
+
+    def pending_clears(self) -> list[str]:
+        return [r[0] for r in self.db.execute("SELECT topic FROM clears WHERE published = 0 ORDER BY topic")]
+
+    def mark_cleared(self, cleared: Sequence[str]) -> None:
+        with self.transaction() as db:
+            db.executemany("UPDATE clears SET published = 1 WHERE topic = ?", [(t,) for t in cleared])
 
     def known(self, device: str) -> bool:
         return self.db.execute("SELECT 1 FROM devices WHERE id = ?", (device,)).fetchone() is not None
@@ -137,8 +204,20 @@ class FleetStore:
     def devices(self) -> list[DeviceRecord]:
         rows = self.db.execute("SELECT id, labels, online, report, report_at, presence_at, acked FROM devices "
                                "ORDER BY id").fetchall()
-        return [DeviceRecord(r[0], json.loads(r[1]), bool(r[2]), json.loads(r[3]) if r[3] else None, r[4], r[5], r[6])
-                for r in rows]
+        return [DeviceRecord(r[0], self._parsed(r[0], "labels", r[1]), bool(r[2]), self._parsed(r[0], "report", r[3]),
+                             r[4], r[5], r[6]) for r in rows]
+
+    def _parsed(self, device: str, column: str, text: str | None) -> Any:
+        """A device's stored JSON, parsed again only when its text changed: a step reads every device's report,
+        and most are the ones the last step read (a thousand devices reporting every 10 s change a tenth of
+        them a second). What it returns is shared: read it, never change it."""
+        if not text:
+            return None
+        key = (device, column)
+        seen = self._json.get(key)
+        if seen is None or seen[0] != text:
+            seen = self._json[key] = (text, json.loads(text))
+        return seen[1]
 
     def views(self, model: str) -> dict[str, DeviceView]:
         return {d.id: codec.device_view(d.id, d.labels, d.online, d.report, model) for d in self.devices()}

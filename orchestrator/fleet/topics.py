@@ -59,8 +59,13 @@ def check_device_id(device: str) -> str:
     return device
 
 
+def device_prefix(device: str) -> str:
+    """What every topic of the device starts with."""
+    return f"{PREFIX}/dev/{check_device_id(device)}/"
+
+
 def topic(device: str, kind: Kind) -> str:
-    return f"{PREFIX}/dev/{check_device_id(device)}/{kind.value}"
+    return f"{device_prefix(device)}{kind.value}"
 
 
 def desired(device: str, model: str) -> str:

@@ -270,3 +270,62 @@ def test_a_block_is_a_signed_notice_with_every_block_in_force(tmp_path: Path, ke
         {"site": "s2"}]
     with pytest.raises(FleetError, match="no block"):
         controller.unblock(first.id)
+
+
+def test_a_retired_device_leaves_the_fleet_its_topics_are_cleared_and_its_record_stays(
+        tmp_path: Path, keys: dict[str, Any]) -> None:
+    controller = _controller(tmp_path, keys, Clock())
+    names = _enrol(controller, 4)
+    controller.start(_plan_file(tmp_path, keys["release"]))
+    outgoing = controller.tick()
+    controller.published(outgoing)
+    (told,) = [n for n in names if any(o.topic == topics.desired(n, MODEL) for o in outgoing)]
+    with pytest.raises(FleetError, match=f"{told} is still driven by rollout r1: let it finish, or abort it"):
+        controller.store.retire([told], "broken lens")
+    with pytest.raises(FleetError, match="not enrolled: cam-99"):
+        controller.store.retire([told, "cam-99"], "broken lens")
+    device = Device(told, keys["device_trusts"])
+    device.read(outgoing)
+    controller.abort("r1")
+    reverts = controller.tick()
+    controller.published(reverts)
+    assert device.read(reverts).intent == "revert"
+    controller.ingest([device.event("reverted", version=1)])
+    controller.tick()
+    # Told to revert, it reverted: the rollout no longer drives it.
+    cleared = controller.store.retire([told], "broken lens")
+    assert sorted(cleared) == sorted([topics.report(told), topics.presence(told), topics.desired(told, MODEL)])
+    assert told not in [d.id for d in controller.store.devices()] and not controller.store.known(told)
+    (gone,) = controller.store.retired()
+    assert (gone.id, gone.reason, gone.labels) == (told, "broken lens", {"hw": "nano" if told == "cam-00" else "nx"})
+    assert len(controller.store.history("r1")) > 0 and controller.store.events(told) != []
+    clears = [o for o in controller.pending() if o.payload == b""]
+    assert sorted(o.topic for o in clears) == sorted(cleared) and all(o.retain for o in clears)
+    assert all(o.topic != topics.desired(told, MODEL) for o in controller.everything())
+    controller.published(clears)
+    assert [o for o in controller.pending() if o.payload == b""] == []
+    # What it still sends is ignored, and a new rollout does not select it.
+    controller.ingest([(topics.report(told), _report(1)), (topics.report(told), b"")])
+    assert controller.start(_plan_file(tmp_path, keys["release"], rollout="r2")).assignments.keys() == \
+        set(names) - {told}
+    # Enrolled again: back in the fleet, no longer retired.
+    controller.store.enrol({told: {"hw": "nx"}})
+    assert controller.store.known(told) and controller.store.retired() == []
+
+
+def test_views_follow_every_new_report_and_relabel_though_unchanged_ones_are_parsed_once(
+        tmp_path: Path, keys: dict[str, Any]) -> None:
+    clock = Clock()
+    controller = _controller(tmp_path, keys, clock)
+    names = _enrol(controller, 3)
+    first = controller.store.views(MODEL)
+    assert {v.served for v in first.values()} == {1}
+    again = controller.store.views(MODEL)
+    assert again == first and controller.store.devices()[0].report is controller.store.devices()[0].report
+    clock.now += 1
+    controller.ingest([(topics.report(names[0]), _report(2, "b" * 64, requests=5))])
+    controller.store.enrol({names[1]: {"hw": "orin"}})  # relabelled, as `fleet enrol` does
+    views = controller.store.views(MODEL)
+    assert (views[names[0]].served, views[names[0]].served_sha256, views[names[0]].usage[2].requests) == \
+        (2, "b" * 64, 5)
+    assert views[names[1]].labels == {"hw": "orin"} and views[names[2]] == first[names[2]]

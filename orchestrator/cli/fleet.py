@@ -37,13 +37,22 @@ def _config(path: Path | None) -> ControllerConfig:
 
 def _controller(path: Path | None) -> Controller:
     def build() -> Controller:
-        from orchestrator.delivery.signing import load_private_key, load_trusted_keys  # noqa: PLC0415
+        from orchestrator.delivery.signing import (  # noqa: PLC0415
+            key_id,
+            load_private_key,
+            load_trusted_keys,
+            require_distinct_keys,
+        )
         from orchestrator.fleet.controller import Controller  # noqa: PLC0415
         from orchestrator.fleet.store import FleetStore  # noqa: PLC0415
 
         config = _config(path)
-        return Controller(FleetStore(config.store), load_private_key(config.key),
-                          load_trusted_keys(config.release_keys))
+        key, release_keys = load_private_key(config.key), load_trusted_keys(config.release_keys)
+        # The controller signs what devices obey; were it a release key too, a stolen controller key would also
+        # approve plans.
+        require_distinct_keys({f"the controller key ({config.key})": {key_id(key.public_key()): key.public_key()},
+                               f"a release key ({config.release_keys})": release_keys})
+        return Controller(FleetStore(config.store), key, release_keys)
     return run(build)
 
 

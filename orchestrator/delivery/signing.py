@@ -122,6 +122,18 @@ def load_trusted_keys(trusted: Path | Iterable[Path]) -> dict[str, Ed25519Public
     return {key_id(key): key for key in map(load_public_key, files)}
 
 
+def require_distinct_keys(roles: Mapping[str, Mapping[str, Ed25519PublicKey]]) -> None:
+    """UsageError when one key is trusted in two roles (role name -> key id -> key): whoever holds it could act
+    in both, e.g. a package key's holder approve a rollout of their own package."""
+    seen: dict[str, str] = {}
+    for role, keys in roles.items():
+        for ident in keys:
+            other = seen.setdefault(ident, role)
+            if other != role:
+                raise UsageError(f"key {ident} is trusted both as {other} and as {role}: give each role a key of "
+                                 f"its own (orchestrate keygen) and take this one out of one of them")
+
+
 # --- signing ------------------------------------------------------------------------------
 def _signature_document(private: Ed25519PrivateKey, manifest: bytes) -> bytes:
     doc = {"algorithm": ALGORITHM, "key_id": key_id(private.public_key()),

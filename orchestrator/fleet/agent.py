@@ -45,7 +45,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from orchestrator.core.journal import Action, Record, Result, new_op_id
 from orchestrator.core.model import VersionStatus
 from orchestrator.delivery.fetch import fetch
-from orchestrator.errors import DocumentRefused, OrchestratorError, PackageRejected, PolicyViolation
+from orchestrator.delivery.signing import load_trusted_keys, require_distinct_keys
+from orchestrator.errors import DocumentRefused, OrchestratorError, PackageRejected, PolicyViolation, UsageError
 from orchestrator.fleet import topics
 from orchestrator.fleet.agent_report import (
     detect_facts,
@@ -166,6 +167,7 @@ class Agent:
         self.device = topics.check_device_id(options.device)
         self.labels = dict(options.labels)
         self.keys = dict(controller_keys)
+        _require_own_controller_keys(orchestrator, self.keys)
         self.clock = clock
         self.stats = stats or orchestrator.triton
         self.fetcher: Fetcher = fetcher or (lambda url, dest, sha: fetch(url, dest, sha, name=_file_name(url)))
@@ -750,6 +752,18 @@ class Agent:
     def close(self) -> None:
         with self._lock:
             self._save()
+
+
+def _require_own_controller_keys(orchestrator: Orchestrator, controller_keys: Mapping[str, Ed25519PublicKey]) -> None:
+    """UsageError when a controller key is also a package key here: whoever holds it could both sign a package
+    and order the device to install it. A package key file that does not load is left for the import to name."""
+    folder = orchestrator.trust.trusted_keys
+    try:
+        packages = load_trusted_keys(folder)
+    except UsageError:
+        return
+    require_distinct_keys({f"a package key ({folder})": packages,
+                           "a controller key (controller_keys)": controller_keys})
 
 
 def _imported_since(store: ModelStore, since: Cursor, package: Path) -> int | None:

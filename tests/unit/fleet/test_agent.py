@@ -11,9 +11,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from orchestrator.core.journal import Action, Result
+from orchestrator.errors import UsageError
 from orchestrator.fleet import agent_state, topics
 from orchestrator.fleet.documents import REVERT, PackageRef
 from orchestrator.sample import Variant, write_sample_package
@@ -308,3 +310,13 @@ def test_a_package_the_import_refuses_is_cause_import_and_is_not_kept(device: De
     assert kinds(found) == ["applying", "failed"] and found[-1]["data"] == {"cause": "import"}
     assert "refused" in found[-1]["detail"] and device.env.served_by_twin() == 1
     assert not (device.env.state / "fleet" / "downloads" / sha).exists()
+
+
+def test_an_agent_refuses_to_start_when_its_controller_key_is_also_a_package_key(device: Device) -> None:
+    trusted = device.env.state / "trusted_keys"
+    (trusted / "controller.pub").write_bytes(device.controller.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
+    with pytest.raises(UsageError, match=r"trusted both as a package key \(.*trusted_keys\) and as a controller key"):
+        device.start()
+    (trusted / "controller.pub").unlink()
+    assert device.start() is not None

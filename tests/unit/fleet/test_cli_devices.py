@@ -3,6 +3,7 @@ folder (no broker runs: these verbs write the store and the password file, and t
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pytest
@@ -57,3 +58,12 @@ def test_retiring_a_device_not_enrolled_is_one_line_and_changes_nothing(config: 
     assert refused.output.strip().splitlines() == ["error: not enrolled: cam-9 (fleet devices lists those that are)"]
     assert (config.parent / "broker" / "passwords").read_text() == before
     assert "cam-1" in fleet(config, "devices").output
+
+
+def test_a_controller_key_that_is_also_a_release_key_is_refused_in_one_line(config: Path) -> None:
+    shutil.copyfile(config.parent / "controller.pub", config.parent / "release_keys" / "controller.pub")
+    refused = fleet(config, "devices")
+    assert refused.exit_code != 0
+    (line,) = refused.output.strip().splitlines()
+    assert line.startswith("error: key ") and "trusted both as the controller key" in line and \
+        "and as a release key" in line and "orchestrate keygen" in line

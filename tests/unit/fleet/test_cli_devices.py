@@ -63,7 +63,7 @@ def test_retiring_a_device_not_enrolled_is_one_line_and_changes_nothing(config: 
 def test_a_controller_key_that_is_also_a_release_key_is_refused_in_one_line(config: Path) -> None:
     shutil.copyfile(config.parent / "controller.pub", config.parent / "release_keys" / "controller.pub")
     refused = fleet(config, "devices")
-    assert refused.exit_code != 0
+    assert refused.exit_code == 2
     (line,) = refused.output.strip().splitlines()
     assert line.startswith("error: key ") and "trusted both as the controller key" in line and \
         "and as a release key" in line and "orchestrate keygen" in line

@@ -245,6 +245,10 @@ async def scenario(args: argparse.Namespace, lab: FleetLab, sims: ShardedFleet, 
                                      check=watcher.check)
         if missing:
             print(f"going on without a first report from {missing}", file=sys.stderr)
+            for device in real:
+                if device.device in missing:  # a real one should never miss it: what its log says
+                    tail = device.log.read_text(errors="replace").splitlines()[-15:]
+                    print(f"--- {device.log} (last lines)\n" + "\n".join(tail), file=sys.stderr)
         out["unreported_at_start"] = missing
         usage.mark("idle-from")
         await asyncio.sleep(10)
@@ -323,9 +327,12 @@ async def _bad_release(args: argparse.Namespace, lab: FleetLab, monitor: Monitor
             away.extend(fresh)
         await asyncio.sleep(0.05)
     halted = await lab.until("bad", lambda s: s.rollout.phase.final, 120, "the halt", STATUS_POLL_S)
-    online_updated = [d for d in list(monitor.serving_bad) if d not in away]
+
+    def online_updated() -> list[str]:  # those installing at the halt serve the bad version after it, too
+        return [d for d in list(monitor.serving_bad) if d not in away]
+
     deadline = time.monotonic() + 120
-    while [d for d in online_updated if d not in monitor.reverted] and time.monotonic() < deadline:
+    while [d for d in online_updated() if d not in monitor.reverted] and time.monotonic() < deadline:
         await asyncio.sleep(0.05)
     usage.mark("bad-halted")
     back = time.monotonic()
@@ -338,7 +345,7 @@ async def _bad_release(args: argparse.Namespace, lab: FleetLab, monitor: Monitor
 
     halt = monitor.first_revert or time.monotonic()
     last_good = 1 if args.skip_good else 2  # the real devices' own version numbers
-    online = [monitor.reverted[d] - halt for d in online_updated if d in monitor.reverted]
+    online = [monitor.reverted[d] - halt for d in online_updated() if d in monitor.reverted]
     returned = [monitor.reverted[d] - back for d in away if d in monitor.reverted]
     local = await asyncio.to_thread(sims.rollback_seconds, list(monitor.reverted))
     served_bad = [d for d in sims.ids() if (monitor.reports.get(d, {}).get("models", {}).get(MODEL, {})
@@ -349,7 +356,7 @@ async def _bad_release(args: argparse.Namespace, lab: FleetLab, monitor: Monitor
         "first_bad_report_to_halt_s": None if monitor.first_bad_report is None else halt - monitor.first_bad_report,
         "gate_condition_to_halt_s": None if monitor.gate_held is None else halt - monitor.gate_held,
         "halt_to_reverted_s": _summary(online), "returned_to_reverted_s": _summary(returned),
-        "unreverted_online": [d for d in online_updated if d not in monitor.reverted],
+        "unreverted_online": [d for d in online_updated() if d not in monitor.reverted],
         "local_rollback_ms": _summary(local),
         "left_on_bad_version": len(served_bad) + sum((d.served() or 0) > last_good for d in real),
         "left_on_bad_version_controller": done.left_on_version,

@@ -86,13 +86,13 @@ on a sub-millisecond model the ratio then measures how long its idle backend tak
 (measured on the CPU sample: an identical candidate at 1 replay per 20 ms read 0.68 ms against
 production's 0.45 ms, 1.5x), not the model.
 
-The probe budget (``core/probe_budget.py``) is a share of the device's inference time, for each
-watched model, measured from Triton's own statistics: a probe costs the compute time of one
-execution of each model it passes through (an ensemble's pre-processing, network and
-post-processing add up). A probe runs when the budget has that much credit and ``interval_s``
-has passed since the last one: on the CPU sample classifier (0.2-0.8 ms an execution) 1% allows
-12-50 probes a second, about what ``interval_s`` allows; on a 25 ms detector, one every 2.5 s
-(one every 125 ms during the bake). ``orchestrate status`` shows the share in force. Triton's
+The probe budget (``core/probe_budget.py``) is a share of the device's time, for each watched
+model: a probe costs the compute time of one execution of each model it passes through, from
+Triton's own statistics (an ensemble's pre-processing, network and post-processing add up), plus
+the watcher's own CPU time for sending and judging it. A probe runs when the budget has that much
+credit and ``interval_s`` has passed since the last one: on the CPU sample classifier (0.2-0.8 ms
+an execution, about as much again in the watcher) 1% allows 5-20 probes a second; on a 25 ms
+detector, one every 2.5 s (one every 125 ms during the bake). ``orchestrate status`` shows the share in force. Triton's
 metrics and the drift sampler cost no inference and keep their own schedule.
 
 Drift judges real production outputs, sampled by Triton's tensor tracing at about

@@ -193,9 +193,10 @@ class ModelWatcher:
     def _observe(self, now: float) -> Observation:
         probe: dict[str, object] = {}
         if self.probe is not None and self.served is not None and self.schedule.due(now):
-            started = self.clock()
+            started, cpu = self.clock(), time.thread_time()
             probe = self.probe.probe(self.triton, self.served)
-            self.schedule.probed(now, self.clock() - started, ok=probe.get("probe_ok") is True)
+            self.schedule.probed(now, self.clock() - started, ok=probe.get("probe_ok") is True,
+                                 cpu_s=time.thread_time() - cpu)
             self.seen_live = not probe.get("unreachable")
             if probe.get("unreachable"):
                 self.metrics.triton_up.set(0)

@@ -37,6 +37,7 @@ T = TypeVar("T")
 MIN_SLEEP_S = 0.01  # a tick due at once still yields to the loop
 MAX_SLEEP_S = 5.0  # and one far away is looked at again (a clock that jumps)
 AUTH_RETRY_S = 30.0  # refused credentials: the watcher goes on, the link is tried again this much later
+CRASH_RETRY_S = 5.0  # anything else that stopped the link (a bug, logged with its traceback)
 STOP_POLL_S = 0.2
 
 
@@ -161,10 +162,16 @@ async def _serve(agent: Agent, address: BrokerAddress, stop: threading.Event) ->
         while not stopping.is_set():
             try:
                 await run_agent(agent, device_link(agent, address), stopping)
+                retry_s = 0.0
             except AuthRefused as exc:
                 log.error("fleet agent: %s; trying again in %.0f s", exc, AUTH_RETRY_S)
+                retry_s = AUTH_RETRY_S
+            except Exception:  # a bug on a device nobody watches: the watcher goes on, and so must the link
+                log.exception("fleet agent: the link stopped; starting it again in %.0f s", CRASH_RETRY_S)
+                retry_s = CRASH_RETRY_S
+            if retry_s:
                 try:
-                    await asyncio.wait_for(stopping.wait(), AUTH_RETRY_S)
+                    await asyncio.wait_for(stopping.wait(), retry_s)
                 except asyncio.TimeoutError:
                     pass
     finally:

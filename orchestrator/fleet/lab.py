@@ -9,6 +9,7 @@ again. Devices come from ``simulate.py`` (agents on Triton twins) and real embed
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import gzip
 import hashlib
@@ -206,7 +207,8 @@ class FleetLab:
             addresses = self.enrol({**sims.labels(), **{d: labels for d, (labels, _) in real.items()}})
             return sims, self._start_real(root, real, addresses, package_keys, report_s), addresses
         except BaseException:
-            sims.stop()
+            with contextlib.suppress(FleetError):  # what went wrong first is the error to see
+                sims.stop()
             raise
 
     def _start_real(self, root: Path, real: Mapping[str, tuple[Mapping[str, str], str]],

@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import replace
@@ -22,7 +24,7 @@ import pytest
 import yaml
 
 from orchestrator.delivery.signing import generate_keypair
-from orchestrator.fleet import topics
+from orchestrator.fleet import agent_runner, topics
 from orchestrator.fleet.agent_runner import device_link, run_agent
 from orchestrator.fleet.broker import free_port
 from orchestrator.fleet.transport import BrokerAddress, Link
@@ -188,3 +190,40 @@ def test_orchestrate_watch_with_fleet_runs_the_agent_beside_the_watcher(broker: 
             process.kill()
         _, err = process.communicate(timeout=10)
         print(err.decode()[-3000:])
+
+
+def test_a_device_agent_whose_link_stops_on_a_bug_starts_it_again_and_reports(
+        broker: Broker, tmp_path: Path, build_key: BuildKey, packages: dict[Variant, Path],
+        monkeypatch: pytest.MonkeyPatch, site: Site, caplog: pytest.LogCaptureFixture) -> None:
+    name = "agent-crash-1"
+    device = make_device(name, tmp_path, build_key, packages, monkeypatch, site, resend_s=0.3)
+    address = broker.device(name)
+    monkeypatch.setattr(agent_runner, "CRASH_RETRY_S", 0.2)
+    connects = {"n": 0}
+    on_connect = device.agent.on_connect
+
+    def failing_once() -> list[Any]:
+        connects["n"] += 1
+        if connects["n"] == 1:
+            raise RuntimeError("a bug in the first connect")
+        return on_connect()
+
+    monkeypatch.setattr(device.agent, "on_connect", failing_once)
+
+    async def body() -> None:
+        inbox = Inbox()
+        async with running((controller(broker.controller, "ctl-agent-crash"), inbox)):
+            stop = threading.Event()
+            thread = threading.Thread(target=agent_runner.serve, args=(device.agent, address, stop), daemon=True)
+            thread.start()
+            try:
+                await inbox.wait_for(lambda box: box.on(topics.report(name)), timeout_s=20)
+            finally:
+                stop.set()
+                await asyncio.to_thread(thread.join, 10)
+            assert not thread.is_alive()
+
+    with caplog.at_level(logging.ERROR, logger="orchestrator.fleet.agent_runner"):
+        run(body(), timeout_s=40)
+    assert connects["n"] >= 2
+    assert any("the link stopped; starting it again" in r.getMessage() and r.exc_info for r in caplog.records)

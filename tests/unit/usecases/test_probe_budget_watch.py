@@ -43,7 +43,8 @@ def test_at_steady_state_the_probes_spend_the_budget_whatever_a_probe_costs(env:
     assert 58 <= probes <= 64  # 60 s at 1%, and the full bucket a watcher starts with
     spent = (device_seconds(env, 1) - before) / 60.0  # counted by the server, not by the watcher
     assert spent == pytest.approx(0.01, rel=0.1)
-    assert sample(registry, "orchestrator_probe_cost_seconds") == pytest.approx(0.01)
+    # Triton's compute plus the watcher's own CPU for each probe (here the twin's work is on its thread too).
+    assert 0.01 < sample(registry, "orchestrator_probe_cost_seconds") == pytest.approx(0.01, rel=0.1)
     assert sample(registry, "orchestrator_probe_spent_ratio") == pytest.approx(0.01, rel=0.1)
     assert sample(registry, "orchestrator_probe_budget_ratio", phase="steady") == 0.01
     assert sample(registry, "orchestrator_probe_budget_ratio", phase="bake") == 0.0
@@ -91,8 +92,8 @@ def test_until_the_statistics_tell_a_probe_costs_its_round_trip(env: Env) -> Non
     assert sample(registry, "orchestrator_probe_cost_seconds") == pytest.approx(0.05)  # the round trip
     assert not watcher.schedule.cost.measured
     run_for(env, watcher, 3.0)
-    assert watcher.schedule.cost.measured  # from the twin's statistics now
-    assert sample(registry, "orchestrator_probe_cost_seconds") == pytest.approx(0.05)
+    assert watcher.schedule.cost.measured  # from the twin's statistics now, and the watcher's own CPU
+    assert 0.05 < sample(registry, "orchestrator_probe_cost_seconds") == pytest.approx(0.05, rel=0.1)
 
 
 def daemon_run(env: Env, watch: Watch, seconds: float) -> None:

@@ -105,3 +105,18 @@ def test_clients_sending_one_frame_per_request_do_not_make_a_four_frame_probe_lo
     stats.models["net"] = {1: ExecutionStats(100, 100, int(100 * 0.004e9))}  # 100 single frames, 4 ms each
     cost.measure(stats, 1.0)
     assert cost.seconds == pytest.approx(0.016)  # not 4 ms: the probe sends four frames
+
+
+def test_the_watchers_own_cpu_for_a_probe_is_added_to_tritons_compute() -> None:
+    cost, stats = ProbeCost(("m",), every_s=1.0, samples=4), Stats()
+    stats.run("m", 1, 1, 0.001)
+    cost.measure(stats, 0.0)
+    stats.run("m", 1, 10, 0.001)
+    cost.measure(stats, 1.0)
+    cost.probed(0.300, ok=True, cpu_s=0.050)  # the first: the client's start-up, left out
+    assert cost.seconds == pytest.approx(0.001)
+    cost.probed(0.003, ok=True, cpu_s=0.001)
+    cost.probed(2.0, ok=False, cpu_s=0.020)  # a timeout's CPU says nothing of a probe's
+    assert cost.seconds == pytest.approx(0.002)
+    cost.probed(0.003, ok=True, cpu_s=0.002)  # an EWMA, as Triton's side
+    assert cost.seconds == pytest.approx(0.001 + 0.7 * 0.001 + 0.3 * 0.002)

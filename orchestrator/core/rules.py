@@ -45,6 +45,7 @@ class Observation:
     time: float
     live: bool
     served_ready: bool | None = None
+    switching: bool = False  # a command holds the model: what the disk says serves may not be loaded yet
     probe_ok: bool | None = None
     probe_error: str = ""
     outputs: dict[str, np.ndarray] | None = None  # served version, this probe
@@ -198,6 +199,9 @@ def _health(name: str, rule: Health, obs: Observation) -> Finding:
         return _inconclusive(name, "Triton is not live")
     if obs.served_ready is None:
         return _inconclusive(name, "served version state unknown")
+    if not obs.served_ready and obs.switching:
+        # The config names the new version before Triton has loaded it (2.51 lists no LOADING state meanwhile).
+        return _inconclusive(name, "served version not READY while a command is switching the model")
     return Finding(name, Outcome.OK if obs.served_ready else Outcome.BREACH,
                    "" if obs.served_ready else "served version is not READY")
 

@@ -39,6 +39,7 @@ from orchestrator.errors import (
 )
 from orchestrator.store.baselines import read_latency_baselines, write_latency_baselines
 from orchestrator.store.golden import load_golden
+from orchestrator.store.lock import held_by_another
 from orchestrator.store.repository import ModelStore
 from orchestrator.store.snapshot import ModelSnapshot
 from orchestrator.triton import metrics as triton_metrics
@@ -215,9 +216,13 @@ class ModelWatcher:
     def _scrape(self, now: float) -> dict[str, object]:
         observed: dict[str, object] = {}
         try:
-            states = self.triton.states(self.store.name)
-            entry = states.get(self.served) if self.served is not None else None
-            observed["served_ready"] = entry is not None and entry.state is TritonState.READY
+            observed["served_ready"] = ready = self._served_ready()
+            if not ready and self.served is not None:
+                # A command writes the config before Triton loads it: not READY is a breach only once no command
+                # holds the model, and then as Triton answers after the lock came free.
+                observed["switching"] = held_by_another(self.store.state)
+                if not observed["switching"]:
+                    observed["served_ready"] = self._served_ready()
         except TritonError:
             pass
         snapshot = self.scrape(self.metrics_url, 2.0)
@@ -240,6 +245,10 @@ class ModelWatcher:
                 observed["baseline_latency_us"] = base
         self.last_scrape, self.last_scrape_at = snapshot, now
         return observed
+
+    def _served_ready(self) -> bool:
+        entry = self.triton.states(self.store.name).get(self.served) if self.served is not None else None
+        return entry is not None and entry.state is TritonState.READY
 
     def next_due(self) -> float:
         """When this watcher next needs a tick (the daemon sleeps until the earliest): its next probe, scrape

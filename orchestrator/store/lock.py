@@ -45,6 +45,21 @@ def model_lock(folder: Path, model: str, timeout_s: float) -> Iterator[None]:
         os.close(fd)
 
 
+def held_by_another(folder: Path) -> bool:
+    """Whether a command holds the model now (a switch may be half done): a shared lock tried, not waited for."""
+    try:
+        fd = os.open(folder / LOCK_FILE, os.O_RDONLY)
+    except FileNotFoundError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)  # closing drops the shared lock taken, if any
+    return False
+
+
 WATCH_LOCK_FILE = ".watch.lock"
 
 

@@ -6,9 +6,9 @@ import pytest
 
 from orchestrator.core.journal import Action, History, Record, Result
 from orchestrator.core.model import VersionStatus
-from orchestrator.core.policy import Severity
+from orchestrator.core.policy import Health, Severity
 from orchestrator.core.repair import RepairKind, decide_repair
-from orchestrator.core.rules import Anomaly, Finding
+from orchestrator.core.rules import Anomaly, Finding, Observation, assess
 from orchestrator.core.switch import rollback_target, served_history, status_after_rollback
 from orchestrator.core.verdict import Outcome
 from orchestrator.core.watch_decision import Response, decide, decide_check
@@ -152,3 +152,16 @@ def test_one_check_rolls_back_once_whatever_the_number_of_rules_that_breached() 
     assert rollback.evidence["rule"] == "output_sanity"
     assert rollback.evidence["also_breached"] == {"divergence": "top-1 agreement 0.10"}
     assert decide_check([], served=3, gave_up_on=None) == []
+
+
+@pytest.mark.parametrize(("live", "ready", "switching", "outcome"), [
+    (True, True, False, Outcome.OK),
+    (True, False, False, Outcome.BREACH),
+    (True, False, True, Outcome.INCONCLUSIVE),  # a command between its config write and Triton's load
+    (True, None, False, Outcome.INCONCLUSIVE),
+    (False, False, False, Outcome.INCONCLUSIVE),  # Triton down: no rollback can help
+])
+def test_health_judges_a_not_ready_served_version_only_when_no_command_is_switching(
+        live: bool, ready: bool | None, switching: bool, outcome: Outcome) -> None:
+    finding = assess("health", Health(), Observation(time=0.0, live=live, served_ready=ready, switching=switching))
+    assert finding.outcome is outcome and (finding.detail != "") is (outcome is not Outcome.OK)

@@ -11,6 +11,7 @@ import pytest
 from orchestrator.errors import PolicyViolation
 from orchestrator.store.lock import model_lock
 from orchestrator.store.metafile import Verification, VersionStatus
+from orchestrator.store.modelconfig import to_json
 from orchestrator.triton.metrics import scrape
 
 from .conftest import MODEL, NOWHERE, Env, nan_logits
@@ -169,3 +170,37 @@ def test_scraping_a_metrics_url_nothing_listens_on_answers_none_within_its_timeo
     started = time.monotonic()
     assert scrape(NOWHERE, timeout_s=2.0) is None
     assert time.monotonic() - started < 5.0  # never hangs the watcher past its own deadline
+
+
+def test_a_served_version_triton_has_not_loaded_yet_is_no_breach_while_a_command_switches(env: Env) -> None:
+    """A promote writes the config before Triton loads it (and 2.51 lists no LOADING meanwhile): the watcher,
+    seeing the new version on disk and not READY in Triton, waits for the command instead of rolling back."""
+    env.promote_better()
+    assert env.import_() == 3
+    store = env.store()
+    store.set_verification(3, Verification(status=VersionStatus.VERIFIED, verified_by="pytest"))
+    watcher, _ = env.watcher({"metrics_interval_s": 0.05})  # Triton's states read every check
+    assert env.ticks(watcher, 2) == [[], []]
+    with model_lock(store.state, MODEL, timeout_s=1):  # the promote between its config write and Triton's load
+        store.write_resident(store.snapshot(), (2, 3))
+        assert env.ticks(watcher, 8) == [[]] * 8
+        assert 3 not in env.ready() and watcher.served == 3
+        env.twin.load(MODEL, to_json(store.snapshot().config))
+    assert env.ticks(watcher, 8) == [[]] * 8
+    assert watch_rollbacks(env) == [] and env.served_by_twin() == 3 and env.status(3) == "verified"
+
+
+def test_a_served_version_still_not_loaded_once_no_command_holds_the_model_is_rolled_back(env: Env) -> None:
+    env.promote_better()
+    assert env.import_() == 3
+    store = env.store()
+    store.set_verification(3, Verification(status=VersionStatus.VERIFIED, verified_by="pytest"))
+    watcher, _ = env.watcher({"metrics_interval_s": 0.05})  # Triton's states read every check
+    with model_lock(store.state, MODEL, timeout_s=1):
+        store.write_resident(store.snapshot(), (2, 3))
+        assert env.ticks(watcher, 8) == [[]] * 8
+    # the command went away without loading it (killed): the disk names a version Triton does not serve
+    raised = [rule for rules in env.ticks(watcher, 8) for rule in rules]
+    assert raised == ["health"]
+    assert watch_rollbacks(env) == [(3, 2)] and env.served_by_twin() == 2
+    assert env.last("rollback").details["evidence"]["detail"] == "served version is not READY"

@@ -43,6 +43,15 @@ def _anomalies(stack: Stack, rule: str) -> list:  # type: ignore[type-arg]
             if r.action == "anomaly" and r.details["evidence"]["rule"] == rule]
 
 
+def _drift_story(stack: Stack, daemon: Any) -> str:
+    """What the drift rule saw, for a failure's message: its values, the baselines and anomalies journaled."""
+    values = {key: sample_value(daemon, "orchestrator_rule_value", model=MODEL, rule="drift", value=key)
+              for key in ("z", "value", "baseline_mean", "baseline_sigma", "samples")}
+    records = [(r.action.value, r.to_version, r.reason) for r in stack.store().journal.read().records
+               if r.action.value in ("baseline", "anomaly", "promote")]
+    return f"rule values {values}; records {records}"
+
+
 def _images(seed: int, brighten: float = 0.0, only_class: int | None = None) -> np.ndarray:
     images, labels = sample_images(400, seed)
     if only_class is not None:
@@ -62,7 +71,7 @@ def test_version_that_fails_only_on_live_inputs_is_rolled_back_on_drift(stack: S
             Traffic(stack.server.url, threads=2, images=_images(21, brighten=0.5)) as traffic:
         assert wait_for(lambda: _baseline_recorded(stack, 1), 60), "no drift baseline for v1"
         stack.orchestrator().promote(MODEL, 2)
-        assert wait_for(lambda: watch_rollbacks(stack), 60), "no rollback on drift"
+        assert wait_for(lambda: watch_rollbacks(stack), 60), f"no rollback on drift: {_drift_story(stack, daemon)}"
         time.sleep(0.3)
     record = watch_rollbacks(stack)[0]
     evidence = record.details["evidence"]

@@ -172,6 +172,10 @@ class Controller:
         return result.rollout
 
     # --- the step -----------------------------------------------------------------------------
+    def active(self) -> bool:
+        """Whether a rollout is under way (running, paused or reverting): fresh reports may move it."""
+        return bool(self.store.rollout_ids(active_only=True))
+
     def tick(self) -> list[Outgoing]:
         now = self.clock()
         for rollout_id in self.store.rollout_ids(active_only=True):

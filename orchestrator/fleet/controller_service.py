@@ -2,7 +2,9 @@
 
 Incoming messages are queued and stored in batches (one transaction for many events, then their
 acknowledgements); every gate interval each active rollout takes one step and the documents it
-wrote are published. All store work runs on one worker thread, in order, so the loop keeps reading
+wrote are published, and sooner (``next_step_at``) once reports or events came in while a rollout is
+active, so that a gate's condition is judged within about half an interval of the data that makes it
+hold. All store work runs on one worker thread, in order, so the loop keeps reading
 the broker while SQLite syncs. On every (re)connect every retained document is published again:
 a broker restarted without persistence holds nothing the controller cannot give back.
 """
@@ -26,6 +28,23 @@ T = TypeVar("T")
 BATCH_S = 0.05
 MAX_BATCH = 2000
 CLIENT_ID = "orchestrator-controller"
+EARLY_STEP = 0.5  # share of the gate interval after a step when fresh data for an active rollout brings the next
+JUDGED = (topics.Kind.REPORT, topics.Kind.EVENTS)
+
+
+def next_step_at(last_started: float, gate_interval_s: float, fresh_data: bool, rolling: bool) -> float:
+    """When the next step runs: a gate interval after the last one, or ``EARLY_STEP`` of one when reports or
+    events arrived since it and a rollout is active (a step at 2,000 devices costs ~0.1 s: not every batch)."""
+    return last_started + gate_interval_s * (EARLY_STEP if fresh_data and rolling else 1.0)
+
+
+def _judged(batch: Sequence[tuple[str, bytes]]) -> bool:
+    """Whether a batch holds what a step judges: a device's report or its events."""
+    for topic, _ in batch:
+        parsed = topics.parse(topic)
+        if parsed is not None and parsed[1] in JUDGED:
+            return True
+    return False
 
 
 class ControllerService:
@@ -42,6 +61,8 @@ class ControllerService:
         self.ticks = 0
         self.tick_s = 0.0  # how long the last step took (the metrics' step_seconds)
         self.background: set[asyncio.Future[None]] = set()
+        self.fresh = asyncio.Event()  # reports or events stored since the last step began
+        self.rolling = False  # a rollout was active after the last step
 
     async def _store(self, fn: Callable[..., T], *args: object) -> T:
         return await asyncio.get_running_loop().run_in_executor(self.store_thread, fn, *args)
@@ -87,27 +108,40 @@ class ControllerService:
                     await asyncio.sleep(0.005)
             self.messages += len(batch)
             acks = await self._store(self.controller.ingest, batch)
+            if _judged(batch):
+                self.fresh.set()
             await self._publish(acks)
 
     async def _tick_loop(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
             started = time.monotonic()
+            self.fresh.clear()  # what arrives from here on is for the next step
             try:
                 outgoing = await self._store(self.controller.tick)
                 self.ticks += 1
                 self.tick_s = time.monotonic() - started
+                self.rolling = await self._store(self.controller.active)
                 if self.on_tick is not None:
                     await self._store(self.on_tick, self.controller, self)
                 if self.link.connected:
                     await self._publish(outgoing)
             except FleetError as exc:  # the store busy past its timeout: the next tick tries again
                 log.warning("rollout step skipped: %s", exc)
-            wait = self.gate_interval_s - (time.monotonic() - started)
-            if wait > 0:
-                try:
-                    await asyncio.wait_for(stop.wait(), timeout=wait)
-                except asyncio.TimeoutError:
-                    pass
+            await self._until_next_step(started, stop)
+
+    async def _until_next_step(self, started: float, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            wait = next_step_at(started, self.gate_interval_s, self.fresh.is_set(), self.rolling) - time.monotonic()
+            if wait <= 0:
+                return
+            waiters = {asyncio.ensure_future(stop.wait())}
+            if self.rolling and not self.fresh.is_set():
+                waiters.add(asyncio.ensure_future(self.fresh.wait()))  # fresh data may bring the step forward
+            try:
+                await asyncio.wait(waiters, timeout=wait, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for waiter in waiters:
+                    waiter.cancel()
 
     async def run(self, stop: asyncio.Event) -> None:
         tasks = [asyncio.ensure_future(self.link.run(self._handle, stop)),

@@ -101,11 +101,13 @@ def probe_budget_text(budget: ProbeBudget) -> str:
     def share(value: float) -> str:
         return f"{value * 100:g}%" if value else "0% (no probes)"
 
+    among = f", the device's {share(budget.steady_share * budget.sharers)} among {budget.sharers} models" \
+        if budget.sharers > 1 else ""
     if budget.phase == "bake":
         left = f"{math.ceil(budget.bake_left_s / 60)} min" if budget.bake_left_s >= 60 else \
             f"{math.ceil(budget.bake_left_s)} s"
-        return f"{share(budget.share)} of device time (bake, {left} left), then {share(budget.steady_share)}"
-    return f"{share(budget.share)} of device time (steady)"
+        return f"{share(budget.share)} of device time (bake, {left} left), then {share(budget.steady_share)}{among}"
+    return f"{share(budget.share)} of device time (steady{among})"
 
 
 def _show_statuses(statuses: list[ModelStatus], output: str) -> str:

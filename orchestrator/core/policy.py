@@ -36,7 +36,7 @@ field optional; the defaults are what an operator gets with no file.
     watch:                    # the watcher's rules (judged in core/rules.py)
       interval_s: 0.05        # the shortest time between probes (golden samples to the served version)
       probe_batch: 4          # golden samples per probe
-      probe_budget: 0.01      # probes may use this share of the device's time (0.01: 1%); 0: none after the bake
+      probe_budget: 0.01      # all watched models' probes may use this share of the device's time (0.01: 1%); 0: none
       bake_budget: 0.2        # ...and this share for bake_s after every switch, when a new version is most
       bake_s: 300             # likely to fail
       metrics_interval_s: 1.0 # Triton /metrics scrape (and the probes' cost read from Triton's statistics)
@@ -86,8 +86,9 @@ on a sub-millisecond model the ratio then measures how long its idle backend tak
 (measured on the CPU sample: an identical candidate at 1 replay per 20 ms read 0.68 ms against
 production's 0.45 ms, 1.5x), not the model.
 
-The probe budget (``core/probe_budget.py``) is a share of the device's time, for each watched
-model: a probe costs the compute time of one execution of each model it passes through, from
+The probe budget (``core/probe_budget.py``) is a share of the device's time: at steady state the
+device's, split evenly among the models one daemon watches (ten models at 1%: 0.1% each); during the
+bake the switched model's own. A probe costs the compute time of one execution of each model it passes through, from
 Triton's own statistics (an ensemble's pre-processing, network and post-processing add up), plus
 the watcher's own CPU time for sending and judging it. A probe runs when the budget has that much
 credit and ``interval_s`` has passed since the last one: on the CPU sample classifier (0.2-0.8 ms

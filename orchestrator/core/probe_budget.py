@@ -5,7 +5,8 @@ is credited ``share * elapsed`` and debited the cost of each probe (``daemons/pr
 measures it from Triton's statistics); a probe runs once the credit covers its cost and
 ``interval_s`` has passed since the last one. The bucket holds at most ``BURST_PROBES`` probes'
 worth, so a long idle spell does not allow a burst. The share is ``bake_budget`` for ``bake_s``
-after a switch, when a new version is most likely to fail, and ``probe_budget`` after it:
+after a switch, when a new version is most likely to fail, and ``probe_budget`` after it, split
+among the models watched on the device (``Budget.of``):
 
     share ^
      bake |‾‾‾‾‾‾‾‾‾‾‾|
@@ -40,8 +41,11 @@ class Budget:
     interval_s: float  # the shortest time between probes, whatever the credit
 
     @classmethod
-    def of(cls, policy: WatchPolicy) -> Budget:
-        return cls(policy.probe_budget, policy.bake_budget, policy.bake_s, policy.interval_s)
+    def of(cls, policy: WatchPolicy, sharers: int = 1) -> Budget:
+        """``sharers``: the models one daemon watches on the device. The steady share is the device's, split
+        evenly among them (ten models at 1% probe 0.1% each, not 10% together); the bake's is the switched
+        model's own, since a switch bakes one model at a time."""
+        return cls(policy.probe_budget / max(1, sharers), policy.bake_budget, policy.bake_s, policy.interval_s)
 
     def phase(self, since_switch_s: float) -> str:
         return BAKE if since_switch_s < self.bake_s else STEADY

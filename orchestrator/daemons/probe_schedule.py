@@ -131,12 +131,13 @@ class ProbeSchedule:
     """One model's bucket, the cost it is debited, and the metrics that show both.
 
     ``models``: what a probe passes through (default: the watched model alone). ``wall``: the clock the
-    journal's times are on, to start the first bake where the last switch left it.
+    journal's times are on, to start the first bake where the last switch left it. ``sharers``: the models
+    the daemon watches, which share the device's steady budget.
     """
 
     def __init__(self, model: str, policy: WatchPolicy, metrics: WatchMetrics, models: tuple[str, ...] | None = None,
-                 wall: Callable[[], float] = time.time) -> None:
-        self.budget = Budget.of(policy)
+                 wall: Callable[[], float] = time.time, sharers: int = 1) -> None:
+        self.budget = Budget.of(policy, sharers)
         self.cost = ProbeCost(models or (model,), policy.metrics_interval_s, policy.probe_batch)
         self.wall = wall
         self.bucket: Bucket | None = None  # none until the first switch is seen (the watcher's first tick)

@@ -80,6 +80,7 @@ class Watch:
         self.scrape = SharedScrape(clock)
         self.next_run: dict[str, float] = {}  # when each model's watcher is due next (absent: now)
         names = models or self.orchestrator.repository.models()
+        self.sharers = len(names)  # the models that share the device's steady probe budget
         self.watchers = {name: self._watcher(name) for name in names}
         self.locks = {name: WatchLock(self.orchestrator.repository.model(name).state) for name in names}
         self.waiting: set[str] = set()  # models another daemon watches, reported once
@@ -93,7 +94,8 @@ class Watch:
     def _watcher(self, name: str) -> ModelWatcher:
         store = self.orchestrator.repository.model(name)
         return ModelWatcher(self.orchestrator, store, read_policies(store.state).watch, self.metrics, self.metrics_url,
-                            clock=self.clock, trace_dir=self.trace_dir, triton=self.triton, scrape=self.scrape)
+                            clock=self.clock, trace_dir=self.trace_dir, triton=self.triton, scrape=self.scrape,
+                            sharers=self.sharers)
 
     def tick(self) -> None:
         """One pass: the watchers whose time has come check their model, then Triton's liveness is judged."""

@@ -62,7 +62,8 @@ class ModelWatcher:
     def __init__(self, ctx: Context, store: ModelStore, policy: WatchPolicy, metrics: WatchMetrics,
                  metrics_url: str, clock: Callable[[], float] = time.monotonic, trace_dir: Path | None = None,
                  triton: TritonAPI | None = None, probe_path: tuple[str, ...] | None = None,
-                 scrape: Callable[[str, float], triton_metrics.Snapshot | None] | None = None) -> None:
+                 scrape: Callable[[str, float], triton_metrics.Snapshot | None] | None = None,
+                 sharers: int = 1) -> None:
         self.ctx = ctx
         self.store = store
         self.policy = policy
@@ -77,7 +78,7 @@ class ModelWatcher:
         self.probe = _golden_probe(store, snap, policy, metrics)
         if probe_path is None and self.probe is not None and self.probe.route is not None:
             probe_path = self.probe.route.models  # through an ensemble a probe costs every step it runs
-        self.schedule = ProbeSchedule(store.name, policy, metrics, probe_path)
+        self.schedule = ProbeSchedule(store.name, policy, metrics, probe_path, sharers=sharers)
         drift = drift_rule(policy.rules, store, snap)  # on the route clients take, as the probes are
         self.drift = DriftWatch(store, drift, self.triton, trace_dir, clock,
                                 metrics.production_samples.labels(store.name).inc, WATCH_ACTOR) \

@@ -42,8 +42,9 @@ class ProbeBudget:
 
     phase: str  # bake or steady
     share: float  # of the device's inference time, in force now
-    steady_share: float  # after the bake
+    steady_share: float  # after the bake: the device's, split among the models watched (``sharers``)
     bake_left_s: float  # 0 at steady state
+    sharers: int = 1  # the repository's models, which a daemon watching them all splits the steady share among
 
 
 @dataclass(frozen=True)
@@ -164,17 +165,19 @@ def model_status(ctx: Context, store: ModelStore) -> ModelStatus:
         route_steps=[step.model for step in route.steps] if route is not None else [],
         route_state=route_state,
         route_error=route_error,
-        probe_budget=probe_budget(snap),
+        probe_budget=probe_budget(snap, sharers=len(ctx.repository.models())),
     )
 
 
-def probe_budget(snap: ModelSnapshot, now_unix: float | None = None) -> ProbeBudget | None:
+def probe_budget(snap: ModelSnapshot, now_unix: float | None = None, sharers: int = 1) -> ProbeBudget | None:
+    """As a daemon watching ``sharers`` models uses it (``orchestrate watch`` with no names: every model)."""
     try:
         policy = snap.policies.watch
     except RepositoryCorrupt:
         return None
-    found = standing(Budget.of(policy), since(last_switch(snap.journal), time.time() if now_unix is None else now_unix))
-    return ProbeBudget(found.phase, found.share, found.steady, round(found.bake_left_s, 1))
+    found = standing(Budget.of(policy, sharers),
+                     since(last_switch(snap.journal), time.time() if now_unix is None else now_unix))
+    return ProbeBudget(found.phase, found.share, found.steady, round(found.bake_left_s, 1), max(1, sharers))
 
 
 def journal_gap(journaled: tuple[int, ...], served: int | None) -> str | None:

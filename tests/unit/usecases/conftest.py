@@ -144,7 +144,8 @@ class Env:
         policy.setdefault(section, {}).update(values)
         path.write_text(yaml.safe_dump(policy))
 
-    def watcher(self, watch: dict[str, Any] | None = None, **settings: Any) -> tuple[ModelWatcher, CollectorRegistry]:
+    def watcher(self, watch: dict[str, Any] | None = None, sharers: int = 1,
+                **settings: Any) -> tuple[ModelWatcher, CollectorRegistry]:
         """A watcher as ``orchestrate watch`` builds one (actor "watch", short lock wait), on the twin, with
         grace_s 0 and the virtual clock. Triton's /metrics is never reachable: the scrape answers None, as
         ``metrics.scrape`` does on a refused connection, without a socket (``scrapes`` counts the tries)."""
@@ -158,7 +159,7 @@ class Env:
         self.monkeypatch.setattr(triton_metrics, "scrape", scrape)
         ctx = self.orchestrator(**{"actor": "watch", "lock_timeout_s": 0.5, **settings})
         watcher = ModelWatcher(ctx, self.store(), policy, WatchMetrics(registry), NOWHERE, clock=self.clock,
-                               triton=self.twin.with_key(ADMIN_KEY))
+                               triton=self.twin.with_key(ADMIN_KEY), sharers=sharers)
         return watcher, registry
 
     def ticks(self, watcher: ModelWatcher, count: int) -> list[list[str]]:

@@ -51,6 +51,16 @@ def test_at_steady_state_the_probes_spend_the_budget_whatever_a_probe_costs(env:
     assert sample(registry, "orchestrator_checks_total") > 1000  # ticked throughout: judging never stopped
 
 
+def test_the_models_one_daemon_watches_share_the_devices_steady_budget(env: Env) -> None:
+    env.twin = env.make_twin(compute_s=0.01)
+    watcher, registry = env.watcher(BUDGET, sharers=4)  # one of four models: a quarter of the device's 1%
+    before = device_seconds(env, 1)
+    run_for(env, watcher, 80.0)
+    assert sample(registry, "orchestrator_probe_budget_ratio", phase="steady") == 0.0025
+    assert (device_seconds(env, 1) - before) / 80.0 == pytest.approx(0.0025, rel=0.15)
+    assert 18 <= sample(registry, "orchestrator_probes_total") <= 24  # one every 4 s (was one a second alone)
+
+
 def test_a_switch_starts_a_bake_at_the_bake_share_then_steady(env: Env) -> None:
     env.twin = env.make_twin(compute_s=0.02)
     env.import_()

@@ -68,12 +68,19 @@ def test_status_shows_the_probe_budget_of_a_bake_after_a_switch_then_the_steady_
     assert 290 < budget.bake_left_s <= 300
     assert "probe budget  20% of device time (bake, 5 min left), then 1%" in status_table(status)
     assert status.as_dict()["probe_budget"] == {"phase": "bake", "share": 0.2, "steady_share": 0.01,
-                                                "bake_left_s": budget.bake_left_s}
+                                                "bake_left_s": budget.bake_left_s, "sharers": 1}
     switched = datetime.fromisoformat(env.last("promote").time).timestamp()
     later = probe_budget(env.store().snapshot(), now_unix=switched + 250)
     assert later == ProbeBudget("bake", 0.2, 0.01, 50.0)
     assert probe_budget_text(later) == "20% of device time (bake, 50 s left), then 1%"
     assert probe_budget(env.store().snapshot(), now_unix=switched + 300) == ProbeBudget("steady", 0.01, 0.01, 0.0)
+    # A daemon watching ten models splits the device's steady share among them; the bake stays the model's own.
+    shared = probe_budget(env.store().snapshot(), now_unix=switched + 250, sharers=10)
+    assert shared == ProbeBudget("bake", 0.2, 0.001, 50.0, 10)
+    assert probe_budget_text(shared) == \
+        "20% of device time (bake, 50 s left), then 0.1%, the device's 1% among 10 models"
+    steady = probe_budget(env.store().snapshot(), now_unix=switched + 300, sharers=10)
+    assert probe_budget_text(steady) == "0.1% of device time (steady, the device's 1% among 10 models)"
 
 
 def test_status_says_when_no_probes_run_after_the_bake_and_leaves_the_budget_out_of_a_broken_policy(

@@ -5,7 +5,8 @@
 
 N copies of the sample classifier on the embedded CPU Triton, no client traffic, watched by a
 real ``orchestrate watch`` process, under two policies measured in turn in the same run:
-  budget          the default probe budget (probe_budget 1%, bake_budget 20%), after a short bake
+  budget          the default probe budget (probe_budget 1% of the device, split among the watched
+                  models; bake_budget 20%), after a short bake
   every interval  probe_budget and bake_budget 1.0: a probe every interval_s whatever it costs
                   (what the watcher did before the budget)
 With ``--old-tree DIR`` (a checkout of an older version, e.g. ``git archive <commit> | tar -x -C DIR``)
@@ -190,7 +191,7 @@ def report(all_results: dict[int, dict[str, list[Measure]]], args: argparse.Name
     for count, results in all_results.items():
         for mode, measures in results.items():
             probes, own = median(measures, "probes_per_s"), mode != "old code"
-            budget = f"{median(measures, 'budget'):.0%}" if own else "-"
+            budget = f"{median(measures, 'budget')*100:g}%" if own else "-"
             reported = f"{median(measures, 'spent_watcher'):.2%}" if own else "-"
             print(f"{count:>6}  {mode:<15} {median(measures, 'watcher_cpu'):10.1f}% "
                   f"{median(measures, 'watcher_rss_mib'):5.0f} MiB {median(measures, 'triton_cpu'):9.1f}% "

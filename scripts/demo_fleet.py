@@ -36,6 +36,9 @@ from orchestrator.sample import MODEL, Variant, write_faulty_package, write_samp
 
 FAULT_AFTER = 20  # the promote checks send 16 requests to a candidate: this fault passes them
 WAVES = [{"percent": 10}, {"percent": 30}, {"percent": 60}, {"percent": 100}]
+# A Nano of the first wave's ~31 devices answers errors after FAULT_AFTER requests at one a second: the
+# wave's summed error rate passes 1% about 30 s in, so the canary bakes long enough to see it.
+CANARY_BAKE_S = 45
 
 
 def fleet(lab: FleetLab, *args: str, grep: str | None = None) -> str:
@@ -49,11 +52,13 @@ def fleet(lab: FleetLab, *args: str, grep: str | None = None) -> str:
     return done.stdout
 
 
-def plan(lab: FleetLab, rollout: str, package: object, gates: list[dict[str, object]], bake_s: float) -> Path:
+def plan(lab: FleetLab, rollout: str, package: object, gates: list[dict[str, object]], bake_s: float,
+         canary_bake_s: float | None = None) -> Path:
+    waves = [{**WAVES[0], "bake_s": canary_bake_s}, *WAVES[1:]] if canary_bake_s is not None else WAVES
     path = lab.plan({"rollout": rollout, "model": MODEL, "package": package.to_json(),  # type: ignore[attr-defined]
                      "spread": ["hw", "site"], "defaults": {"bake_s": bake_s, "max_unavailable": "50%"},
                      "deadlines": {"ack_s": 60, "install_s": 120, "verify_slack_s": 60, "revert_s": 60},
-                     "waves": WAVES, "gates": gates, "on_label_failure": "propose"})
+                     "waves": waves, "gates": gates, "on_label_failure": "propose"})
     print(f"\nplan {path.name} (signed with the release key):\n{path.read_text().rstrip()}")
     return path
 
@@ -96,7 +101,8 @@ async def scenario(lab: FleetLab, sims: SimulatedFleet, real: list[RealDevice], 
         print("\n== 2. a release that errors in production on Jetson Nanos only (every local check passes)")
         await asyncio.to_thread(fleet, lab, "rollout", "start", str(plan(lab, "v3-nano-errors", bad, [
             {"name": "verified", "metric": "verified_ratio", "min": 0.95},
-            {"name": "errors", "metric": "error_rate", "max": 0.02, "min_sample": 50}], bake_s=15)))
+            {"name": "errors", "metric": "error_rate", "max": 0.01, "min_sample": 50}], bake_s=10,
+            canary_bake_s=CANARY_BAKE_S)))
         phase = await follow(lab, "v3-nano-errors", {Phase.BLOCK_PROPOSED, Phase.SUCCEEDED, Phase.HALTED,
                                                      Phase.ABORTED})
         if phase is Phase.BLOCK_PROPOSED:

@@ -26,12 +26,14 @@ import statistics
 import tempfile
 import threading
 import time
+import urllib.request
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
 import numpy as np
 import yaml
+from prometheus_client.parser import text_string_to_metric_families
 
 from bench.common import ROOT, measure, pct, row, start_watcher, stop_watcher
 from orchestrator.core.detection import agreement, decode
@@ -228,11 +230,13 @@ def overhead(args: argparse.Namespace) -> None:
     work = Path(tempfile.mkdtemp(prefix="orch-detector-bench-"))
     watch = {"bake_s": args.bake_s}
     repository, state, server = detector_stack(work, watch)
-    watcher = start_watcher(environment(repository, state, server), free_ports(1)[0], work / "watch.log")
+    port = free_ports(1)[0]
+    watcher = start_watcher(environment(repository, state, server), port, work / "watch.log")
     figures: dict[str, list[tuple[float, float]]] = {"off": [], "steady": [], "bake": [], "bake-off": []}
     try:
         with DetectionClients(server.url, args.threads) as clients:
             time.sleep(args.bake_s + 3)  # past the start-up bake period
+            probes_before = watcher_metric(port, "orchestrator_probes_total")
             for i in range(args.windows * 2):
                 on = i % 2 == 0
                 os.kill(watcher.pid, signal.SIGCONT if on else signal.SIGSTOP)
@@ -241,6 +245,8 @@ def overhead(args: argparse.Namespace) -> None:
                 figures["steady" if on else "off"].append(window_figures(clients.in_window(clients.window),
                                                                          args.window_s))
             os.kill(watcher.pid, signal.SIGCONT)
+            steady_probes = watcher_metric(port, "orchestrator_probes_total") - probes_before
+            probe_cost = watcher_metric(port, "orchestrator_probe_cost_seconds")
             watcher_cpu, watcher_rss = measure(watcher.pid, 5)
             orchestrator = orchestrator_of(repository, state, server)
             package = write_detector_package(work / "better", DetectorVariant.BETTER)
@@ -277,6 +283,16 @@ def overhead(args: argparse.Namespace) -> None:
     print(f"  bake period, watcher on / off:  throughput {med('bake', 0) / med('bake-off', 0):.3f}, "
           f"p99 {med('bake', 1) / med('bake-off', 1):.3f}")
     print(f"  watcher process {watcher_cpu:.1f}% of a core, {watcher_rss:.0f} MiB; failed client requests {failed}")
+    on_s = args.windows * args.window_s
+    print(f"  steady windows: {steady_probes:.0f} probes in {on_s:g} s on, {probe_cost * 1000:.0f} ms each as debited: "
+          f"{steady_probes * probe_cost / on_s:.2%} of the device while on")
+
+
+def watcher_metric(port: int, name: str) -> float:
+    """One sample of the watcher's exporter, summed over its label sets."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as answer:
+        text = answer.read().decode()
+    return sum(s.value for f in text_string_to_metric_families(text) for s in f.samples if s.name == name)
 
 
 # --- anomalies -----------------------------------------------------------------------------

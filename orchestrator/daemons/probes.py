@@ -25,7 +25,7 @@ from orchestrator.core.ensemble import Ensemble
 from orchestrator.core.golden import GoldenSet
 from orchestrator.errors import TritonError, TritonUnreachable
 from orchestrator.triton.golden import run_golden
-from orchestrator.triton.protocol import TritonAPI, TritonState
+from orchestrator.triton.protocol import OWN_REQUEST, TritonAPI, TritonState
 from orchestrator.triton.route import run_route
 
 log = logging.getLogger(__name__)
@@ -155,7 +155,7 @@ class GoldenProbe:
                 if not self.settled:
                     return {"probe_ok": True}
             self.cursor = indices.stop % self.golden.size
-            result = triton.infer(self.target, batch, self.outputs)
+            result = triton.infer(self.target, batch, self.outputs, request_id=OWN_REQUEST)
         except TritonUnreachable as exc:
             if not triton.is_live():
                 return {"unreachable": True}

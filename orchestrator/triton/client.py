@@ -44,7 +44,7 @@ class Triton(TritonControl):
                 log.debug("closing an inference connection made by another thread: %s", exc)
 
     def infer(self, model: str, inputs: dict[str, np.ndarray], outputs: list[str],
-              version: int | None = None) -> InferenceResult:
+              version: int | None = None, request_id: str = "") -> InferenceResult:
         # Imported here, not at the top: tritonclient.http imports gevent and geventhttpclient.
         import tritonclient.http as httpclient  # noqa: PLC0415
         from tritonclient.utils import InferenceServerException, np_to_triton_dtype  # noqa: PLC0415
@@ -63,7 +63,8 @@ class Triton(TritonControl):
         wanted = [httpclient.InferRequestedOutput(name, binary_data=True) for name in outputs]
         what = f"inference on {model}"
         try:
-            result = client.infer(model, request, model_version=str(version or ""), outputs=wanted)
+            result = client.infer(model, request, model_version=str(version or ""), outputs=wanted,
+                                  request_id=request_id)
         except InferenceServerException as exc:
             status = str(exc.status())
             raise answered_error(self.url, what, int(status) if status.isdigit() else None,

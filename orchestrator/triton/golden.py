@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from orchestrator.core.golden import GoldenSet
-from orchestrator.triton.protocol import TritonAPI
+from orchestrator.triton.protocol import OWN_REQUEST, TritonAPI
 
 
 def run_golden(triton: TritonAPI, model: str, version: int | None, golden: GoldenSet, outputs: list[str],
@@ -13,7 +13,7 @@ def run_golden(triton: TritonAPI, model: str, version: int | None, golden: Golde
     """Every golden sample through ``model`` (a given version or the default route), outputs concatenated."""
     collected: dict[str, list[np.ndarray]] = {name: [] for name in outputs}
     for batch in golden.batches(batch_size):
-        result = triton.infer(model, batch, outputs, version=version)
+        result = triton.infer(model, batch, outputs, version=version, request_id=OWN_REQUEST)
         for name in outputs:
             collected[name].append(result.outputs[name])
     return {name: np.concatenate(parts) for name, parts in collected.items()}

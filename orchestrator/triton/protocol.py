@@ -107,9 +107,10 @@ class TritonAPI(Protocol):
 
     def model_ready(self, model: str, version: int | None = None) -> bool: ...
 
-    # inference: a request naming no version goes to the highest READY version
+    # inference: a request naming no version goes to the highest READY version; ``request_id`` goes into
+    # Triton's trace of the request (``OWN_REQUEST``: the orchestrator's own, never taken for production's)
     def infer(self, model: str, inputs: dict[str, np.ndarray], outputs: list[str],
-              version: int | None = None) -> InferenceResult: ...
+              version: int | None = None, request_id: str = "") -> InferenceResult: ...
 
     # tracing and statistics (shadow traffic, drift sampling)
     def trace_settings(self, model: str | None = None) -> dict[str, object]: ...
@@ -124,6 +125,10 @@ class TritonAPI(Protocol):
 
 
 POLL_S = 0.02
+# The request id of every inference the orchestrator sends to a model clients use (golden probes, the served
+# version's golden pass and replay answers): Triton writes it into the request's trace (measured on 2.51:
+# the model's entry gets "request_id"), so that drift, shadow and replay sample production's requests only.
+OWN_REQUEST = "orchestrator"
 
 
 def wait_unloaded(states: Callable[[], dict[int, IndexEntry]], versions: set[int] | None, timeout_s: float,

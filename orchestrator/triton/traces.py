@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from orchestrator.errors import PolicyViolation, UsageError
+from orchestrator.triton.protocol import OWN_REQUEST
 
 if TYPE_CHECKING:
     from orchestrator.triton.client import Triton
@@ -158,6 +159,7 @@ def _tensor(raw: dict[str, object], data: bytes) -> np.ndarray:
 
 def parse_trace(text: str | bytes, model: str, inputs: bool = True) -> list[TraceSample]:
     """Every request of ``model`` in one trace file (normally one); ``inputs=False`` skips parsing inputs.
+    The orchestrator's own requests (``protocol.OWN_REQUEST``: golden probes, replays) are left out.
 
     Only ``model``'s own tensors are converted: an ensemble's steps' tensors (often far larger than the
     client's) are cut out and never parsed; the steps' versions come in ``TraceSample.steps``."""
@@ -174,6 +176,7 @@ def parse_trace(text: str | bytes, model: str, inputs: bool = True) -> list[Trac
         if "model_name" in entry:
             trace["model"], trace["version"] = entry["model_name"], entry.get("model_version")
             trace["parent"] = entry.get("parent_id")
+            trace["request_id"] = entry.get("request_id", "")
         for stamp in entry.get("timestamps", ()):
             trace["stamps"][stamp["name"]] = int(stamp["ns"])  # type: ignore[index]
         tensor = entry.get("tensor")
@@ -184,8 +187,8 @@ def parse_trace(text: str | bytes, model: str, inputs: bool = True) -> list[Trac
                 trace[side][str(tensor.get("name"))] = (tensor, raw)  # type: ignore[index]
     samples = []
     for trace_id, trace in by_id.items():
-        if trace.get("model") != model:
-            continue
+        if trace.get("model") != model or trace.get("request_id") == OWN_REQUEST:
+            continue  # another model's, or the orchestrator's own (a probe): not production's
         raw_inputs: dict[str, tuple[dict[str, object], bytes]] = trace["inputs"]  # type: ignore[assignment]
         outputs: dict[str, tuple[dict[str, object], bytes]] = trace["outputs"]  # type: ignore[assignment]
         if not raw_inputs or not outputs:

@@ -398,7 +398,7 @@ class TritonTwin:
             return bool(ready) if version is None else version in ready
 
     def infer(self, model: str, inputs: dict[str, np.ndarray], outputs: list[str],
-              version: int | None = None) -> InferenceResult:
+              version: int | None = None, request_id: str = "") -> InferenceResult:  # no traces: id unused
         what = f"inference on {model}"
         with self._s.lock:
             self._check(what, "inference")

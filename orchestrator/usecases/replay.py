@@ -41,6 +41,7 @@ from orchestrator.store.replay import (
 from orchestrator.store.replay_ring import read_ring
 from orchestrator.store.repository import ModelStore
 from orchestrator.store.snapshot import ModelSnapshot
+from orchestrator.triton.protocol import OWN_REQUEST
 from orchestrator.usecases.context import Context
 
 log = logging.getLogger(__name__)
@@ -85,7 +86,8 @@ def replay_verdict(ctx: Context, store: ModelStore, snap: ModelSnapshot, target:
     pairs = []
     for record in fresh.records:
         try:
-            served = ctx.triton.infer(served_target, record, outputs, version=served_version).outputs
+            served = ctx.triton.infer(served_target, record, outputs, version=served_version,
+                                      request_id=OWN_REQUEST).outputs
         except TritonUnreachable:
             raise
         except TritonError as exc:  # production itself cannot answer it: nothing to compare with

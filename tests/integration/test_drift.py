@@ -20,6 +20,7 @@ from orchestrator.sample import sample_images, write_faulty_package
 from orchestrator.store.baselines import DRIFT_BASELINE_FILE
 from orchestrator.store.metafile import VersionStatus
 from orchestrator.triton.embedded import free_ports
+from orchestrator.triton.protocol import OWN_REQUEST
 from orchestrator.usecases.shadow import start_shadow, stop_shadow
 
 from .conftest import MODEL, Stack, Traffic
@@ -173,3 +174,30 @@ def test_a_bad_drift_rule_stops_watch_with_one_line(stack: Stack, drift: dict[st
     [line] = result.stderr.strip().splitlines()
     assert message in line and "policy.yaml" in line
     assert stack.triton().trace_settings(MODEL)["trace_level"] == ["OFF"]
+
+
+def test_the_orchestrators_own_requests_are_never_sampled_as_production(stack: Stack):
+    """Triton 2.51 writes a request's id into its trace: a probe's (``OWN_REQUEST``) is read and dropped,
+    so drift windows, shadow runs and the replay ring hold what clients sent, not the golden set."""
+    triton = stack.triton()
+    own_image, client_image = _images(31)[:1], _images(32, brighten=0.5)[:1]
+    own = triton.infer(MODEL, {"IMAGE": own_image}, ["LOGITS"], request_id=OWN_REQUEST).outputs["LOGITS"]
+    client = triton.infer(MODEL, {"IMAGE": client_image}, ["LOGITS"]).outputs["LOGITS"]
+    assert not np.allclose(own, client)
+    sampler = ProductionSampler(triton, stack.store(), samples_per_s=1000.0)
+    taken = []
+    try:
+        sampler.poll(1000.0)  # armed at the cap: 1 request in 4 traced
+        for _ in range(40):  # a cycle of three against 1 in 4 traced: both kinds get traced
+            triton.infer(MODEL, {"IMAGE": own_image}, ["LOGITS"], request_id=OWN_REQUEST)
+            triton.infer(MODEL, {"IMAGE": client_image}, ["LOGITS"])
+            triton.infer(MODEL, {"IMAGE": client_image}, ["LOGITS"])
+        deadline = time.monotonic() + 10
+        while len(taken) < 16 and time.monotonic() < deadline:
+            taken += sampler.poll(1000.0)
+            time.sleep(0.1)
+    finally:
+        sampler.close()
+        triton.close()
+    assert len(taken) >= 12, f"{len(taken)} production requests sampled of the ~20 traced"
+    assert all(np.allclose(s.outputs["LOGITS"], client, atol=1e-5) for s in taken)

@@ -78,7 +78,7 @@ class FakeTriton:
         self.loads.append(model)
 
     def infer(self, model: str, inputs: dict[str, np.ndarray], outputs: list[str],
-              version: int | None = None) -> InferenceResult:
+              version: int | None = None, request_id: str = "") -> InferenceResult:
         self.asked.append((model, tuple(sorted(inputs)), version))
         logits = np.zeros((len(inputs["IMAGE_IN"]), 10), np.float32)
         logits[:, 4] = 1.0

@@ -10,6 +10,7 @@ import pytest
 
 from orchestrator.daemons.folder_watch import FolderWatch
 from orchestrator.store.shadow_state import ShadowConfig, ShadowState, observed
+from orchestrator.triton.protocol import OWN_REQUEST
 from orchestrator.triton.traces import Taken, TraceTail, UnsupportedTrace, model_of, parse_trace, trace_files
 
 
@@ -34,6 +35,14 @@ def test_a_trace_becomes_inputs_outputs_and_served_latency() -> None:
 def test_other_models_traces_are_not_ours() -> None:
     text = json.dumps(trace("other"))
     assert parse_trace(text, "classifier") == [] and model_of(text.encode()[:2048]) == "other"
+
+
+@pytest.mark.parametrize(("request_id", "kept"), [(OWN_REQUEST, 0), ("client-42", 1), (None, 1)])
+def test_the_orchestrators_own_requests_are_left_out(request_id: str | None, kept: int) -> None:
+    entries = trace()
+    if request_id is not None:
+        entries[1] = {**entries[1], "request_id": request_id}  # where 2.51 writes it: the model's entry
+    assert len(parse_trace(json.dumps(entries), "classifier")) == kept
 
 
 def test_bytes_tensors_are_unsupported() -> None:

@@ -62,7 +62,11 @@ def test_version_that_turns_bad_is_rolled_back_and_quarantined(stack: Stack, tmp
 
 def test_healthy_version_is_never_rolled_back_through_its_cold_start(stack: Stack, packages):
     assert stack.cli("import", str(packages[Variant.BETTER])).returncode == 0
-    with watching(stack) as daemon, Traffic(stack.server.url, threads=2) as traffic:
+    # The latency rule stays on, with room for a loaded runner: the suite's other servers starting beside
+    # this one slowed every version 4.7x for a second (measured in CI) against a baseline learnt in a quiet one.
+    policy = {**TEST_WATCH, "rules": {**TEST_WATCH["rules"],
+                                      "latency": {**TEST_WATCH["rules"]["latency"], "max_ratio": 10.0}}}
+    with watching(stack, policy) as daemon, Traffic(stack.server.url, threads=2) as traffic:
         time.sleep(2.0)
         stack.orchestrator().promote(MODEL, 2)
         time.sleep(8.0)  # a sustained run: many grace periods, metric intervals and probe windows of v2

@@ -101,7 +101,8 @@ def _listed(versions: list[int]) -> str:
     return ", ".join(f"v{v}" for v in versions) or "nothing"
 
 
-def model_status(ctx: Context, store: ModelStore) -> ModelStatus:
+def model_status(ctx: Context, store: ModelStore, sharers: int = 1) -> ModelStatus:
+    """``sharers``: the repository's managed models, which share the device's steady probe budget."""
     snap = store.snapshot()
     resident = list(snap.resident)
     triton_error, triton_exit_code = "", 0
@@ -165,7 +166,7 @@ def model_status(ctx: Context, store: ModelStore) -> ModelStatus:
         route_steps=[step.model for step in route.steps] if route is not None else [],
         route_state=route_state,
         route_error=route_error,
-        probe_budget=probe_budget(snap, sharers=len(ctx.repository.models())),
+        probe_budget=probe_budget(snap, sharers=sharers),
     )
 
 
@@ -190,8 +191,9 @@ def journal_gap(journaled: tuple[int, ...], served: int | None) -> str | None:
 
 
 def statuses(ctx: Context, model: str | None) -> list[ModelStatus]:
-    names = [model] if model else ctx.repository.models()
-    return [model_status(ctx, ctx.repository.model(name)) for name in names]
+    managed = ctx.repository.models()  # listed once: each name's kind reads its config
+    names = [model] if model else managed
+    return [model_status(ctx, ctx.repository.model(name), sharers=len(managed)) for name in names]
 
 
 @dataclass(frozen=True)
